@@ -1,0 +1,39 @@
+"""jaxrl_vlm: SFT and PPO post-training of vision-language models in JAX/Flax."""
+from setuptools import find_packages, setup
+
+RUNTIME = [
+    "jax>=0.7",
+    "flax>=0.10",
+    "optax>=0.2",
+    "orbax-checkpoint>=0.11",
+    "ml-collections>=1.0",
+    "numpy>=1.26",
+    "transformers>=4.46",
+    "tokenizers>=0.20",
+    "safetensors>=0.4",
+    "gguf>=0.10",
+    "tensorflow-datasets>=4.9",
+    "array_record>=0.5",
+    "pillow>=10",
+    "tqdm>=4.60",
+    "matplotlib>=3.7",
+    "tensorboardX>=2.6",
+]
+
+DEV = [
+    "pytest>=8",
+    "hypothesis>=6.100",
+    "scipy>=1.11",
+    "torch==2.13.0",
+    "accelerate>=1.0",
+]
+
+setup(
+    name="jaxrl_vlm",
+    version="0.1.0",
+    description="SFT and PPO post-training of vision-language models in JAX/Flax (GeneralPoints, V-IRL).",
+    packages=find_packages(include=["jaxrl_vlm", "jaxrl_vlm.*"]),
+    python_requires=">=3.10",
+    install_requires=RUNTIME,
+    extras_require={"dev": DEV, "wandb": ["wandb"]},
+)
