@@ -4,6 +4,7 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
+import jax
 import jax.numpy as jnp
 
 from jaxrl_vlm.envs.general_points.cards import card_atlas, load_card_folder, render_hands
@@ -141,3 +142,19 @@ def test_user_card_folder_errors(card_folder):
         load_card_folder(card_folder)
     with pytest.raises(FileNotFoundError, match="nowhere"):
         load_card_folder(card_folder / "nowhere")
+
+
+def test_bad_hand_values_raise(atlas):
+    with pytest.raises(ValueError, match="ranks must lie in 1..13"):
+        render_hands(np.array([[0, 1, 2, 3]]), np.zeros((1, 4), np.int32), jnp.asarray(atlas))
+    with pytest.raises(ValueError, match="suits must index"):
+        render_hands(np.ones((1, 4), np.int32), np.array([[0, 1, 2, 4]]), jnp.asarray(atlas))
+
+
+def test_render_inside_jit(atlas):
+    @jax.jit
+    def first_card_corner(ranks, suits, atlas):
+        return render_hands(ranks, suits, atlas)[:, SPEC_Y, SPEC_XS[0] + 40]
+
+    out = first_card_corner(jnp.asarray(HANDS_RANKS), jnp.asarray(HANDS_SUITS), jnp.asarray(atlas))
+    np.testing.assert_array_equal(out, atlas[HANDS_SUITS[:, 0], HANDS_RANKS[:, 0] - 1, 0, 40])

@@ -128,7 +128,8 @@ def expert_config(config_name: str, num_examples: int, seed: int, *, resolution:
     """A config derived from a base config name (e.g. 'vl_face10_black') whose name records every setting."""
     base = {c.name: c for c in GpExpert.BUILDER_CONFIGS}.get(config_name)
     if base is None:
-        raise ValueError(f"unknown config {config_name!r}; expected one of {sorted(c.name for c in GpExpert.BUILDER_CONFIGS)}")
+        names = sorted(c.name for c in GpExpert.BUILDER_CONFIGS)
+        raise ValueError(f"unknown config {config_name!r}; expected one of {names}")
     if not isinstance(num_examples, int) or num_examples < 1:
         raise ValueError(f"num_examples must be a positive int, got {num_examples!r}")
     if not isinstance(seed, int) or not 0 <= seed < 2**63:

@@ -57,7 +57,8 @@ GLYPHS: dict[str, tuple[float, list[list[Point]]]] = {
     "7": (_GLYPH_WIDTH, [[(0.0, 0.0), (0.62, 0.0), (0.22, 1.0)]]),
     "8": (_GLYPH_WIDTH, [_arc(0.31, 0.25, 0.24, 0.24, 0, 360), _arc(0.31, 0.73, 0.29, 0.27, 0, 360)]),
     "9": (_GLYPH_WIDTH, _rotate_glyph(_SIX)),
-    "J": (_GLYPH_WIDTH, [[(0.20, 0.0), (0.60, 0.0)], [(0.46, 0.0), (0.46, 0.72)] + _arc(0.25, 0.72, 0.21, 0.27, 0, 180)]),
+    "J": (_GLYPH_WIDTH, [[(0.20, 0.0), (0.60, 0.0)],
+                         [(0.46, 0.0), (0.46, 0.72)] + _arc(0.25, 0.72, 0.21, 0.27, 0, 180)]),
     "Q": (_GLYPH_WIDTH, [_arc(0.31, 0.47, 0.30, 0.46, 0, 360), [(0.36, 0.70), (0.64, 1.02)]]),
     "K": (_GLYPH_WIDTH, [[(0.04, 0.0), (0.04, 1.0)], [(0.60, 0.0), (0.04, 0.62)], [(0.22, 0.42), (0.62, 1.0)]]),
 }
@@ -187,8 +188,8 @@ def draw_card(rank: int, suit: str) -> np.ndarray:
     if suit not in SUIT_SHAPES:
         raise ValueError(f"suit must be one of {sorted(SUIT_SHAPES)}, got {suit!r}")
     canvas = _Canvas()
-    canvas.rounded_rect((0, 0, CARD_WIDTH - 1 / SUPERSAMPLE, CARD_HEIGHT - 1 / SUPERSAMPLE), CORNER_RADIUS, fill=CARD_RGB, outline=BORDER_RGB,
-                        width=2)
+    card_box = (0, 0, CARD_WIDTH - 1 / SUPERSAMPLE, CARD_HEIGHT - 1 / SUPERSAMPLE)  # last supersampled pixel
+    canvas.rounded_rect(card_box, CORNER_RADIUS, fill=CARD_RGB, outline=BORDER_RGB, width=2)
     text, fill = RANK_TEXT[int(rank) - 1], SUIT_RGB[suit]
     _draw_text(canvas, text, _INDEX_CENTER_X, _INDEX_TOP, _INDEX_HEIGHT, fill)
     _draw_pip(canvas, suit, _INDEX_CENTER_X, _INDEX_PIP_Y, _INDEX_PIP_HALF)

@@ -81,27 +81,39 @@ def card_atlas(card_dir: Optional[str | os.PathLike] = None) -> np.ndarray:
     return _drawn_atlas() if card_dir is None else load_card_folder(card_dir)
 
 
-def _check_atlas(atlas) -> None:
+def _check_render_inputs(ranks, suits, atlas, resolution: int) -> None:
+    """Shape checks always; value checks only for concrete (non-traced) hands."""
     if tuple(atlas.shape) != ATLAS_SHAPE or atlas.dtype != jnp.uint8:
         raise ValueError(f"atlas must be uint8{list(ATLAS_SHAPE)}, got {atlas.dtype}{list(atlas.shape)}")
+    if ranks.shape != suits.shape or ranks.ndim != 2 or ranks.shape[1] != 4:
+        raise ValueError(f"ranks and suits must both be int[B, 4], got {ranks.shape} and {suits.shape}")
+    if not isinstance(resolution, int) or resolution < 1:
+        raise ValueError(f"resolution must be a positive int, got {resolution!r}")
+    if not isinstance(ranks, jax.core.Tracer) and not np.isin(np.asarray(ranks), np.arange(1, 14)).all():
+        raise ValueError(f"ranks must lie in 1..13, got {np.asarray(ranks).tolist()}")
+    if not isinstance(suits, jax.core.Tracer) and not np.isin(np.asarray(suits), np.arange(len(SUITS))).all():
+        raise ValueError(f"suits must index {SUITS} (0..3), got {np.asarray(suits).tolist()}")
 
 
-@functools.partial(jax.jit, static_argnames=("resolution",))
-def render_hands(ranks: jax.Array, suits: jax.Array, atlas: jax.Array, *, resolution: int = CANVAS_SIZE) -> jax.Array:
+def render_hands(ranks, suits, atlas, *, resolution: int = CANVAS_SIZE) -> jax.Array:
     """Images of hands: ranks int32[B, 4] in 1..13, suits int32[B, 4] indexing SUITS -> uint8[B, res, res, 3].
 
+    atlas: uint8[4, 13, 378, 270, 3] from `card_atlas` (pass a device array to avoid an upload per call).
     The 1200x1200 table (#35654d) carries card i at x = CARD_XS[i], y = 411 (spec §6). For resolution != 1200 the
     canvas is resized on the device with `jax.image.resize(method='linear', antialias=True)`: a bilinear (triangle)
     filter whose support widens by the scale factor when shrinking (area-aware, like PIL's BILINEAR resize), then
     rounded to uint8. The float copy costs B*1200*1200*12 bytes, so render large batches in chunks.
+    Callable inside jit (the value checks on ranks and suits then are skipped).
     """
-    _check_atlas(atlas)
-    if ranks.shape != suits.shape or ranks.ndim != 2 or ranks.shape[1] != 4:
-        raise ValueError(f"ranks and suits must both be int[B, 4], got {ranks.shape} and {suits.shape}")
-    if resolution < 1:
-        raise ValueError(f"resolution must be positive, got {resolution}")
+    _check_render_inputs(ranks, suits, atlas, resolution)
+    return _render_hands(jnp.asarray(ranks, jnp.int32), jnp.asarray(suits, jnp.int32), jnp.asarray(atlas),
+                         resolution=resolution)
+
+
+@functools.partial(jax.jit, static_argnames=("resolution",))
+def _render_hands(ranks: jax.Array, suits: jax.Array, atlas: jax.Array, *, resolution: int) -> jax.Array:
     batch = ranks.shape[0]
-    tiles = atlas[suits.astype(jnp.int32), ranks.astype(jnp.int32) - 1]  # [B, 4, 378, 270, 3]
+    tiles = atlas[suits, ranks - 1]  # [B, 4, 378, 270, 3]
     canvas = jnp.broadcast_to(jnp.asarray(TABLE_RGB, jnp.uint8), (batch, CANVAS_SIZE, CANVAS_SIZE, 3))
     for i, x in enumerate(CARD_XS):
         canvas = jax.lax.dynamic_update_slice(canvas, tiles[:, i], (0, CARD_Y, x, 0))
