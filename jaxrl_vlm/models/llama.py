@@ -6,6 +6,7 @@ Layers are stacked and run with `lax.scan` (one compiled layer body, whatever th
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
@@ -13,8 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrl_vlm.models.config import LlamaConfig, dtype_from_name
-from jaxrl_vlm.models.layers import (KVCache, cache_mask, causal_mask, decoder_layer, layer_logical_axes,
-                                     layer_param_shapes, positions_from_mask, rms_norm, rope_inv_freq)
+from jaxrl_vlm.models.layers import (KVCache, cache_mask, causal_mask, decoder_layer, init_kv_cache,
+                                     layer_logical_axes, layer_param_shapes, positions_from_mask, rms_norm,
+                                     rope_inv_freq)
 from jaxrl_vlm.models.sharding import MeshRules
 
 Params = dict[str, Any]
@@ -131,6 +133,30 @@ def decode_step(params: Params, input_ids: jax.Array, token_mask: jax.Array, cac
     del extra
     hidden, cache = hidden_states(params, input_ids, token_mask, config, cache, mesh_rules)
     return lm_logits(params, hidden[:, -1], config), cache
+
+
+@dataclasses.dataclass(frozen=True)
+class LlamaDecoder:
+    """The sampler's `DecodeModel` for a Llama causal LM (hashable: a static jit argument)."""
+
+    config: LlamaConfig
+    mesh_rules: MeshRules | None = None
+
+    def step(self, params: Params, input_ids: jax.Array, token_mask: jax.Array, cache: KVCache,
+             extra: Any) -> tuple[jax.Array, KVCache]:
+        """See `decode_step`."""
+        return decode_step(params, input_ids, token_mask, cache, extra, self.config, self.mesh_rules)
+
+    def init_cache(self, batch: int, capacity: int) -> KVCache:
+        """Empty cache, sharded by the logical rules when there is a mesh."""
+        make = lambda: init_kv_cache(self.config, batch, capacity)
+        if self.mesh_rules is None:
+            return make()
+        shapes = jax.eval_shape(make)
+        shardings = jax.tree_util.tree_map(
+            lambda axes, s: self.mesh_rules.sharding(s.shape, axes, "kv_cache"), kv_cache_logical_axes(), shapes,
+            is_leaf=lambda x: isinstance(x, tuple) and all(isinstance(a, str) for a in x))
+        return jax.jit(make, out_shardings=shardings)()
 
 
 def init_value_head(rng: jax.Array, hidden_size: int, dtype: Any = jnp.float32) -> Params:

@@ -11,6 +11,7 @@ from typing import Any, Mapping, Sequence
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES: tuple[str, ...] = ("data", "fsdp", "tensor")
@@ -150,3 +151,16 @@ class MeshRules:
     def sharding(self, shape: Sequence[int], axes: Axes, name: str = "array") -> NamedSharding:
         """NamedSharding for an array of `shape` with logical `axes`."""
         return sharding_for(shape, axes, self.mesh, name, self.rules)
+
+
+def to_host(x: Any) -> np.ndarray:
+    """numpy copy of an array; gathers a multi-process sharded array from all processes."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
+
+
+def put_global(x: Any, sharding: NamedSharding) -> jax.Array:
+    """Place a host array that every process holds in full onto `sharding` (works multi-process)."""
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])

@@ -12,10 +12,9 @@ from typing import Any, Iterator, Protocol, Sequence
 
 import jax
 import numpy as np
-from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from jaxrl_vlm.models.sharding import sharding_for
+from jaxrl_vlm.models.sharding import sharding_for, to_host
 
 
 class TensorReader(Protocol):
@@ -153,13 +152,6 @@ def load_tree(reader: TensorReader, table: Sequence[KeyRule], shapes: Any, axes:
         _set(out, rule.path, _place(host, tuple(_get(axes, rule.path)), mesh, leaf_name))
         del host
     return out
-
-
-def to_host(x: jax.Array) -> np.ndarray:
-    """numpy copy of a (possibly multi-process sharded) array."""
-    if isinstance(x, jax.Array) and not x.is_fully_addressable:
-        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-    return np.asarray(x)
 
 
 def iter_hf_tensors(params: Any, table: Sequence[KeyRule], dtype: Any = None) -> Iterator[tuple[str, np.ndarray]]:
