@@ -417,8 +417,15 @@ class MllamaDecoder:
         return decode_step(params, input_ids, token_mask, cache, extra, self.config, self.mesh_rules)
 
     def init_cache(self, batch: int, capacity: int) -> KVCache:
-        """See `init_cache`."""
-        return init_cache(self.config, batch, capacity)
+        """Empty self-attention cache (see `init_cache`), sharded by the logical rules when there is a mesh."""
+        make = lambda: init_cache(self.config, batch, capacity)
+        if self.mesh_rules is None:
+            return make()
+        shapes = jax.eval_shape(make)
+        shardings = jax.tree_util.tree_map(
+            lambda axes, s: self.mesh_rules.sharding(s.shape, axes, "kv_cache"), llama.kv_cache_logical_axes(),
+            shapes, is_leaf=_is_axes)
+        return jax.jit(make, out_shardings=shardings)()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -462,3 +469,47 @@ def cross_attention_mask_from_ids(input_ids: np.ndarray, image_token_id: int, nu
             end = length if end == -1 else min(end, length)
             mask[i, start:end, j, :count] = 1
     return mask
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The real model's shape
+
+
+def mllama_11b_config(num_text_layers: int | None = None, num_vision_layers: int | None = None) -> dict[str, Any]:
+    """The config.json dict of Llama-3.2-11B-Vision-Instruct (transformers 5 layout), optionally truncated.
+
+    num_text_layers keeps the first text layers (and the cross-attention layers among them); num_vision_layers the
+    first local vision layers (and the intermediate-feature layers among them, shrinking vision_output_dim).
+    Build our config with `MllamaConfig.from_hf_dict`, or transformers' with `MllamaConfig(**dict)`.
+    """
+    text_layers, vision_layers = 40, 32
+    cross = [3, 8, 13, 18, 23, 28, 33, 38]
+    intermediate = [3, 7, 15, 23, 30]
+    if num_text_layers is not None:
+        if not 1 <= num_text_layers <= text_layers:
+            raise ValueError(f"num_text_layers must be in [1, {text_layers}], got {num_text_layers}")
+        text_layers, cross = num_text_layers, [i for i in cross if i < num_text_layers]
+    if num_vision_layers is not None:
+        if not 1 <= num_vision_layers <= vision_layers:
+            raise ValueError(f"num_vision_layers must be in [1, {vision_layers}], got {num_vision_layers}")
+        vision_layers, intermediate = num_vision_layers, [i for i in intermediate if i < num_vision_layers]
+    return {
+        "architectures": ["MllamaForConditionalGeneration"], "model_type": "mllama", "image_token_index": 128256,
+        "torch_dtype": "bfloat16",
+        "text_config": {
+            "model_type": "mllama_text_model", "vocab_size": 128256, "hidden_size": 4096, "intermediate_size": 14336,
+            "num_hidden_layers": text_layers, "num_attention_heads": 32, "num_key_value_heads": 8,
+            "cross_attention_layers": cross, "hidden_act": "silu", "rms_norm_eps": 1e-5,
+            "max_position_embeddings": 131072, "tie_word_embeddings": False,
+            "rope_parameters": {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+                                "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
+            "bos_token_id": 128000, "eos_token_id": [128001, 128008, 128009], "pad_token_id": 128004,
+        },
+        "vision_config": {
+            "model_type": "mllama_vision_model", "hidden_size": 1280, "intermediate_size": 5120,
+            "num_hidden_layers": vision_layers, "num_global_layers": 8, "attention_heads": 16, "num_channels": 3,
+            "image_size": 560, "patch_size": 14, "norm_eps": 1e-5, "max_num_tiles": 4, "hidden_act": "gelu",
+            "intermediate_layers_indices": intermediate, "vision_output_dim": 1280 * (1 + len(intermediate)),
+            "supported_aspect_ratios": [list(r) for r in vision_lib.DEFAULT_ASPECT_RATIOS],
+        },
+    }

@@ -1,4 +1,5 @@
-"""Hugging Face Mllama (Llama-3.2-Vision) checkpoints -> `jaxrl_vlm.models.mllama` params.
+"""Hugging Face Mllama (Llama-3.2-Vision) checkpoints -> `jaxrl_vlm.models.mllama` params, and `MllamaModel`,
+the loaded model that `jaxrl_vlm.models.api.load` returns for `MllamaForConditionalGeneration` directories.
 
 `MLLAMA_KEY_TABLE` says which HF tensor fills which param and how (see `jaxrl_vlm.models.port.tensors.KeyRule`).
 The text layers of the HF file are numbered 0..L-1 with cross-attention layers interleaved, while our params stack
@@ -11,18 +12,24 @@ Both on-disk layouts are read: transformers 5 (`model.vision_model.*`, `model.la
 """
 from __future__ import annotations
 
+import os
 import re
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
 from jaxrl_vlm.models import mllama
+from jaxrl_vlm.models import mllama_vision as vision_lib
 from jaxrl_vlm.models.config import dtype_from_name
+from jaxrl_vlm.models.image_processing import PREPROCESSOR_CONFIG_NAME, MllamaImageProcessorConfig
 from jaxrl_vlm.models.mllama import MllamaConfig
 from jaxrl_vlm.models.port.llama import read_config_json
 from jaxrl_vlm.models.port.safetensors_io import CheckpointReader
 from jaxrl_vlm.models.port.tensors import KeyRule, TensorReader, load_tree
+from jaxrl_vlm.models.sharding import MeshRules, put_global, to_host
 
 LEGACY_PREFIXES = (
     ("language_model.lm_head.", "lm_head."),
@@ -181,3 +188,83 @@ def load_hf_directory(directory: str, dtype: str = "float32", compute_dtype: str
         raise ValueError(f"{directory}/config.json has model_type {hf_config.get('model_type')!r}, expected 'mllama'")
     config = MllamaConfig.from_hf_dict(hf_config, dtype, compute_dtype)
     return config, load_params(CheckpointReader(directory), config, mesh)
+
+
+_forward = jax.jit(mllama.forward, static_argnames=("config", "mesh_rules"))
+_encode_images = jax.jit(mllama.encode_images, static_argnames=("config",))
+VISION_INPUTS = ("pixel_values", "aspect_ratio_ids", "aspect_ratio_mask", "cross_attention_mask")
+
+
+class MllamaModel:
+    """A loaded Llama-3.2-Vision model for `jaxrl_vlm.models.api`: config, params (a plain pytree), the sampler's
+    decoder, and `logits` / `sampler_extra` taking the image inputs of `image_processing.preprocess` plus
+    transformers' `cross_attention_mask` (see `mllama.cross_attention_mask_from_ids`)."""
+
+    def __init__(self, config: MllamaConfig, params: dict[str, Any], mesh: Mesh | None = None,
+                 image_config: MllamaImageProcessorConfig | None = None):
+        self.config = config
+        self.params = params
+        self.mesh_rules = None if mesh is None else MeshRules(mesh)
+        self.decoder = mllama.MllamaDecoder(config, self.mesh_rules)
+        self.image_config = image_config or MllamaImageProcessorConfig(
+            tile_size=config.vision.image_size, max_image_tiles=config.vision.max_num_tiles)
+
+    @property
+    def eos_token_ids(self) -> tuple[int, ...]:
+        """Token ids that end a generated sequence."""
+        return self.config.text.eos_token_ids
+
+    @property
+    def pad_id(self) -> int:
+        """Token id written after EOS in generated sequences."""
+        return self.config.text.pad_id
+
+    def put_batch(self, x: Any) -> jax.Array:
+        """Place a host array [B, ...] on the batch sharding (or the default device without a mesh)."""
+        x = np.asarray(x)
+        if self.mesh_rules is None:
+            return jnp.asarray(x)
+        return put_global(x, self.mesh_rules.sharding(x.shape, ("batch",) + (None,) * (x.ndim - 1), "batch input"))
+
+    def _vision_arrays(self, vision: dict[str, Any]) -> dict[str, jax.Array] | None:
+        unknown = sorted(set(vision) - set(VISION_INPUTS))
+        if unknown:
+            raise ValueError(f"unknown Mllama input(s) {unknown}; expected a subset of {list(VISION_INPUTS)}")
+        given = {k: v for k, v in vision.items() if v is not None}
+        if not given:
+            return None
+        missing = [k for k in VISION_INPUTS[:3] if k not in given]
+        if missing:
+            raise ValueError(f"Mllama image inputs lack {missing} (got {sorted(given)})")
+        vision_lib.check_inputs(given["pixel_values"], given["aspect_ratio_ids"], given["aspect_ratio_mask"],
+                                self.config.vision)
+        dtypes = {"pixel_values": np.float32, "aspect_ratio_ids": np.int32, "aspect_ratio_mask": np.int32,
+                  "cross_attention_mask": np.int32}
+        return {k: self.put_batch(np.asarray(v, dtypes[k])) for k, v in given.items()}
+
+    def sampler_extra(self, params: Any, **vision: Any) -> mllama.CrossAttentionState | None:
+        """Cross-attention K/V of the images (computed once, reused by every decode step); None without images."""
+        arrays = self._vision_arrays(vision)
+        if arrays is None:
+            return None
+        return _encode_images(params, arrays["pixel_values"], arrays["aspect_ratio_ids"],
+                              arrays["aspect_ratio_mask"], arrays.get("cross_attention_mask"), self.config)
+
+    def logits(self, input_ids: Any, attention_mask: Any, **vision: Any) -> np.ndarray:
+        """float32 logits np.ndarray[B,T,V] of left-padded int[B,T] input_ids with attention_mask [B,T]."""
+        arrays = self._vision_arrays(vision) or {}
+        out = _forward(self.params, self.put_batch(np.asarray(input_ids, np.int32)),
+                       self.put_batch(np.asarray(attention_mask, bool)), self.config, **arrays,
+                       mesh_rules=self.mesh_rules)
+        return to_host(out)
+
+
+def load_model(directory: str, hf_config: dict[str, Any], dtype: str, mesh: Mesh | None) -> MllamaModel:
+    """`jaxrl_vlm.models.api` loader for `MllamaForConditionalGeneration` directories (preprocessor_config.json
+    is used when present)."""
+    del hf_config
+    config, params = load_hf_directory(directory, dtype, mesh=mesh)
+    image_config = None
+    if os.path.isfile(os.path.join(directory, PREPROCESSOR_CONFIG_NAME)):
+        image_config = MllamaImageProcessorConfig.from_pretrained_dir(directory)
+    return MllamaModel(config, params, mesh, image_config)

@@ -346,7 +346,7 @@ def vision_features(params: Params, pixel_values: jax.Array, aspect_ratio_ids: j
     x = x + _aspect_embed(params["post_tile_embed"], params["post_tile_gate"], ids, (tiles, 1, d), dt)
     x, _ = run_encoder(params["global"], x.reshape(n, tiles * padded, d), mask, c)
 
-    features = jnp.concatenate([x, kept.reshape(n, tiles * padded, -1)], axis=-1)
+    features = x if kept is None else jnp.concatenate([x, kept.reshape(n, tiles * padded, -1)], axis=-1)
     features = features.reshape(n, tiles, padded, -1)[:, :, : c.num_patches]
     return features.reshape(batch, num_images, tiles, c.num_patches, c.vision_output_dim)
 
