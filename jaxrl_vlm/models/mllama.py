@@ -390,6 +390,13 @@ def forward(params: Params, input_ids: jax.Array, token_mask: jax.Array, config:
         cross = encode_images(params, pixel_values, aspect_ratio_ids, aspect_ratio_mask, cross_attention_mask, config)
     elif cross_attention_mask is not None:
         raise ValueError("cross_attention_mask was given without pixel_values")
+    return text_logits(params, input_ids, token_mask, config, cross, mesh_rules, positions)
+
+
+def text_logits(params: Params, input_ids: jax.Array, token_mask: jax.Array, config: MllamaConfig,
+                cross: CrossAttentionState | None = None, mesh_rules: MeshRules | None = None,
+                positions: jax.Array | None = None) -> jax.Array:
+    """float32 logits [B,T,V] without a cache, given the images' `encode_images` state (None = text only)."""
     hidden, _ = hidden_states(params, input_ids, token_mask, config, cross, mesh_rules=mesh_rules,
                               positions=positions)
     return lm_logits(params, hidden, config)

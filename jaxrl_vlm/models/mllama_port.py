@@ -190,7 +190,7 @@ def load_hf_directory(directory: str, dtype: str = "float32", compute_dtype: str
     return config, load_params(CheckpointReader(directory), config, mesh)
 
 
-_forward = jax.jit(mllama.forward, static_argnames=("config", "mesh_rules"))
+_text_logits = jax.jit(mllama.text_logits, static_argnames=("config", "mesh_rules"))
 _encode_images = jax.jit(mllama.encode_images, static_argnames=("config",))
 VISION_INPUTS = ("pixel_values", "aspect_ratio_ids", "aspect_ratio_mask", "cross_attention_mask")
 
@@ -252,10 +252,9 @@ class MllamaModel:
 
     def logits(self, input_ids: Any, attention_mask: Any, **vision: Any) -> np.ndarray:
         """float32 logits np.ndarray[B,T,V] of left-padded int[B,T] input_ids with attention_mask [B,T]."""
-        arrays = self._vision_arrays(vision) or {}
-        out = _forward(self.params, self.put_batch(np.asarray(input_ids, np.int32)),
-                       self.put_batch(np.asarray(attention_mask, bool)), self.config, **arrays,
-                       mesh_rules=self.mesh_rules)
+        cross = self.sampler_extra(self.params, **vision)
+        out = _text_logits(self.params, self.put_batch(np.asarray(input_ids, np.int32)),
+                           self.put_batch(np.asarray(attention_mask, bool)), self.config, cross, self.mesh_rules)
         return to_host(out)
 
 
