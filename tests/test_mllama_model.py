@@ -95,9 +95,10 @@ def _assert_close_on_real_tokens(ours, ref, attention_mask):
 
 @pytest.fixture(scope="module")
 def padded_image_batch():
-    """Two left-padded samples: 2 images (wide multi-tile + small square) and 1 tall multi-tile image."""
+    """Two left-padded samples: 2 images (wide multi-tile + small square) and 1 tall multi-tile image whose
+    <|image|> is the last prompt token (only the last mask row attends to it)."""
     input_ids = np.array([[BOS, IMG, 11, 12, IMG, 13, 14, 15, 16],
-                          [PAD, PAD, PAD, BOS, 21, IMG, 22, 23, 24]])
+                          [PAD, PAD, PAD, BOS, 21, 22, 23, 24, IMG]])
     attention_mask = (input_ids != PAD).astype(np.int64)
     images = [[_image(30, 80, 1), _image(20, 20, 2)], [_image(90, 25, 3)]]
     vision, num_tiles = _vision_inputs(images, input_ids)
@@ -133,8 +134,9 @@ def test_padded_multi_image_multi_tile_batch_logits(checkpoint, model, padded_im
 
 
 def test_cross_kv_cached_decoding_equals_full_forward(checkpoint, model, padded_image_batch):
-    """Feed the prompt one column at a time through the cached step (cross K/V computed once): every real
-    column's logits equal the full forward's (transformers' decoding path)."""
+    """Feed the prompt, then two more tokens, one column at a time through the cached step (cross K/V computed
+    once): prompt columns equal our full forward; the extra tokens equal transformers' forward with the last
+    cross-attention mask row repeated (what its `generate` does)."""
     input_ids, attention_mask, vision, _ = padded_image_batch
     full = model.logits(input_ids, attention_mask, **vision)
     extra = model.sampler_extra(model.params, **vision)
@@ -144,6 +146,17 @@ def test_cross_kv_cached_decoding_equals_full_forward(checkpoint, model, padded_
                                               attention_mask[:, column:column + 1].astype(bool), extra)
         real = attention_mask[:, column].astype(bool)
         np.testing.assert_allclose(np.asarray(logits)[real], full[real, column], atol=ATOL, rtol=0)
+
+    appended = np.array([[40, 41], [42, 43]])
+    longer_ids = np.concatenate([input_ids, appended], axis=1)
+    longer_mask = np.concatenate([attention_mask, np.ones_like(appended)], axis=1)
+    cross = vision["cross_attention_mask"]
+    longer_vision = dict(vision, cross_attention_mask=np.concatenate([cross, cross[:, -1:], cross[:, -1:]], axis=1))
+    ref = _hf_logits(checkpoint[1], longer_ids, longer_mask, longer_vision)
+    for i in range(appended.shape[1]):
+        logits, cache = sampler.append_tokens(model.decoder, model.params, cache, appended[:, i:i + 1],
+                                              np.ones((2, 1), bool), extra)
+        np.testing.assert_allclose(np.asarray(logits), ref[:, input_ids.shape[1] + i], atol=ATOL, rtol=0)
 
 
 def test_greedy_generation_matches_transformers(checkpoint, model, padded_image_batch):
