@@ -16,7 +16,7 @@ from transformers.models.mllama.processing_mllama import (  # noqa: E402
 
 from jaxrl_vlm.models import api, mllama, mllama_port, sampler  # noqa: E402
 from jaxrl_vlm.models.port.safetensors_io import CheckpointReader  # noqa: E402
-from jaxrl_vlm.models.sharding import make_mesh  # noqa: E402
+from jaxrl_vlm.models.sharding import make_mesh, tree_shardings  # noqa: E402
 
 VOCAB, IMG, PAD, BOS, EOS = 100, 100, 0, 1, 2  # <|image|> lives in the 8 extra embedding rows, like 128256
 TILE = 28
@@ -230,3 +230,26 @@ def test_11b_config_matches_transformers_parameter_count():
     small = mllama.MllamaConfig.from_hf_dict(json.loads(json.dumps(mllama.mllama_11b_config(5, 4))))
     assert small.cross_attention_layers == (3,) and small.vision.intermediate_layers_indices == (3,)
     assert small.text.num_layers == 5 and small.vision.num_hidden_layers == 4
+
+
+def test_11b_shapes_trace_and_shard():
+    """The real 11B config traces end to end (abstract bf16 params: vision at 560 px / 4 tiles, cross K/V, cached
+    decode step) and every param has a valid sharding on a (data, fsdp, tensor) = (2, 2, 2) mesh."""
+    config = mllama.MllamaConfig.from_hf_dict(mllama.mllama_11b_config(), "bfloat16")
+    is_shape = lambda x: isinstance(x, tuple) and all(isinstance(i, int) for i in x)
+    shapes = mllama.param_shapes(config)
+    params = jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s, np.dtype("bfloat16")), shapes,
+                                    is_leaf=is_shape)
+    sd = jax.ShapeDtypeStruct
+    batch, length = 2, 16
+    image_inputs = (sd((batch, 1, 4, 3, 560, 560), np.float32), sd((batch, 1), np.int32),
+                    sd((batch, 1, 4), np.int32), sd((batch, length, 1, 4), np.int32))
+    cross = jax.eval_shape(lambda p, *x: mllama.encode_images(p, *x, config), params, *image_inputs)
+    assert cross.k.shape == (8, batch, 4 * 1601, 8, 128)
+    cache = jax.eval_shape(lambda: mllama.init_cache(config, batch, 32))
+    logits, _ = jax.eval_shape(
+        lambda p, c, e: mllama.decode_step(p, np.zeros((batch, length), np.int32), np.ones((batch, length), bool),
+                                           c, e, config), params, cache, cross)
+    assert logits.shape == (batch, 128256)
+    mesh = make_mesh(data=2, fsdp=2, tensor=2)
+    tree_shardings(shapes, mllama.param_logical_axes(config), mesh)
