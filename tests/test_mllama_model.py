@@ -72,7 +72,7 @@ def _vision_inputs(images, input_ids):
     spans = [get_cross_attention_token_mask(list(row), IMG) for row in input_ids]
     cross = convert_sparse_cross_attention_mask_to_dense(spans, processed["num_tiles"], 4, input_ids.shape[1])
     return {"pixel_values": processed["pixel_values"], "aspect_ratio_ids": processed["aspect_ratio_ids"],
-            "aspect_ratio_mask": processed["aspect_ratio_mask"], "cross_attention_mask": cross}, processed["num_tiles"]
+            "aspect_ratio_mask": processed["aspect_ratio_mask"], "cross_attention_mask": cross}
 
 
 def _positions(attention_mask):
@@ -101,8 +101,7 @@ def padded_image_batch():
                           [PAD, PAD, PAD, BOS, 21, 22, 23, 24, IMG]])
     attention_mask = (input_ids != PAD).astype(np.int64)
     images = [[_image(30, 80, 1), _image(20, 20, 2)], [_image(90, 25, 3)]]
-    vision, num_tiles = _vision_inputs(images, input_ids)
-    return input_ids, attention_mask, vision, num_tiles
+    return input_ids, attention_mask, _vision_inputs(images, input_ids)
 
 
 def test_text_only_padded_batch_logits(checkpoint, model):
@@ -115,7 +114,7 @@ def test_text_only_padded_batch_logits(checkpoint, model):
 def test_single_image_logits(checkpoint, model):
     input_ids = np.array([[BOS, 5, IMG, 7, 8, 9, 10]])  # tokens before <|image|> have a fully masked row
     attention_mask = np.ones_like(input_ids)
-    vision, _ = _vision_inputs([[_image(20, 24, 0)]], input_ids)
+    vision = _vision_inputs([[_image(20, 24, 0)]], input_ids)
     assert vision["aspect_ratio_ids"].tolist() == [[1]]
     ours = model.logits(input_ids, attention_mask, **vision)
     _assert_close_on_real_tokens(ours, _hf_logits(checkpoint[1], input_ids, attention_mask, vision), attention_mask)
@@ -124,11 +123,12 @@ def test_single_image_logits(checkpoint, model):
 
 
 def test_padded_multi_image_multi_tile_batch_logits(checkpoint, model, padded_image_batch):
-    input_ids, attention_mask, vision, num_tiles = padded_image_batch
+    input_ids, attention_mask, vision = padded_image_batch
     assert vision["aspect_ratio_ids"][0, 0] > 1 and vision["aspect_ratio_ids"][1, 0] > 1
     assert vision["aspect_ratio_ids"][1, 1] == 0  # sample 1 has no second image
-    ours_mask = mllama.cross_attention_mask_from_ids(input_ids, IMG, num_tiles, 4)
-    np.testing.assert_array_equal(ours_mask, vision["cross_attention_mask"])
+    ours = model.vision_inputs([[_image(30, 80, 1), _image(20, 20, 2)], [_image(90, 25, 3)]], input_ids)
+    for key, value in vision.items():
+        np.testing.assert_allclose(ours[key], value, atol=1e-6, rtol=0, err_msg=key)
     ref = _hf_logits(checkpoint[1], input_ids, attention_mask, vision)
     _assert_close_on_real_tokens(model.logits(input_ids, attention_mask, **vision), ref, attention_mask)
 
@@ -137,7 +137,7 @@ def test_cross_kv_cached_decoding_equals_full_forward(checkpoint, model, padded_
     """Feed the prompt, then two more tokens, one column at a time through the cached step (cross K/V computed
     once): prompt columns equal our full forward; the extra tokens equal transformers' forward with the last
     cross-attention mask row repeated (what its `generate` does)."""
-    input_ids, attention_mask, vision, _ = padded_image_batch
+    input_ids, attention_mask, vision = padded_image_batch
     full = model.logits(input_ids, attention_mask, **vision)
     extra = model.sampler_extra(model.params, **vision)
     cache = model.decoder.init_cache(2, 16)
@@ -160,7 +160,7 @@ def test_cross_kv_cached_decoding_equals_full_forward(checkpoint, model, padded_
 
 
 def test_greedy_generation_matches_transformers(checkpoint, model, padded_image_batch):
-    input_ids, attention_mask, vision, _ = padded_image_batch
+    input_ids, attention_mask, vision = padded_image_batch
     new = 6
     ours = api.generate(model, input_ids, attention_mask, max_new_tokens=new, **vision)
     kwargs = {k: torch.tensor(np.asarray(v)) for k, v in vision.items()}
@@ -172,7 +172,7 @@ def test_greedy_generation_matches_transformers(checkpoint, model, padded_image_
 
 
 def test_sharded_load_gives_the_same_logits(checkpoint, model, padded_image_batch):
-    input_ids, attention_mask, vision, _ = padded_image_batch
+    input_ids, attention_mask, vision = padded_image_batch
     mesh = make_mesh(data=1, fsdp=2, tensor=2, devices=jax.devices()[:4])
     sharded = api.load(checkpoint[0], mesh=mesh)
     assert len(sharded.params["cross_layers"]["attn"]["q"].sharding.device_set) == 4
@@ -181,7 +181,7 @@ def test_sharded_load_gives_the_same_logits(checkpoint, model, padded_image_batc
 
 
 def test_bad_inputs_raise_clear_errors(checkpoint, model, padded_image_batch, tmp_path):
-    input_ids, attention_mask, vision, _ = padded_image_batch
+    input_ids, attention_mask, vision = padded_image_batch
     wrong = dict(vision, pixel_values=vision["pixel_values"][..., :20])
     with pytest.raises(ValueError, match="pixel_values"):
         model.logits(input_ids, attention_mask, **wrong)

@@ -56,10 +56,14 @@ class MllamaConfig:
             raise ValueError(f"cross_attention_layers {bad} outside the {self.text.num_layers} text layers")
         if len(set(self.cross_attention_layers)) != len(self.cross_attention_layers):
             raise ValueError(f"cross_attention_layers has duplicates: {self.cross_attention_layers}")
-        for name in ("bos_token_id", "pad_token_id"):
-            value = getattr(self.text, name)
-            if value is not None and not 0 <= value < self.text.vocab_size + EXTRA_EMBEDDING_ROWS:
-                raise ValueError(f"text_config.{name}={value} is outside the embedding table")
+        rows = self.text.vocab_size + EXTRA_EMBEDDING_ROWS
+        for name, value in (("bos_token_id", self.text.bos_token_id), ("pad_token_id", self.text.pad_token_id),
+                            ("image_token_index", self.image_token_index)):
+            if value is not None and not 0 <= value < rows:
+                raise ValueError(f"{name}={value} is outside the {rows}-row embedding table")
+        bad_eos = [i for i in self.text.eos_token_ids if not 0 <= i < self.text.vocab_size]
+        if bad_eos:
+            raise ValueError(f"text_config.eos_token_id {bad_eos} outside the vocabulary of {self.text.vocab_size}")
 
     @property
     def self_attention_layers(self) -> tuple[int, ...]:

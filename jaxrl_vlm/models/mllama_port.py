@@ -6,9 +6,10 @@ The text layers of the HF file are numbered 0..L-1 with cross-attention layers i
 self- and cross-attention layers separately, so `MllamaTensorReader` renames `model.language_model.layers.{i}.*` to
 `text_self.{j}.*` / `text_cross.{j}.*` (j = index within its stack) before the table is applied.
 
-Both on-disk layouts are read: transformers 5 (`model.vision_model.*`, `model.language_model.*`,
-`model.multi_modal_projector.*`, `lm_head.*`) and the layout of the published Llama-3.2-11B-Vision files
-(`vision_model.*`, `language_model.model.*`, `language_model.lm_head.*`, `multi_modal_projector.*`).
+Both key layouts are read: transformers 5's in-memory names (`model.vision_model.*`, `model.language_model.*`,
+`model.multi_modal_projector.*`, `lm_head.*`) and the on-disk names of the published Llama-3.2-11B-Vision files
+(`vision_model.*`, `language_model.model.*`, `language_model.lm_head.*`, `multi_modal_projector.*`), which
+transformers 5's `save_pretrained` also writes. Errors name tensors in the former layout.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from jax.sharding import Mesh
 from jaxrl_vlm.models import mllama
 from jaxrl_vlm.models import mllama_vision as vision_lib
 from jaxrl_vlm.models.config import dtype_from_name
-from jaxrl_vlm.models.image_processing import PREPROCESSOR_CONFIG_NAME, MllamaImageProcessorConfig
+from jaxrl_vlm.models.image_processing import PREPROCESSOR_CONFIG_NAME, MllamaImageProcessorConfig, preprocess
 from jaxrl_vlm.models.mllama import MllamaConfig
 from jaxrl_vlm.models.port.llama import read_config_json
 from jaxrl_vlm.models.port.safetensors_io import CheckpointReader
@@ -225,6 +226,16 @@ class MllamaModel:
         if self.mesh_rules is None:
             return jnp.asarray(x)
         return put_global(x, self.mesh_rules.sharding(x.shape, ("batch",) + (None,) * (x.ndim - 1), "batch input"))
+
+    def vision_inputs(self, images: Any, input_ids: Any) -> dict[str, np.ndarray]:
+        """Host model inputs for nested images (a list per sample, see `image_processing.preprocess`) and the
+        left-padded prompt ids int[B,S] holding one <|image|> token per image: pixel_values, aspect_ratio_ids,
+        aspect_ratio_mask and cross_attention_mask, as transformers' MllamaProcessor builds them."""
+        batch = preprocess(images, self.image_config)
+        cross = mllama.cross_attention_mask_from_ids(np.asarray(input_ids), self.config.image_token_index,
+                                                     batch.num_tiles, self.config.vision.max_num_tiles)
+        return {"pixel_values": batch.pixel_values, "aspect_ratio_ids": batch.aspect_ratio_ids,
+                "aspect_ratio_mask": batch.aspect_ratio_mask, "cross_attention_mask": cross}
 
     def _vision_arrays(self, vision: dict[str, Any]) -> dict[str, jax.Array] | None:
         unknown = sorted(set(vision) - set(VISION_INPUTS))
