@@ -6,7 +6,7 @@ layers at `cross_attention_layers`, attending to the projected vision features. 
 computed once per image (`encode_images` -> `CrossAttentionState`) and reused for every prefill / decode step; the
 self-attention layers use the Llama `KVCache` (one slot per token, cache for the self-attention layers only).
 
-Params: {'embed': [V+8, D] (8 extra rows, the last ones hold <|image|>), 'layers': Llama layer dict stacked over the
+Params: {'embed': [V+8, D] (8 extra rows after the vocabulary; <|image|> = V is the first), 'layers': Llama layer dict stacked over the
 self-attention layers, 'cross_layers': {'attn_norm': [C,D], 'attn': {'q': [C,D,H,Dh], 'k','v': [C,D,K,Dh],
 'o': [C,H,Dh,D], 'q_norm','k_norm': [C,Dh]}, 'attn_gate': [C,1], 'mlp_norm': [C,D], 'mlp': {...}, 'mlp_gate': [C,1]},
 'final_norm': [D], 'lm_head': [D,V], 'vision': see `mllama_vision`, 'projector': {'kernel', 'bias'}}.
@@ -37,7 +37,6 @@ from jaxrl_vlm.models.sharding import MeshRules
 
 Params = dict[str, Any]
 EXTRA_EMBEDDING_ROWS = 8
-ACTIVATION_AXES = ("batch", "seq", "act_embed")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -306,7 +305,7 @@ def cross_attention_layer(p: Params, x: jax.Array, k: jax.Array, v: jax.Array, a
 
 
 def _constrain(x: jax.Array, mesh_rules: MeshRules | None) -> jax.Array:
-    return x if mesh_rules is None else mesh_rules.constrain(x, ACTIVATION_AXES)
+    return x if mesh_rules is None else mesh_rules.constrain(x, llama.ACTIVATION_AXES)
 
 
 def _slice_layers(tree: Params, start: int, stop: int) -> Params:
