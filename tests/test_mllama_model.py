@@ -253,3 +253,13 @@ def test_11b_shapes_trace_and_shard():
     assert logits.shape == (batch, 128256)
     mesh = make_mesh(data=2, fsdp=2, tensor=2)
     tree_shardings(shapes, mllama.param_logical_axes(config), mesh)
+
+
+def test_init_params_match_param_shapes_and_dtype(model):
+    config = model.config.with_dtypes("bfloat16")
+    params = jax.eval_shape(lambda: mllama.init_params(config, jax.random.PRNGKey(0)))
+    is_shape = lambda x: isinstance(x, tuple) and all(isinstance(i, int) for i in x)
+    expected = mllama.param_shapes(config)
+    assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(expected, is_leaf=is_shape)
+    for leaf, shape in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(expected, is_leaf=is_shape)):
+        assert leaf.shape == shape and leaf.dtype == np.dtype("bfloat16")
