@@ -97,7 +97,8 @@ def sample_panorama(panorama: jax.Array, x: jax.Array, y: jax.Array, interpolati
         raise ValueError(f"interpolation must be 'bicubic' or 'bilinear', got {interpolation!r}")
     cols = jnp.mod(x0[..., None] + offsets, width)
     rows = jnp.mod(y0[..., None] + offsets, height)
-    taps = pano[rows[..., :, None], cols[..., None, :]]          # [..., ty, tx, 3]
+    flat = pano.reshape(height * width, pano.shape[-1])
+    taps = jnp.take(flat, rows[..., :, None] * width + cols[..., None, :], axis=0)   # [..., ty, tx, C]
     weights = wy[..., :, None] * wx[..., None, :]
     return jnp.einsum("...ijc,...ij->...c", taps, weights)
 
