@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from jaxrl_vlm.envs.virl.city import STYLES, generate_city, get_style, make_routes
-from jaxrl_vlm.envs.virl.make_city import main
+from jaxrl_vlm.envs.virl.make_city import main, write_city
 from jaxrl_vlm.envs.virl.panorama import render_panorama
 
 SPEC_BLOCK = ('\n{\n"intersection_idx": "1",\n"landmarks": "Prince St is on your front",\n"distance": "16 meters",\n'
@@ -193,7 +193,9 @@ def test_styles_have_distinct_colour_statistics():
             assert np.linalg.norm(stats[a] - stats[b]) > 10.0, (a, b)
 
 
-def test_bad_inputs_raise():
+def test_bad_inputs_raise(tmp_path):
+    with pytest.raises(ValueError, match="--routes"):
+        write_city(str(tmp_path), 0, 0, ["soho"])
     with pytest.raises(ValueError, match="unknown city style"):
         get_style("atlantis")
     with pytest.raises(ValueError, match="2x2"):

@@ -44,7 +44,8 @@ def row_elevations(height: int) -> np.ndarray:
 
 def _cast_rays(city: City, origin: np.ndarray, dirs: np.ndarray) -> tuple[np.ndarray, ...]:
     """First wall hit along each horizontal ray: (distance float32[W] (inf if none), wall int32[W],
-    metres along the wall float32[W], |cos| of the incidence angle float32[W])."""
+    metres along the wall float32[W], |cos| of the angle between ray and wall normal float32[W],
+    cos of the angle between ray and wall direction float32[W])."""
     walls = city.walls
     mid = 0.5 * (walls.p0 + walls.p1)
     half = 0.5 * np.linalg.norm(walls.p1 - walls.p0, axis=1)
@@ -67,7 +68,8 @@ def _cast_rays(city: City, origin: np.ndarray, dirs: np.ndarray) -> tuple[np.nda
     wall = np.where(hit, near[best] if len(near) else 0, -1).astype(np.int32)
     along = (s[cols, best] * length[best]).astype(np.float32)
     cos_inc = np.abs(facing[cols, best]).astype(np.float32)
-    return dist.astype(np.float32), wall, along, cos_inc
+    cos_along = ((dirs * e[best]).sum(axis=1) / length[best]).astype(np.float32)
+    return dist.astype(np.float32), wall, along, cos_inc, cos_along
 
 
 def _value_noise(x: np.ndarray, y: np.ndarray, seed: int) -> np.ndarray:
@@ -169,14 +171,23 @@ def _signs(city: City, wall: np.ndarray, along: np.ndarray, z: np.ndarray) -> tu
     return mask, colour
 
 
-def _ground(city: City, pano_index: int, dist_ground: np.ndarray, dirs: np.ndarray, hit_dist: np.ndarray,
-            cos_inc: np.ndarray) -> np.ndarray:
-    """float32[h, W, 3] ground colour for the rows below the horizon (dist_ground float32[h, W] metres)."""
+def _ground(city: City, pano_index: int, dist_ground: np.ndarray, dirs: np.ndarray,
+            hits: tuple[np.ndarray, ...]) -> np.ndarray:
+    """float32[h, W, 3] ground colour for the rows below the horizon (dist_ground float32[h, 1] metres).
+
+    A ground point is sidewalk when it lies within the sidewalk width of the block side that its column's ray hits
+    (measured perpendicular to that side, and within the side's extent plus the corner)."""
     style, pano = city.style, city.panos[pano_index]
+    hit_dist, wall, along, cos_inc, cos_along = hits
     road = np.array(style.road_colour, np.float32)
     walk = np.array(style.sidewalk_colour, np.float32)
-    to_wall = (hit_dist[None, :] - dist_ground) * cos_inc[None, :]
-    sidewalk = np.isfinite(hit_dist)[None, :] & (to_wall < style.sidewalk_width)
+    back = hit_dist[None, :] - dist_ground
+    to_wall = back * cos_inc[None, :]
+    extent = city.walls.facade_extent[np.maximum(wall, 0)]
+    s_ground = along[None, :] - back * cos_along[None, :]
+    margin = style.sidewalk_width
+    within = (s_ground > extent[None, :, 0] - margin) & (s_ground < extent[None, :, 1] + margin)
+    sidewalk = np.isfinite(hit_dist)[None, :] & (to_wall < style.sidewalk_width) & within
     curb = sidewalk & (to_wall > style.sidewalk_width - 0.25)
     out = np.where(sidewalk[..., None], walk, road)
     out = np.where(curb[..., None], walk * 0.75, out)
@@ -209,7 +220,8 @@ def render_panorama(city: City, pano_index: int, width: int = 2048, height: int 
     origin = np.array(pano.xy)
     bearing = np.radians(column_bearings(width, pano.rotation))
     dirs = np.stack([np.sin(bearing), np.cos(bearing)], axis=1)
-    hit_dist, wall, along, cos_inc = _cast_rays(city, origin, dirs)
+    hits = _cast_rays(city, origin, dirs)
+    hit_dist, wall, along = hits[:3]
     elevation = row_elevations(height)
     tan_el = np.tan(np.clip(elevation, -1.55, 1.55)).astype(np.float32)
 
@@ -222,7 +234,7 @@ def render_panorama(city: City, pano_index: int, width: int = 2048, height: int 
     image = np.where(far[..., None], haze, image)
 
     dist_ground = CAMERA_HEIGHT_M / np.maximum(-tan_el[below], 1e-4)
-    ground = _ground(city, pano_index, dist_ground[:, None], dirs, hit_dist, cos_inc)
+    ground = _ground(city, pano_index, dist_ground[:, None], dirs, hits)
     fog = 1.0 - np.exp(-dist_ground / FOG_DISTANCE_M)[:, None, None]
     image[below] = ground * (1 - fog) + np.array(style.sky_horizon, np.float32) * fog
 

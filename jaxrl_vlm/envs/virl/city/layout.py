@@ -63,7 +63,8 @@ class Walls:
     p0, p1: float64[S, 2] wall ends (the block is on the left of p0->p1, so p0->p1 reads left-to-right
     from the street). height, floor_height: float32[S]. colour: uint8[S, 3]. window_phase: float32[S] offset of
     the window grid along the wall. sign: int32[S] index of the sign texture (-1 if none). sign_rect: float32[S, 4]
-    (s0, s1, z0, z1) of the sign in metres along the wall from p0 and above ground.
+    (s0, s1, z0, z1) of the sign in metres along the wall from p0 and above ground. facade_extent: float32[S, 2]
+    where the whole block side containing the wall starts and ends, in metres along the wall from p0.
     """
 
     p0: np.ndarray
@@ -74,6 +75,7 @@ class Walls:
     window_phase: np.ndarray
     sign: np.ndarray
     sign_rect: np.ndarray
+    facade_extent: np.ndarray
 
 
 @dataclasses.dataclass
@@ -190,7 +192,7 @@ def generate_city(style: CityStyle, seed: int, nx: int = 6, ny: int = 6) -> City
     inset = style.road_width / 2 + style.sidewalk_width
 
     walls: dict[str, list] = {k: [] for k in ("p0", "p1", "height", "floor_height", "colour", "window_phase",
-                                               "sign", "sign_rect")}
+                                               "sign", "sign_rect", "facade_extent")}
     place_slots: list[tuple[int, tuple[Node, Node], Node | None]] = []   # (wall index, segment, corner node)
     for ci in range(nx + 1):
         for cj in range(ny + 1):
@@ -218,6 +220,7 @@ def generate_city(style: CityStyle, seed: int, nx: int = 6, ny: int = 6) -> City
                     walls["window_phase"].append(float(rng.uniform(0.0, style.window_spacing)))
                     walls["sign"].append(-1)
                     walls["sign_rect"].append((0.0, 0.0, 0.0, 0.0))
+                    walls["facade_extent"].append((-edges[b] * length, (1.0 - edges[b]) * length))
                     if not faces:
                         continue
                     segment = (a_in, b_in) if a_in < b_in else (b_in, a_in)
@@ -258,7 +261,8 @@ def generate_city(style: CityStyle, seed: int, nx: int = 6, ny: int = 6) -> City
         p0=np.array(walls["p0"], np.float64), p1=np.array(walls["p1"], np.float64),
         height=np.array(walls["height"], np.float32), floor_height=np.array(walls["floor_height"], np.float32),
         colour=np.array(walls["colour"], np.uint8), window_phase=np.array(walls["window_phase"], np.float32),
-        sign=np.array(walls["sign"], np.int32), sign_rect=np.array(walls["sign_rect"], np.float32))
+        sign=np.array(walls["sign"], np.int32), sign_rect=np.array(walls["sign_rect"], np.float32),
+        facade_extent=np.array(walls["facade_extent"], np.float32))
     city = City(style=style, seed=seed, origin=origin, nx=nx, ny=ny, node_xy=node_xy, node_pano=node_pano,
                 segments=segments, panos=panos, walls=wall_arrays, places=places, signs=signs,
                 sign_background=sign_background)
