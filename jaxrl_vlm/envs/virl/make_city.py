@@ -5,8 +5,8 @@
 
 writes DIR/route_infos.json (`[route_list, route_num]`), DIR/gps_pano_mapping.pkl (`{(lat, lng): pano_id}`) and
 DIR/street_views/{pano_id}.jpg + {pano_id}.metadata.json for every pano of every city. Several comma-separated
-styles give several cities (different regions of the world) in one route file, routes split evenly in style order,
-as the visual-OOD route file of V-IRL mixes regions. Output is a deterministic function of the arguments.
+styles (or `all`) give several cities (different regions of the world) in one route file, routes split evenly in
+style order, as the visual-OOD route file of V-IRL mixes regions. Output is a deterministic function of the arguments.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import os
 import pickle
 from typing import Any
 
-from jaxrl_vlm.envs.virl.city import generate_city, get_style, make_routes, route_infos_json
+from jaxrl_vlm.envs.virl.city import STYLES, generate_city, get_style, make_routes, route_infos_json
 from jaxrl_vlm.envs.virl.city.layout import City
 from jaxrl_vlm.envs.virl.panorama import write_panorama
 
@@ -76,13 +76,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--routes", type=int, required=True, help="total number of routes")
-    parser.add_argument("--style", default="soho", help="style name or comma-separated names (one city each)")
+    parser.add_argument("--style", default="soho",
+                        help=f"style name, comma-separated names (one city each) or 'all' ({', '.join(STYLES)})")
     parser.add_argument("--pano-width", type=int, default=2048, help="panorama width in px (height = width / 2)")
     parser.add_argument("--grid", type=int, nargs=2, default=(6, 6), metavar=("NX", "NY"),
                         help="intersections per city along each axis")
     parser.add_argument("--workers", type=int, default=1, help="processes rendering panoramas")
     args = parser.parse_args(argv)
-    styles = [s.strip() for s in args.style.split(",") if s.strip()]
+    styles = list(STYLES) if args.style == "all" else [s.strip() for s in args.style.split(",") if s.strip()]
     summary = write_city(args.out, args.seed, args.routes, styles, args.pano_width, tuple(args.grid), args.workers,
                          verbose=True)
     print(f"wrote {summary['routes']} routes and {summary['panos']} panoramas to {args.out}")

@@ -181,13 +181,14 @@ def _ground(city: City, pano_index: int, dist_ground: np.ndarray, dirs: np.ndarr
     hit_dist, wall, along, cos_inc, cos_along = hits
     road = np.array(style.road_colour, np.float32)
     walk = np.array(style.sidewalk_colour, np.float32)
-    back = hit_dist[None, :] - dist_ground
+    hit = np.isfinite(hit_dist)
+    back = np.where(hit, hit_dist, MAX_RAY_M)[None, :] - dist_ground
     to_wall = back * cos_inc[None, :]
     extent = city.walls.facade_extent[np.maximum(wall, 0)]
     s_ground = along[None, :] - back * cos_along[None, :]
     margin = style.sidewalk_width
     within = (s_ground > extent[None, :, 0] - margin) & (s_ground < extent[None, :, 1] + margin)
-    sidewalk = np.isfinite(hit_dist)[None, :] & (to_wall < style.sidewalk_width) & within
+    sidewalk = hit[None, :] & (to_wall < style.sidewalk_width) & within
     curb = sidewalk & (to_wall > style.sidewalk_width - 0.25)
     out = np.where(sidewalk[..., None], walk, road)
     out = np.where(curb[..., None], walk * 0.75, out)
@@ -238,8 +239,8 @@ def render_panorama(city: City, pano_index: int, width: int = 2048, height: int 
     fog = 1.0 - np.exp(-dist_ground / FOG_DISTANCE_M)[:, None, None]
     image[below] = ground * (1 - fog) + np.array(style.sky_horizon, np.float32) * fog
 
-    z = CAMERA_HEIGHT_M + hit_dist[None, :] * tan_el[:, None]
     wall_hit = wall >= 0
+    z = CAMERA_HEIGHT_M + np.where(wall_hit, hit_dist, 0.0)[None, :] * tan_el[:, None]
     on_wall = wall_hit[None, :] & (z >= 0) & (z <= np.where(wall_hit, city.walls.height[wall], 0)[None, :])
     rows, cols = np.nonzero(on_wall)
     if rows.size:

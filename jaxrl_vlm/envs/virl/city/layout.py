@@ -23,6 +23,7 @@ SIGN_BOTTOM_M = 3.3
 SIGN_HEIGHT_M = 1.6
 CORNER_PLACE_PROB = 0.45
 MIDBLOCK_PLACE_PROB = 0.3
+BUILDING_WIDTH_M = (7.0, 16.0)
 _ID_ALPHABET = np.array(list("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"))
 
 
@@ -78,7 +79,7 @@ class Walls:
     facade_extent: np.ndarray
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class City:
     """A generated city. `segments` maps an ordered node pair (a < b) to its pano indices from a to b."""
 
@@ -96,16 +97,16 @@ class City:
     signs: list[np.ndarray]                  # uint8[64, w_k, 3] textures
     sign_background: list[tuple[int, int, int]]
 
-    def segment_name(self, a: Node, b: Node) -> str:
-        """Name of the street through adjacent intersections a and b."""
-        style = self.style
-        if a[0] == b[0]:
-            return style.avenue_names[a[0] % len(style.avenue_names)]
-        return style.street_names[a[1] % len(style.street_names)]
-
     def pano_mapping(self) -> dict[tuple[float, float], str]:
         """{(lat, lng): pano_id} for every pano of the city (the gps_pano_mapping.pkl content)."""
         return {p.geocode: p.pano_id for p in self.panos}
+
+
+def street_name(style: CityStyle, a: Node, b: Node) -> str:
+    """Name of the street through adjacent intersections a and b (avenue i or cross street j)."""
+    if a[0] == b[0]:
+        return style.avenue_names[a[0] % len(style.avenue_names)]
+    return style.street_names[a[1] % len(style.street_names)]
 
 
 def random_id(rng: np.random.Generator, length: int = 22) -> str:
@@ -141,6 +142,18 @@ def _inset_quad(corners: np.ndarray, inset: float) -> np.ndarray:
         t = np.linalg.solve(np.stack([da, -db], axis=1), b - a)[0]
         out[k] = a + t * da
     return out
+
+
+def _split_facade(rng: np.random.Generator, length: float) -> np.ndarray:
+    """float64[n+1] fractions in [0, 1] splitting a block side of `length` metres into n building fronts of
+    BUILDING_WIDTH_M[0]..[1] metres (the last one absorbs the remainder; a short side is one building)."""
+    lo, hi = BUILDING_WIDTH_M
+    widths: list[float] = []
+    while sum(widths) < length - lo:
+        widths.append(float(rng.uniform(lo, hi)))
+    widths = widths or [length]
+    widths[-1] += length - sum(widths)
+    return np.concatenate([[0.0], np.cumsum(widths)]) / length
 
 
 def _make_panos(style: CityStyle, nx: int, ny: int, node_xy: np.ndarray, origin: tuple[float, float],
@@ -180,6 +193,38 @@ def _make_panos(style: CityStyle, nx: int, ny: int, node_xy: np.ndarray, origin:
     return panos, node_pano, segments
 
 
+def _attach_places(style: CityStyle, rng: np.random.Generator, walls: dict[str, list],
+                   place_slots: list[tuple[int, tuple[Node, Node], Node | None]], node_xy: np.ndarray,
+                   origin: tuple[float, float]) -> tuple[list[Place], list[np.ndarray], list[tuple[int, int, int]]]:
+    """Name a place for every slot, hang its sign (centred on the wall, name texture) and locate it."""
+    names = place_names(rng, len(place_slots))
+    places: list[Place] = []
+    signs: list[np.ndarray] = []
+    sign_background: list[tuple[int, int, int]] = []
+    for (wall_index, segment, corner), (name, types) in zip(place_slots, names):
+        colour_idx = int(rng.integers(len(style.sign_backgrounds)))
+        texture = sign_texture(name, style.sign_backgrounds[colour_idx], style.sign_text[colour_idx])
+        p0, p1 = walls["p0"][wall_index], walls["p1"][wall_index]
+        wall_len = float(np.linalg.norm(p1 - p0))
+        aspect = texture.shape[1] / texture.shape[0]
+        sign_w = min(SIGN_HEIGHT_M * aspect, wall_len - 1.0)
+        sign_h = sign_w / aspect
+        s0 = (wall_len - sign_w) / 2
+        walls["sign"][wall_index] = len(signs)
+        walls["sign_rect"][wall_index] = (s0, s0 + sign_w, SIGN_BOTTOM_M, SIGN_BOTTOM_M + sign_h)
+        centre = p0 + (p1 - p0) * 0.5
+        geocode = tuple(float(v) for v in geo.enu_to_latlng(centre, origin))
+        a_xy, b_xy = node_xy[segment[0]], node_xy[segment[1]]
+        frac = float(np.clip(np.dot(centre - a_xy, b_xy - a_xy) / np.dot(b_xy - a_xy, b_xy - a_xy), 0.0, 1.0))
+        places.append(Place(name=name, types=types, place_id="ChIJ" + random_id(rng, 23),
+                            xy=(float(centre[0]), float(centre[1])),
+                            geocode=geocode, sign=len(signs), segment=segment, segment_fraction=frac,
+                            street=street_name(style, *segment), corner_of=corner))
+        signs.append(texture)
+        sign_background.append(style.sign_backgrounds[colour_idx])
+    return places, signs, sign_background
+
+
 def generate_city(style: CityStyle, seed: int, nx: int = 6, ny: int = 6) -> City:
     """Build a deterministic city of nx x ny intersections in `style` from `seed` (no rendering happens here)."""
     if nx < 2 or ny < 2:
@@ -204,13 +249,9 @@ def generate_city(style: CityStyle, seed: int, nx: int = 6, ny: int = 6) -> City
                 faces = all(0 <= n[0] < nx and 0 <= n[1] < ny for n in (a_in, b_in))
                 q0, q1 = quad[k], quad[(k + 1) % 4]
                 length = float(np.linalg.norm(q1 - q0))
-                widths = []
-                while sum(widths) < length - 7.0:
-                    widths.append(float(rng.uniform(7.0, 16.0)))
-                widths = widths or [length]
-                widths[-1] += length - sum(widths)
-                edges = np.concatenate([[0.0], np.cumsum(widths)]) / length
-                for b in range(len(widths)):
+                edges = _split_facade(rng, length)
+                n_buildings = len(edges) - 1
+                for b in range(n_buildings):
                     floors = int(rng.integers(style.floors[0], style.floors[1] + 1))
                     walls["p0"].append(q0 + edges[b] * (q1 - q0))
                     walls["p1"].append(q0 + edges[b + 1] * (q1 - q0))
@@ -227,44 +268,18 @@ def generate_city(style: CityStyle, seed: int, nx: int = 6, ny: int = 6) -> City
                     wall_index = len(walls["p0"]) - 1
                     if b == 0 and rng.random() < CORNER_PLACE_PROB:
                         place_slots.append((wall_index, segment, a_in))
-                    elif b == len(widths) - 1 and len(widths) > 1 and rng.random() < CORNER_PLACE_PROB:
+                    elif b == n_buildings - 1 and n_buildings > 1 and rng.random() < CORNER_PLACE_PROB:
                         place_slots.append((wall_index, segment, b_in))
-                    elif 0 < b < len(widths) - 1 and rng.random() < MIDBLOCK_PLACE_PROB:
+                    elif 0 < b < n_buildings - 1 and rng.random() < MIDBLOCK_PLACE_PROB:
                         place_slots.append((wall_index, segment, None))
 
-    names = place_names(rng, len(place_slots))
-    places: list[Place] = []
-    signs: list[np.ndarray] = []
-    sign_background: list[tuple[int, int, int]] = []
-    for (wall_index, segment, corner), (name, types) in zip(place_slots, names):
-        colour_idx = int(rng.integers(len(style.sign_backgrounds)))
-        texture = sign_texture(name, style.sign_backgrounds[colour_idx], style.sign_text[colour_idx])
-        p0, p1 = walls["p0"][wall_index], walls["p1"][wall_index]
-        wall_len = float(np.linalg.norm(p1 - p0))
-        aspect = texture.shape[1] / texture.shape[0]
-        sign_w = min(SIGN_HEIGHT_M * aspect, wall_len - 1.0)
-        sign_h = sign_w / aspect
-        s0 = (wall_len - sign_w) / 2
-        walls["sign"][wall_index] = len(signs)
-        walls["sign_rect"][wall_index] = (s0, s0 + sign_w, SIGN_BOTTOM_M, SIGN_BOTTOM_M + sign_h)
-        centre = p0 + (p1 - p0) * 0.5
-        geocode = tuple(float(v) for v in geo.enu_to_latlng(centre, origin))
-        a_xy, b_xy = node_xy[segment[0]], node_xy[segment[1]]
-        frac = float(np.clip(np.dot(centre - a_xy, b_xy - a_xy) / np.dot(b_xy - a_xy, b_xy - a_xy), 0.0, 1.0))
-        places.append(Place(name=name, types=types, place_id="ChIJ" + random_id(rng, 23), xy=(centre[0], centre[1]),
-                            geocode=geocode, sign=len(signs), segment=segment, segment_fraction=frac,
-                            street="", corner_of=corner))
-        signs.append(texture)
-        sign_background.append(style.sign_backgrounds[colour_idx])
-
+    places, signs, sign_background = _attach_places(style, rng, walls, place_slots, node_xy, origin)
     wall_arrays = Walls(
         p0=np.array(walls["p0"], np.float64), p1=np.array(walls["p1"], np.float64),
         height=np.array(walls["height"], np.float32), floor_height=np.array(walls["floor_height"], np.float32),
         colour=np.array(walls["colour"], np.uint8), window_phase=np.array(walls["window_phase"], np.float32),
         sign=np.array(walls["sign"], np.int32), sign_rect=np.array(walls["sign_rect"], np.float32),
         facade_extent=np.array(walls["facade_extent"], np.float32))
-    city = City(style=style, seed=seed, origin=origin, nx=nx, ny=ny, node_xy=node_xy, node_pano=node_pano,
+    return City(style=style, seed=seed, origin=origin, nx=nx, ny=ny, node_xy=node_xy, node_pano=node_pano,
                 segments=segments, panos=panos, walls=wall_arrays, places=places, signs=signs,
                 sign_background=sign_background)
-    city.places = [dataclasses.replace(p, street=city.segment_name(*p.segment)) for p in places]
-    return city

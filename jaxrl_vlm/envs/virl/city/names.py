@@ -34,19 +34,12 @@ _SECOND = ("Fig", "Lark", "Pine", "Star", "Bridge", "Oak", "Finch", "Lantern", "
 
 def place_names(rng: np.random.Generator, count: int) -> list[tuple[str, tuple[str, ...]]]:
     """`count` distinct (name, place_types) pairs such as ("Golden Fig Cafe", ("cafe", "food"))."""
-    capacity = len(_FIRST) * len(_SECOND) * len(PLACE_KINDS)
+    combos = [(first, second) for first in _FIRST for second in _SECOND if first != second]
+    capacity = len(combos) * len(PLACE_KINDS)
     if count > capacity:
         raise ValueError(f"cannot generate {count} distinct place names (at most {capacity})")
-    codes = rng.choice(capacity, size=count, replace=False)
     out = []
-    for code in codes.tolist():
-        first, rest = divmod(code, len(_SECOND) * len(PLACE_KINDS))
-        second, kind = divmod(rest, len(PLACE_KINDS))
-        word, types = PLACE_KINDS[kind]
-        if _FIRST[first] == _SECOND[second]:
-            second = (second + 1) % len(_SECOND)
-        out.append((f"{_FIRST[first]} {_SECOND[second]} {word}", types))
-    names = [n for n, _ in out]
-    if len(set(names)) != len(names):
-        return place_names(np.random.default_rng(rng.integers(1 << 31)), count)
+    for code in rng.choice(capacity, size=count, replace=False).tolist():
+        (first, second), (word, types) = combos[code // len(PLACE_KINDS)], PLACE_KINDS[code % len(PLACE_KINDS)]
+        out.append((f"{first} {second} {word}", types))
     return out
