@@ -9,10 +9,14 @@ For compass heading h the views look at [h-135, h-45, h+45, h+135] mod 360 (FOV 
 The panorama is then sampled with a gather implementing cv2.remap(INTER_CUBIC, BORDER_WRAP):
 * bicubic (Keys kernel, a = -0.75, cv2's constant) on the 4x4 neighbourhood, indices wrapped modulo W and H;
 * X, Y are first rounded to 1/32 px, the sub-pixel grid of cv2.remap (INTER_BITS = 5).
-  Remaining difference from cv2: cv2 accumulates uint8 inputs with 15-bit fixed-point weights, we use float32,
-  so single pixels can differ by one intensity level. "bilinear" is offered as a cheaper alternative.
+  Remaining differences from cv2: cv2 accumulates uint8 inputs with 15-bit fixed-point weights (we use float32),
+  and our float32 trigonometry can round a coordinate to the neighbouring 1/32 px where the reference (float64,
+  then float32) does not. Measured against opencv-python-headless 5.0 on a rendered 2048x1024 panorama, 640 px
+  views: mean |difference| 0.075 intensity levels, 99.4% of values within 1 level, max 6 on the sharpest edges.
+  "bilinear" is offered as a cheaper alternative (mean |difference| to cv2's bicubic about 1 level).
 Each view is rounded/saturated to uint8 (as cv2 returns it), resized to `resolution` with a bicubic kernel
-(a = -0.5, antialiased when shrinking, as PIL's default `Image.resize`), and pasted on a black
+(a = -0.5, antialiased when shrinking, as PIL's default `Image.resize`; 640 -> 1200 differs from PIL by 0.14
+levels on average), and pasted on a black
 (2 res + 5)^2 canvas at (x, y) = (0, 0), (res+5, 0), (0, res+5), (res+5, res+5) in view order. That is the
 reference's layout, which disagrees with the prompt's "[front, right / back, left]" (quirk §1.12.3).
 
