@@ -16,7 +16,8 @@ import numpy as np
 from jaxrl_vlm.envs.virl.city import geo
 from jaxrl_vlm.envs.virl.city.layout import City, Node, Place, random_id
 
-TURN_PENALTY_M = 40.0
+TURN_PENALTY_M = (0.0, 60.0)      # per-route range: low penalties give staircase routes with more turns
+EDGE_NOISE_M = 40.0
 WALK_SPEED_MPS = 1.3
 
 
@@ -44,14 +45,16 @@ def _street_pano(city: City, place: Place) -> int:
 
 
 def _shortest_turns(city: City, rng: np.random.Generator, start: Place, dest: Place) -> list[Node] | None:
-    """Intersections visited from the start street to the destination street, by Dijkstra with turn penalties.
+    """Intersections visited from the start street to the destination street, by Dijkstra with a random turn
+    penalty and randomly perturbed street lengths (so that equally short grid routes differ in shape).
 
     States are (node, arrival direction). The start and destination streets cannot be used between intersections,
     so the walker never turns back and never walks past the destination.
     """
     blocked = {start.segment, dest.segment}
-    weights = {seg: float(np.linalg.norm(city.node_xy[seg[1]] - city.node_xy[seg[0]])) + float(rng.uniform(0, 25))
-               for seg in city.segments if seg not in blocked}
+    weights = {seg: float(np.linalg.norm(city.node_xy[seg[1]] - city.node_xy[seg[0]]))
+               + float(rng.uniform(0, EDGE_NOISE_M)) for seg in city.segments if seg not in blocked}
+    turn_penalty = float(rng.uniform(*TURN_PENALTY_M))
     a, b = start.segment
     heap: list[tuple[float, Node, tuple[int, int], tuple]] = []
     for exit_node, other in ((a, b), (b, a)):
@@ -73,7 +76,7 @@ def _shortest_turns(city: City, rng: np.random.Generator, start: Place, dest: Pl
             seg = (node, nxt) if node < nxt else (nxt, node)
             if seg not in weights:
                 continue
-            turn = TURN_PENALTY_M if step != direction else 0.0
+            turn = turn_penalty if step != direction else 0.0
             heapq.heappush(heap, (cost + weights[seg] + turn, nxt, step, path + (nxt,)))
     return None
 
