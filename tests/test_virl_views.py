@@ -73,11 +73,6 @@ def view_fn():
     return jax.jit(perspective_view, static_argnames=("view_size", "fov", "pitch", "interpolation"))
 
 
-@pytest.fixture(scope="module")
-def grid_fn():
-    return jax.jit(view_grid, static_argnames=("view_size", "resolution", "fov", "pitch", "interpolation"))
-
-
 coords_fn = jax.jit(panorama_coords, static_argnames=("pano_hw", "view_size", "fov", "pitch"))
 
 
@@ -136,17 +131,17 @@ def test_view_centre_column_fraction_is_heading_plus_rotation(view_fn):
         assert 0 < (angles[24] - angles[16]) % 360 < 90        # right of centre = clockwise (larger bearing)
 
 
-def test_grid_headings_and_canvas_layout(smooth_pano, view_fn, grid_fn):
+def test_grid_headings_and_canvas_layout(smooth_pano, view_fn):
     np.testing.assert_allclose(np.asarray(grid_headings(10.0)), [235.0, 325.0, 55.0, 145.0])
     pano = jnp.asarray(smooth_pano)
-    grid = np.asarray(grid_fn(pano, 10.0, 33.0, view_size=16, resolution=16))
+    grid = np.asarray(view_grid(pano, 10.0, 33.0, view_size=16, resolution=16))
     assert grid.shape == (37, 37, 3) and grid.dtype == np.uint8
     assert not grid[16:21].any() and not grid[:, 16:21].any()
     for k, heading in enumerate([235.0, 325.0, 55.0, 145.0]):
         x0, y0 = (k % 2) * 21, (k // 2) * 21
         np.testing.assert_array_equal(grid[y0:y0 + 16, x0:x0 + 16],
                                       np.asarray(view_fn(pano, heading, 33.0, view_size=16)))
-    resized = np.asarray(grid_fn(pano, 10.0, 33.0, view_size=16, resolution=24))
+    resized = np.asarray(view_grid(pano, 10.0, 33.0, view_size=16, resolution=24))
     assert resized.shape == (53, 53, 3) and not resized[24:29].any() and not resized[:, 24:29].any()
     expected = jax.jit(resize_view, static_argnums=1)(view_fn(pano, 55.0, 33.0, view_size=16), 24)
     np.testing.assert_array_equal(resized[29:, :24], np.asarray(expected))
@@ -163,13 +158,13 @@ def test_resize_is_bit_exact_with_pil_default_resize():
         np.testing.assert_array_equal(np.asarray(resize(jnp.asarray(view), size_out)), ref)
 
 
-def test_batched_render_matches_single(smooth_pano, grid_fn):
+def test_batched_render_matches_single(smooth_pano):
     panos = jnp.stack([jnp.asarray(smooth_pano), jnp.asarray(smooth_pano[::-1])])
     idx, heading, rot = jnp.array([1, 0, 1]), jnp.array([0.0, 95.0, 300.0]), jnp.array([12.0, 0.0, 181.5])
     out = np.asarray(render_view_grids(panos, idx, heading, rot, view_size=16, resolution=24))
     assert out.shape == (3, 53, 53, 3)
     for b in range(3):
-        single = grid_fn(panos[int(idx[b])], heading[b], rot[b], view_size=16, resolution=24)
+        single = view_grid(panos[int(idx[b])], heading[b], rot[b], view_size=16, resolution=24)
         np.testing.assert_array_equal(out[b], np.asarray(single))
 
 

@@ -195,6 +195,7 @@ def assemble_grid(views: jax.Array) -> jax.Array:
     return canvas
 
 
+@functools.partial(jax.jit, static_argnames=("view_size", "resolution", "fov", "pitch", "interpolation"))
 def view_grid(panorama: jax.Array, heading: jax.Array | float, rotation: jax.Array | float, view_size: int = 640,
               resolution: int = 1200, fov: float = 90.0, pitch: float = 0.0,
               interpolation: str = "bicubic") -> jax.Array:
