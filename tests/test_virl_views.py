@@ -11,8 +11,8 @@ from scipy import ndimage
 
 from jaxrl_vlm.envs.virl.city import generate_city, get_style
 from jaxrl_vlm.envs.virl.panorama import render_panorama
-from jaxrl_vlm.envs.virl.views import (assemble_grid, grid_headings, panorama_coords, perspective_view,
-                                       render_view_grids, resize_view, view_grid)
+from jaxrl_vlm.envs.virl.views import (assemble_grid, cv2_remap_table, grid_headings, panorama_coords,
+                                       perspective_view, render_view_grids, resize_view, sample_panorama, view_grid)
 
 
 def spec_coords(heading, rotation, pano_h, pano_w, size, fov=90.0, pitch=0.0):
@@ -100,6 +100,24 @@ def test_bilinear_matches_scipy_map_coordinates(smooth_pano, view_fn):
                                                 mode="grid-wrap") for c in range(3)], -1)
         diff = np.abs(ours - np.clip(np.round(ref), 0, 255))
         assert diff.max() <= 2 and diff.mean() < 0.05
+
+
+def test_remap_table_and_integer_positions():
+    for interpolation, k in (("bicubic", 4), ("bilinear", 2)):
+        table = cv2_remap_table(interpolation)
+        assert table.shape == (32 * 32, k, k)
+        np.testing.assert_array_equal(table.sum(axis=(1, 2)), np.full(32 * 32, 1 << 15))
+        centre = np.zeros((k, k), np.int32)
+        centre[k // 2 - 1, k // 2 - 1] = 1 << 15
+        np.testing.assert_array_equal(table[0], centre)
+    rng = np.random.default_rng(2)
+    pano = rng.integers(0, 256, (8, 12, 3)).astype(np.uint8)
+    xs, ys = np.meshgrid(np.arange(-12, 24), np.arange(-8, 16))
+    sample = jax.jit(sample_panorama, static_argnames="interpolation")
+    for interpolation in ("bicubic", "bilinear"):
+        out = sample(jnp.asarray(pano), jnp.asarray(xs, jnp.float32), jnp.asarray(ys, jnp.float32),
+                     interpolation=interpolation)
+        np.testing.assert_array_equal(np.asarray(out), pano[ys % 8, xs % 12])
 
 
 def test_bicubic_matches_independent_keys_and_is_close_to_spline(smooth_pano, view_fn):
