@@ -23,6 +23,7 @@ from jaxrl_vlm.envs.virl.panorama import write_panorama
 
 
 def _render_range(city: City, street_views: str, width: int, indices: list[int]) -> int:
+    """Render and write the panos `indices` of `city`; returns how many were written."""
     for k in indices:
         write_panorama(city, k, street_views, width)
     return len(indices)

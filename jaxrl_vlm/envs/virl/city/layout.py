@@ -29,7 +29,11 @@ _ID_ALPHABET = np.array(list("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwx
 
 @dataclasses.dataclass(frozen=True)
 class Pano:
-    """A street-view capture point. `segment_*` describe the street it lies on (for road markings)."""
+    """A street-view capture point (`xy` is its position in the city frame, from the rounded geocode).
+
+    `segment_*` describe the street it lies on, for lane markings and crosswalks; panos at intersections draw
+    neither, so for them these fields just name one adjacent street.
+    """
 
     pano_id: str
     geocode: tuple[float, float]

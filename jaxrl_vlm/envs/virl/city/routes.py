@@ -98,6 +98,7 @@ def _turn_nodes(city: City, start: Place, dest: Place, path: list[Node]) -> list
 
 
 def _place_dict(place: Place, rng: np.random.Generator, distance: float, heading: float) -> dict[str, Any]:
+    """A Google-Places-like dict of `place` (rating, reviews, photo reference etc. are random filler)."""
     return {
         "name": place.name,
         "geocode": [place.geocode[0], place.geocode[1]],
