@@ -186,28 +186,45 @@ def test_batched_render_matches_single(smooth_pano):
         np.testing.assert_array_equal(out[b], np.asarray(single))
 
 
-def test_landmark_sign_visible_in_the_view_facing_it(view_fn):
-    city = generate_city(get_style("soho"), 2, 3, 3)
-    place = next(p for p in city.places if p.corner_of is not None)
-    pano_index = city.node_pano[place.corner_of]
+def _check_visible_where_it_stands(city, hidden, pano_index, target_xy, background, view_fn, width, view_size):
+    """Render pano `pano_index` of `city` and of `hidden` (the same city without one object at target_xy): the
+    changed pixels must sit at the object's compass bearing in the panorama, be mostly its board colour, and show
+    up around the centre of the view facing it and nowhere in the opposite view."""
     pano = city.panos[pano_index]
-    dx, dy = place.xy[0] - pano.xy[0], place.xy[1] - pano.xy[1]
-    bearing = math.degrees(math.atan2(dx, dy)) % 360
-    no_sign = dataclasses.replace(city, walls=dataclasses.replace(
-        city.walls, sign=np.where(city.walls.sign == place.sign, -1, city.walls.sign)))
-    with_sign = render_panorama(city, pano_index, 512)
-    without = render_panorama(no_sign, pano_index, 512)
-    changed = np.abs(with_sign.astype(int) - without.astype(int)).sum(-1) > 30
+    bearing = math.degrees(math.atan2(target_xy[0] - pano.xy[0], target_xy[1] - pano.xy[1])) % 360
+    shown, not_shown = render_panorama(city, pano_index, width), render_panorama(hidden, pano_index, width)
+    changed = np.abs(shown.astype(int) - not_shown.astype(int)).sum(-1) > 30
     cols = np.nonzero(changed.any(0))[0]
-    expected_col = (bearing + pano.rotation) % 360 / 360 * 511
-    assert cols.size > 5 and np.abs((cols - expected_col + 256) % 511 - 256).max() < 60
-    bg = np.array(city.sign_background[place.sign], float)
-    assert (np.abs(with_sign[changed].astype(float) - bg).sum(-1) < 60).mean() > 0.3
+    expected_col = (bearing + pano.rotation) % 360 / 360 * (width - 1)
+    assert cols.size > 3
+    assert np.abs((cols - expected_col + width / 2) % (width - 1) - width / 2).max() < width / 12
+    assert (np.abs(shown[changed].astype(float) - np.array(background, float)).sum(-1) < 60).mean() > 0.3
     diffs = {}
     for offset in (0.0, 180.0):
-        a = np.asarray(view_fn(jnp.asarray(with_sign), bearing + offset, pano.rotation, view_size=64)).astype(int)
-        b = np.asarray(view_fn(jnp.asarray(without), bearing + offset, pano.rotation, view_size=64)).astype(int)
-        diffs[offset] = np.abs(a - b).sum(-1) > 30
-    assert diffs[0.0].sum() > 10 and diffs[180.0].sum() == 0
-    centre_x = np.nonzero(diffs[0.0])[1].mean()
-    assert abs(centre_x - 31.5) < 12
+        views = [np.asarray(view_fn(jnp.asarray(img), bearing + offset, pano.rotation, view_size=view_size))
+                 for img in (shown, not_shown)]
+        diffs[offset] = np.abs(views[0].astype(int) - views[1].astype(int)).sum(-1) > 30
+    assert diffs[0.0].sum() > 5 and diffs[180.0].sum() == 0
+    assert abs(np.nonzero(diffs[0.0])[1].mean() - (view_size - 1) / 2) < view_size / 5
+
+
+def test_shop_sign_visible_in_the_view_facing_it(view_fn):
+    city = generate_city(get_style("soho"), 2, 3, 3)
+    place = next(p for p in city.places if p.corner_of is not None)
+    hidden = dataclasses.replace(city, walls=dataclasses.replace(
+        city.walls, sign=np.where(city.walls.sign == place.sign, -1, city.walls.sign)))
+    _check_visible_where_it_stands(city, hidden, city.node_pano[place.corner_of], place.xy,
+                                   city.sign_background[place.sign], view_fn, 512, 64)
+
+
+def test_street_name_blades_visible_in_the_view_facing_them(view_fn):
+    city = generate_city(get_style("london"), 2, 3, 3)
+    node = (1, 0)
+    landmark = next(iter(city.street_landmarks[node].values()))
+    signs = city.street_signs
+    moved = np.where(np.linalg.norm(signs.pole_xy - landmark.xy, axis=1) < 1e-6, 1e5, 0.0)[:, None]
+    hidden = dataclasses.replace(city, street_signs=dataclasses.replace(
+        signs, pole_xy=signs.pole_xy + moved, p0=signs.p0 + np.repeat(moved, 2, 0),
+        p1=signs.p1 + np.repeat(moved, 2, 0)))
+    _check_visible_where_it_stands(city, hidden, city.node_pano[node], landmark.xy, city.style.street_sign[0],
+                                   view_fn, 1024, 64)

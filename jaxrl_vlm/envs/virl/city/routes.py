@@ -2,7 +2,9 @@
 
 A route starts at the street point in front of one place and ends at the street point in front of another. Its
 key points (`route_results.geocode_list`) are the intersections where the walker turns, then the destination, as in
-Google Directions steps. Every key point is the exact geocode of a pano.
+Google Directions steps. Every key point is the exact geocode of a pano. The landmark of a turn is a place at one of
+the intersection's corners or (as "Prince St is on your front" in V-IRL data) the street turned into, located at the
+intersection's street-name pole; "No landmark nearby" when the corners have no place.
 """
 from __future__ import annotations
 
@@ -14,10 +16,11 @@ from typing import Any
 import numpy as np
 
 from jaxrl_vlm.envs.virl.city import geo
-from jaxrl_vlm.envs.virl.city.layout import City, Node, Place, random_id
+from jaxrl_vlm.envs.virl.city.layout import City, Node, Place, random_id, street_name
 
 TURN_PENALTY_M = (0.0, 60.0)      # per-route range: low penalties give staircase routes with more turns
 EDGE_NOISE_M = 40.0
+STREET_LANDMARK_PROB = 0.3         # share of turns described by the name of the street turned into
 WALK_SPEED_MPS = 1.3
 
 
@@ -81,8 +84,9 @@ def _shortest_turns(city: City, rng: np.random.Generator, start: Place, dest: Pl
     return None
 
 
-def _turn_nodes(city: City, start: Place, dest: Place, path: list[Node]) -> list[Node]:
-    """Keep the intersections of `path` where the walking direction changes."""
+def _turns(start: Place, dest: Place, path: list[Node]) -> list[tuple[Node, Node]]:
+    """(intersection, next intersection or destination-street node) for each node of `path` where the walking
+    direction changes."""
     a, b = start.segment
     first_prev = b if path[0] == a else a
     c, d = dest.segment
@@ -93,7 +97,7 @@ def _turn_nodes(city: City, start: Place, dest: Place, path: list[Node]) -> list
         before = (full[k][0] - full[k - 1][0], full[k][1] - full[k - 1][1])
         after = (full[k + 1][0] - full[k][0], full[k + 1][1] - full[k][1])
         if before != after:
-            keep.append(full[k])
+            keep.append((full[k], full[k + 1]))
     return keep
 
 
@@ -123,8 +127,8 @@ def make_route(city: City, rng: np.random.Generator, start: Place, dest: Place) 
         return None
     start_pano = city.panos[_street_pano(city, start)]
     dest_pano = city.panos[_street_pano(city, dest)]
-    turn_nodes = _turn_nodes(city, start, dest, path)
-    keys = [city.panos[city.node_pano[n]].geocode for n in turn_nodes] + [dest_pano.geocode]
+    turns = _turns(start, dest, path)
+    keys = [city.panos[city.node_pano[n]].geocode for n, _ in turns] + [dest_pano.geocode]
 
     corner_places: dict[Node, list[Place]] = {}
     for p in city.places:
@@ -139,8 +143,12 @@ def make_route(city: City, rng: np.random.Generator, start: Place, dest: Place) 
         if j == len(keys) - 1:
             text = f"The destination {dest.name} is on your {relation_text(key, heading, dest.geocode)}"
         else:
-            options = corner_places.get(turn_nodes[j], [])
-            landmark = options[int(rng.integers(len(options)))] if options else None
+            node, nxt = turns[j]
+            options = corner_places.get(node, [])
+            if rng.random() < STREET_LANDMARK_PROB:
+                landmark = city.street_landmarks[node][street_name(city.style, node, nxt)]
+            else:
+                landmark = options[int(rng.integers(len(options)))] if options else None
             if landmark is None:
                 text = "No landmark nearby"
                 landmark_list.append(None)
