@@ -2,9 +2,9 @@
 
 A route starts at the street point in front of one place and ends at the street point in front of another. Its
 key points (`route_results.geocode_list`) are the intersections where the walker turns, then the destination, as in
-Google Directions steps. Every key point is the exact geocode of a pano. The landmark of a turn is a place at one of
-the intersection's corners or (as "Prince St is on your front" in V-IRL data) the street turned into, located at the
-intersection's street-name pole; "No landmark nearby" when the corners have no place.
+Google Directions steps. Every key point is the exact geocode of a pano. The landmark of a turn is a place within
+LANDMARK_RADIUS_M of the intersection or (as "Prince St is on your front" in V-IRL data) the street turned into,
+located at the intersection's street-name pole; "No landmark nearby" when no place is that close.
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from jaxrl_vlm.envs.virl.city.layout import City, Node, Place, random_id, street
 TURN_PENALTY_M = (0.0, 60.0)      # per-route range: low penalties give staircase routes with more turns
 EDGE_NOISE_M = 40.0
 STREET_LANDMARK_PROB = 0.3         # share of turns described by the name of the street turned into
+LANDMARK_RADIUS_M = 25.0           # places this close to a turn's intersection can describe it
 WALK_SPEED_MPS = 1.3
 
 
@@ -101,6 +102,13 @@ def _turns(start: Place, dest: Place, path: list[Node]) -> list[tuple[Node, Node
     return keep
 
 
+def _places_near(city: City, node: Node, exclude: tuple[Place, ...]) -> list[Place]:
+    """Places whose sign is within LANDMARK_RADIUS_M of intersection `node`, other than `exclude`."""
+    centre = city.node_xy[node]
+    return [p for p in city.places if p not in exclude
+            and math.dist(p.xy, (float(centre[0]), float(centre[1]))) < LANDMARK_RADIUS_M]
+
+
 def _place_dict(place: Place, rng: np.random.Generator, distance: float, heading: float) -> dict[str, Any]:
     """A Google-Places-like dict of `place` (rating, reviews, photo reference etc. are random filler)."""
     return {
@@ -130,11 +138,6 @@ def make_route(city: City, rng: np.random.Generator, start: Place, dest: Place) 
     turns = _turns(start, dest, path)
     keys = [city.panos[city.node_pano[n]].geocode for n, _ in turns] + [dest_pano.geocode]
 
-    corner_places: dict[Node, list[Place]] = {}
-    for p in city.places:
-        if p.corner_of is not None and p is not start and p is not dest:
-            corner_places.setdefault(p.corner_of, []).append(p)
-
     blocks, steps, landmark_list, distances, prev = [], [], [], [], start_pano.geocode
     for j, key in enumerate(keys):
         heading = int(round(geo.initial_bearing(prev, key))) % 360
@@ -144,7 +147,7 @@ def make_route(city: City, rng: np.random.Generator, start: Place, dest: Place) 
             text = f"The destination {dest.name} is on your {relation_text(key, heading, dest.geocode)}"
         else:
             node, nxt = turns[j]
-            options = corner_places.get(node, [])
+            options = _places_near(city, node, exclude=(start, dest))
             if rng.random() < STREET_LANDMARK_PROB:
                 landmark = city.street_landmarks[node][street_name(city.style, node, nxt)]
             else:
