@@ -1,4 +1,5 @@
-"""Geometry of a synthetic city: a slightly irregular street grid, blocks of buildings, places, panorama points.
+"""Geometry of a synthetic city: a slightly irregular street grid, blocks of buildings with shop signs, a
+street-name pole at every intersection, and a panorama point every ~10 m along every street.
 
 Frame: local east/north metres around the style's origin. The grid has `nx` avenues (running along the style's
 `grid_rotation` bearing) and `ny` cross streets; intersection (i, j) is where avenue i meets street j. One extra ring

@@ -48,7 +48,7 @@ def _street_pano(city: City, place: Place) -> int:
     return ids[k]
 
 
-def _shortest_turns(city: City, rng: np.random.Generator, start: Place, dest: Place) -> list[Node] | None:
+def _intersection_path(city: City, rng: np.random.Generator, start: Place, dest: Place) -> list[Node] | None:
     """Intersections visited from the start street to the destination street, by Dijkstra with a random turn
     penalty and randomly perturbed street lengths (so that equally short grid routes differ in shape).
 
@@ -130,7 +130,7 @@ def make_route(city: City, rng: np.random.Generator, start: Place, dest: Place) 
     """The V-IRL route dict from place `start` to place `dest`, or None when they cannot be joined."""
     if start.segment == dest.segment:
         return None
-    path = _shortest_turns(city, rng, start, dest)
+    path = _intersection_path(city, rng, start, dest)
     if path is None:
         return None
     start_pano = city.panos[_street_pano(city, start)]
