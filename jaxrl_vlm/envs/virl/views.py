@@ -141,12 +141,13 @@ def sample_panorama(panorama: jax.Array, x: jax.Array, y: jax.Array, interpolati
     x0 = jnp.right_shift(xi, sub_bits) - (k // 2 - 1)
     y0 = jnp.right_shift(yi, sub_bits) - (k // 2 - 1)
     weights = table[jnp.bitwise_and(yi, mask) * int(REMAP_SUBPIXEL) + jnp.bitwise_and(xi, mask)]   # [..., k, k]
-    offsets = jnp.arange(k, dtype=jnp.int32)
-    cols = jnp.mod(x0[..., None] + offsets, width)
-    rows = jnp.mod(y0[..., None] + offsets, height)
-    flat = panorama.reshape(height * width, panorama.shape[-1]).astype(jnp.int32)
-    taps = jnp.take(flat, rows[..., :, None] * width + cols[..., None, :], axis=0)   # [..., k, k, C]
-    acc = jnp.sum(taps * weights[..., None], axis=(-3, -2)) + (REMAP_COEF_SCALE >> 1)
+    flat = panorama.reshape(height * width, panorama.shape[-1])
+    acc = jnp.full(x.shape + (panorama.shape[-1],), REMAP_COEF_SCALE >> 1, jnp.int32)
+    for dy in range(k):                 # one gather per tap keeps memory at O(pixels), not O(16 * pixels)
+        row = jnp.mod(y0 + dy, height) * width
+        for dx in range(k):
+            tap = jnp.take(flat, row + jnp.mod(x0 + dx, width), axis=0).astype(jnp.int32)
+            acc = acc + tap * weights[..., dy, dx, None]
     return jnp.clip(jnp.right_shift(acc, REMAP_COEF_BITS), 0, 255).astype(jnp.uint8)
 
 
@@ -198,10 +199,11 @@ def pil_resample_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarr
 def _resample_axis(image: jax.Array, axis: int, out_size: int) -> jax.Array:
     """uint8 image resampled along `axis` (0 rows, 1 columns) with PIL's 8-bit fixed-point arithmetic."""
     index, weight = pil_resample_taps(image.shape[axis], out_size)
-    taps = jnp.take(image.astype(jnp.int32), jnp.asarray(index), axis=axis)      # axis -> (out, k)
-    w = jnp.asarray(weight)
-    w = w[:, :, None, None] if axis == 0 else w[None, :, :, None]
-    acc = jnp.sum(taps * w, axis=axis + 1) + (1 << (PIL_PRECISION_BITS - 1))
+    acc = jnp.int32(1 << (PIL_PRECISION_BITS - 1))
+    for tap in range(index.shape[1]):
+        w = jnp.asarray(weight[:, tap])
+        w = w[:, None, None] if axis == 0 else w[None, :, None]
+        acc = acc + jnp.take(image, jnp.asarray(index[:, tap]), axis=axis).astype(jnp.int32) * w
     return jnp.clip(jnp.right_shift(acc, PIL_PRECISION_BITS), 0, 255).astype(jnp.uint8)
 
 
