@@ -12,7 +12,7 @@ from scipy import ndimage
 from jaxrl_vlm.envs.virl.city import generate_city, get_style
 from jaxrl_vlm.envs.virl.panorama import render_panorama
 from jaxrl_vlm.envs.virl.views import (assemble_grid, cv2_remap_table, grid_headings, panorama_coords,
-                                       perspective_view, render_view_grids, resize_view, sample_panorama, view_grid)
+                                       perspective_view, render_view_grids, resize_view, sample_panorama)
 
 
 def spec_coords(heading, rotation, pano_h, pano_w, size, fov=90.0, pitch=0.0):
@@ -74,6 +74,7 @@ def view_fn():
 
 
 coords_fn = jax.jit(panorama_coords, static_argnames=("pano_hw", "view_size", "fov", "pitch"))
+resize_fn = jax.jit(resize_view, static_argnums=1)
 
 
 CASES = [(0.0, 0.0), (123.4, 77.7), (359.0, 301.25), (200.0, 10.0)]
@@ -149,41 +150,30 @@ def test_view_centre_column_fraction_is_heading_plus_rotation(view_fn):
         assert 0 < (angles[24] - angles[16]) % 360 < 90        # right of centre = clockwise (larger bearing)
 
 
-def test_grid_headings_and_canvas_layout(smooth_pano, view_fn):
-    np.testing.assert_allclose(np.asarray(grid_headings(10.0)), [235.0, 325.0, 55.0, 145.0])
-    pano = jnp.asarray(smooth_pano)
-    grid = np.asarray(view_grid(pano, 10.0, 33.0, view_size=16, resolution=16))
-    assert grid.shape == (37, 37, 3) and grid.dtype == np.uint8
-    assert not grid[16:21].any() and not grid[:, 16:21].any()
-    for k, heading in enumerate([235.0, 325.0, 55.0, 145.0]):
-        x0, y0 = (k % 2) * 21, (k // 2) * 21
-        np.testing.assert_array_equal(grid[y0:y0 + 16, x0:x0 + 16],
-                                      np.asarray(view_fn(pano, heading, 33.0, view_size=16)))
-    resized = np.asarray(view_grid(pano, 10.0, 33.0, view_size=16, resolution=24))
-    assert resized.shape == (53, 53, 3) and not resized[24:29].any() and not resized[:, 24:29].any()
-    expected = jax.jit(resize_view, static_argnums=1)(view_fn(pano, 55.0, 33.0, view_size=16), 24)
-    np.testing.assert_array_equal(resized[29:, :24], np.asarray(expected))
-    with pytest.raises(ValueError, match="views of shape"):
-        assemble_grid(jnp.zeros((3, 8, 8, 3), jnp.uint8))
-
-
 def test_resize_is_bit_exact_with_pil_default_resize():
     rng = np.random.default_rng(3)
-    resize = jax.jit(resize_view, static_argnums=1)
     for size_in, size_out in ((16, 24), (64, 40), (33, 100), (50, 7)):
         view = rng.integers(0, 256, (size_in, size_in, 3)).astype(np.uint8)
         ref = np.asarray(Image.fromarray(view).resize((size_out, size_out)))
-        np.testing.assert_array_equal(np.asarray(resize(jnp.asarray(view), size_out)), ref)
+        np.testing.assert_array_equal(np.asarray(resize_fn(jnp.asarray(view), size_out)), ref)
 
 
-def test_batched_render_matches_single(smooth_pano):
+def test_batched_grids_layout_and_gap(smooth_pano, view_fn):
+    np.testing.assert_allclose(np.asarray(grid_headings(10.0)), [235.0, 325.0, 55.0, 145.0])
     panos = jnp.stack([jnp.asarray(smooth_pano), jnp.asarray(smooth_pano[::-1])])
-    idx, heading, rot = jnp.array([1, 0, 1]), jnp.array([0.0, 95.0, 300.0]), jnp.array([12.0, 0.0, 181.5])
-    out = np.asarray(render_view_grids(panos, idx, heading, rot, view_size=16, resolution=24))
-    assert out.shape == (3, 53, 53, 3)
+    idx, heading, rot = [1, 0, 1], [10.0, 95.0, 300.0], [33.0, 0.0, 181.5]
+    grids = np.asarray(render_view_grids(panos, jnp.array(idx), jnp.array(heading), jnp.array(rot), view_size=16,
+                                         resolution=24))
+    assert grids.shape == (3, 53, 53, 3) and grids.dtype == np.uint8
     for b in range(3):
-        single = view_grid(panos[int(idx[b])], heading[b], rot[b], view_size=16, resolution=24)
-        np.testing.assert_array_equal(out[b], np.asarray(single))
+        grid = grids[b]
+        assert not grid[24:29].any() and not grid[:, 24:29].any()          # the 5 px black gap
+        for k, offset in enumerate((-135.0, -45.0, 45.0, 135.0)):           # (0,0) (29,0) (0,29) (29,29) in order
+            x0, y0 = (k % 2) * 29, (k // 2) * 29
+            view = view_fn(panos[idx[b]], (heading[b] + offset) % 360, rot[b], view_size=16)
+            np.testing.assert_array_equal(grid[y0:y0 + 24, x0:x0 + 24], np.asarray(resize_fn(view, 24)))
+    with pytest.raises(ValueError, match="views of shape"):
+        assemble_grid(jnp.zeros((3, 8, 8, 3), jnp.uint8))
 
 
 def _check_visible_where_it_stands(city, hidden, pano_index, target_xy, background, view_fn, width, view_size):
