@@ -97,7 +97,9 @@ def cv2_remap_table(interpolation: str) -> np.ndarray:
     """int32[32 * 32, k, k] fixed-point 2-D weights of cv2.remap for sub-pixel cell (fy * 32 + fx).
 
     Mirrors OpenCV's initInterTab2D: products of the float32 1-D weights scaled by 2^15 and rounded half to even,
-    then the sum forced to exactly 2^15 by adjusting the largest (deficit) or smallest (excess) central weight.
+    then the sum forced to exactly 2^15 by adjusting the largest (deficit) or smallest (excess) weight among taps
+    k//2 .. k//2+1 in both axes (OpenCV's choice). Bilinear products are exact multiples of 2^-10, so their sums
+    never need the correction.
     """
     if interpolation not in ("bicubic", "bilinear"):
         raise ValueError(f"interpolation must be 'bicubic' or 'bilinear', got {interpolation!r}")
@@ -113,8 +115,8 @@ def cv2_remap_table(interpolation: str) -> np.ndarray:
             if diff:
                 c = k // 2
                 lo = hi = (c, c)
-                for k1 in range(c, c + 2):
-                    for k2 in range(c, c + 2):
+                for k1 in range(c, min(c + 2, k)):
+                    for k2 in range(c, min(c + 2, k)):
                         if itab[k1, k2] < itab[lo]:
                             lo = (k1, k2)
                         elif itab[k1, k2] > itab[hi]:
