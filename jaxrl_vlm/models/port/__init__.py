@@ -1,0 +1,1 @@
+"""Checkpoint porting: HF safetensors directories and GGUF files to and from param trees."""
