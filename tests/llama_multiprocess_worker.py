@@ -23,9 +23,10 @@ def main() -> None:
     model = api.load(checkpoint, mesh={"data": 2, "fsdp": 2, "tensor": 2})
     data = np.load(inputs)
     logits = model.logits(data["ids"], data["mask"])
-    tokens = api.generate(model, data["ids"], data["mask"], max_new_tokens=6)
+    first = api.sample(model, data["ids"], data["mask"], max_new_tokens=6, capacity=8)
+    second = api.continue_sampling(model, first.state, data["turn_ids"], data["turn_mask"], max_new_tokens=6)
     if jax.process_index() == 0:
-        np.savez(output, logits=logits, tokens=tokens)
+        np.savez(output, logits=logits, tokens=first.tokens, turn_tokens=second.tokens)
     jax.distributed.shutdown()
 
 

@@ -113,3 +113,30 @@ def test_wrong_mesh_names_the_axis(untied_copy):
         api.load(untied_copy, mesh={"model": 8})
     with pytest.raises(ValueError, match="8 devices"):
         api.load(untied_copy, mesh={"data": 3})
+
+
+def test_value_head_matches_torch_mlp_on_final_hidden_state(checkpoint, batch):
+    import jax
+    import torch
+
+    from jaxrl_vlm.models import llama
+
+    directory, torch_model = checkpoint
+    model = api.load(directory)
+    head = llama.init_value_head(jax.random.PRNGKey(0), model.config.hidden_size)
+    ids, mask = batch
+    index = np.array([11, 8, 10])  # real (non-pad) tokens of each row
+    values = np.asarray(llama.token_values(model.params, head, ids, mask, index, model.config))
+    layers = []
+    for i in range(3):
+        linear = torch.nn.Linear(*np.shape(head[f"dense_{i}"]["kernel"]))
+        linear.weight.data = torch.tensor(np.asarray(head[f"dense_{i}"]["kernel"]).T)
+        linear.bias.data = torch.tensor(np.asarray(head[f"dense_{i}"]["bias"]))
+        layers += [linear, torch.nn.ReLU()]
+    reference_head = torch.nn.Sequential(*layers[:-1])
+    positions = np.clip(mask.cumsum(-1) - 1, 0, None)
+    with torch.no_grad():
+        hidden = torch_model.model(input_ids=torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask),
+                                   position_ids=torch.tensor(positions)).last_hidden_state
+        expected = reference_head(hidden[torch.arange(3), torch.tensor(index)])[:, 0].numpy()
+    np.testing.assert_allclose(values, expected, atol=1e-5)

@@ -32,10 +32,18 @@ def batch():
 
 
 @pytest.fixture(scope="module")
-def single(checkpoint, batch):
+def turn():
+    return left_padded_batch(np.random.RandomState(3), [2, 5, 1, 3], 128)
+
+
+@pytest.fixture(scope="module")
+def single(checkpoint, batch, turn):
+    """Single-device logits, greedy tokens, and greedy tokens after an appended turn (cache grown from 8 slots)."""
     model = api.load(checkpoint)
     ids, mask = batch
-    return model.logits(ids, mask), api.generate(model, ids, mask, max_new_tokens=6)
+    first = api.sample(model, ids, mask, max_new_tokens=6, capacity=8)
+    second = api.continue_sampling(model, first.state, *turn, max_new_tokens=6)
+    return model.logits(ids, mask), first.tokens, second.tokens
 
 
 def test_params_follow_the_rules(checkpoint):
@@ -61,12 +69,16 @@ def test_optimizer_state_follows_param_shardings(checkpoint):
     assert placed["dense_0"]["kernel"].spec == P("fsdp", None)
 
 
-def test_sharded_forward_and_generation_equal_single_device(checkpoint, batch, single):
+def test_sharded_forward_and_generation_equal_single_device(checkpoint, batch, turn, single):
     model = api.load(checkpoint, mesh=MESH)
     ids, mask = batch
     valid = mask.astype(bool)
     np.testing.assert_allclose(model.logits(ids, mask)[valid], single[0][valid], atol=1e-5)
-    np.testing.assert_array_equal(api.generate(model, ids, mask, max_new_tokens=6), single[1])
+    first = api.sample(model, ids, mask, max_new_tokens=6, capacity=8)
+    np.testing.assert_array_equal(first.tokens, single[1])
+    second = api.continue_sampling(model, first.state, *turn, max_new_tokens=6)
+    np.testing.assert_array_equal(second.tokens, single[2])
+    assert second.state.cache.k.sharding.is_equivalent_to(model.decoder.init_cache(4, 8).k.sharding, 5)
 
 
 def test_batch_not_divisible_by_mesh_names_the_axis(checkpoint):
@@ -88,11 +100,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_equal_one_process(checkpoint, batch, single, tmp_path):
+def test_two_processes_equal_one_process(checkpoint, batch, turn, single, tmp_path):
     ids, mask = batch
     inputs = str(tmp_path / "inputs.npz")
     output = str(tmp_path / "output.npz")
-    np.savez(inputs, ids=ids, mask=mask)
+    np.savez(inputs, ids=ids, mask=mask, turn_ids=turn[0], turn_mask=turn[1])
     port = str(_free_port())
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")]))
     procs = [subprocess.Popen([sys.executable, WORKER, str(i), port, checkpoint, inputs, output], env=env,
@@ -104,3 +116,4 @@ def test_two_processes_equal_one_process(checkpoint, batch, single, tmp_path):
     valid = mask.astype(bool)
     np.testing.assert_allclose(result["logits"][valid], single[0][valid], atol=1e-5)
     np.testing.assert_array_equal(result["tokens"], single[1])
+    np.testing.assert_array_equal(result["turn_tokens"], single[2])

@@ -138,13 +138,15 @@ def _round_up(n: int, multiple: int) -> int:
 
 
 def grow_cache(cache: KVCache, capacity: int) -> KVCache:
-    """Cache with `capacity` slots (>= current), new slots empty and invalid."""
+    """Cache with `capacity` slots (>= current), new slots empty and invalid; every array keeps its sharding."""
     extra = capacity - cache.capacity
     if extra <= 0:
         return cache
-    pad_kv = [(0, 0), (0, 0), (0, extra), (0, 0), (0, 0)]
-    return cache._replace(k=jnp.pad(cache.k, pad_kv), v=jnp.pad(cache.v, pad_kv),
-                          valid=jnp.pad(cache.valid, [(0, 0), (0, extra)]))
+
+    def pad(c: KVCache) -> KVCache:
+        pad_kv = [(0, 0), (0, 0), (0, extra), (0, 0), (0, 0)]
+        return c._replace(k=jnp.pad(c.k, pad_kv), v=jnp.pad(c.v, pad_kv), valid=jnp.pad(c.valid, [(0, 0), (0, extra)]))
+    return jax.jit(pad, out_shardings=jax.tree_util.tree_map(lambda x: x.sharding, cache))(cache)
 
 
 def _sample(model: DecodeModel, params: Any, cache: KVCache, input_ids: Any, token_mask: Any, extra: Any,
@@ -187,7 +189,7 @@ def extend(model: DecodeModel, params: Any, state: DecodeState, input_ids: Any, 
     ids = jnp.concatenate([state.pending[:, None], jnp.asarray(input_ids, jnp.int32)], axis=1)
     mask = jnp.concatenate([state.pending_valid[:, None], jnp.asarray(attention_mask).astype(bool)], axis=1)
     cache = state.cache
-    needed = int(cache.index) + ids.shape[1] + max_new_tokens
+    needed = int(to_host(cache.index)) + ids.shape[1] + max_new_tokens
     if needed > cache.capacity:
         cache = grow_cache(cache, _round_up(needed, CAPACITY_ROUNDING))
     return _sample(model, params, cache, ids, mask, state.extra, max_new_tokens, temperature, top_p, seed, eos_ids,

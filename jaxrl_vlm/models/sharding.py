@@ -156,6 +156,8 @@ class MeshRules:
 def to_host(x: Any) -> np.ndarray:
     """numpy copy of an array; gathers a multi-process sharded array from all processes."""
     if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        if x.is_fully_replicated:
+            return np.asarray(x.addressable_data(0))
         return np.asarray(multihost_utils.process_allgather(x, tiled=True))
     return np.asarray(x)
 

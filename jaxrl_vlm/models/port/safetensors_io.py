@@ -102,24 +102,23 @@ def write_checkpoint(directory: str, tensors: Iterator[tuple[str, np.ndarray]],
     """Write (name, array) pairs as safetensors: one `model.safetensors`, or shards of at most `max_shard_bytes`
     plus `model.safetensors.index.json`. Holds at most one shard in memory. Returns the file names written."""
     os.makedirs(directory, exist_ok=True)
-    shards: list[dict[str, np.ndarray]] = [{}]
-    sizes = [0]
+    shard: dict[str, np.ndarray] = {}
+    shard_bytes = 0
     tmp_names: list[str] = []
+    weight_map: dict[str, int] = {}
 
     def flush() -> None:
         name = f"shard-{len(tmp_names):05d}.tmp"
-        _write_file(os.path.join(directory, name), shards[-1])
+        _write_file(os.path.join(directory, name), shard)
         tmp_names.append(name)
 
-    weight_map: dict[str, int] = {}
     for name, arr in tensors:
         nbytes = arr.size * arr.dtype.itemsize
-        if max_shard_bytes is not None and shards[-1] and sizes[-1] + nbytes > max_shard_bytes:
+        if max_shard_bytes is not None and shard and shard_bytes + nbytes > max_shard_bytes:
             flush()
-            shards[-1] = {}
-            sizes[-1] = 0
-        shards[-1][name] = arr
-        sizes[-1] += nbytes
+            shard, shard_bytes = {}, 0
+        shard[name] = arr
+        shard_bytes += nbytes
         weight_map[name] = len(tmp_names)
     flush()
     if len(tmp_names) == 1:
