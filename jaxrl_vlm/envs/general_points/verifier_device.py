@@ -21,7 +21,8 @@ Design (each stage is a function below):
    9 digits are their own key; longer ones use doubling ranks of substrings (Karp-Miller-Rosenberg), computed only
    when a batch holds such a number. The exact value of a complete formula (4 numbers, 3 operators, any parens) is
    the expression tree read off the operators' (depth, precedence, position) order, in int32 rationals. PARTIAL and
-   the longest correct token prefix come from the longest common prefix with the hand's solution strings.
+   the longest correct token prefix come from the longest common prefix with the hand's solution strings, a walk of
+   at most 15 steps down a prefix trie of all solutions (`DeviceSolutionTable`).
 4. Feedback: the message list is laid out as a fixed sequence of "virtual" fragment slots (each slot a fragment id
    and an active flag), compacted by cumsum into `fragments int32[B, K]`, K = 5L + 25. Fragment ids index
    `feedback_fragment_texts()`: fixed message texts, `, `, `.`, `]`, and one fragment per digit/operator/paren
@@ -40,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrl_vlm.envs.general_points import verifier as host
-from jaxrl_vlm.envs.general_points.solver import MAX_NUMBER, multiset_code, solution_table
+from jaxrl_vlm.envs.general_points.solver import MAX_NUMBER, MAX_SOLUTION_LEN, multiset_code, solution_table
 
 JSON_MAX_DEPTH = host.JSON_MAX_DEPTH
 JSON_MAX_INT_DIGITS = host.JSON_MAX_INT_DIGITS
@@ -85,32 +86,50 @@ for _i, _c in enumerate(_CHAR_FRAGMENTS):
     _BYTE_TO_FRAGMENT[ord(_c)] = F_CHAR0 + _i
 
 
-class DeviceSolutionTable(NamedTuple):
-    """Solutions of every multiset for one target, padded per multiset (device arrays).
+_SYMBOLS = "0123456789+-*/()"
+_BYTE_TO_SYMBOL = np.full(256, -1, dtype=np.int32)
+for _i, _c in enumerate(_SYMBOLS):
+    _BYTE_TO_SYMBOL[ord(_c)] = _i
 
-    lookup: int32[14**4] base-14 multiset code -> row; strings: uint8[M, S, 15] zero-padded solution strings of each
-    row (S = the largest solution count); lengths: int32[M, S] (0 for padding); target: int32[].
+
+class DeviceSolutionTable(NamedTuple):
+    """Solutions of every multiset for one target as a prefix trie (device arrays).
+
+    lookup: int32[14**4] base-14 multiset code -> row m (its trie root is node m); trie: int32[nodes, 16] child of a
+    node for each symbol of `0123456789+-*/()` (-1 where no solution continues that way); target: int32[].
     """
 
     lookup: jax.Array
-    strings: jax.Array
-    lengths: jax.Array
+    trie: jax.Array
     target: jax.Array
+
+
+def _solution_trie(table) -> np.ndarray:
+    """int32[nodes, 16]: the prefix trie of every multiset's solution strings; nodes 0..M-1 are the roots."""
+    rows = np.repeat(np.arange(len(table.counts)), table.counts)
+    symbols = _BYTE_TO_SYMBOL[table.strings]
+    node = rows.copy()
+    total = len(table.counts)
+    edges = []
+    for depth in range(table.strings.shape[1]):
+        live = table.lengths > depth
+        pairs, inverse = np.unique(np.stack([node[live], symbols[live, depth]], axis=1), axis=0, return_inverse=True)
+        ids = total + np.arange(len(pairs))
+        edges.append((pairs[:, 0], pairs[:, 1], ids))
+        node = node.copy()
+        node[live] = ids[inverse.reshape(-1)]
+        total += len(pairs)
+    trie = np.full((total, len(_SYMBOLS)), -1, dtype=np.int32)
+    for parent, symbol, child in edges:
+        trie[parent, symbol] = child
+    return trie
 
 
 @functools.lru_cache(maxsize=8)
 def device_solution_table(target: int = 24) -> DeviceSolutionTable:
-    """The (cached) device copy of `solution_table(target)`, padded to the largest solution count."""
+    """The (cached) device copy of `solution_table(target)` as a prefix trie (about 400k nodes, 26 MB for 24)."""
     table = solution_table(target)
-    m, width = len(table.counts), table.strings.shape[1]
-    s = max(int(table.counts.max()), 1)
-    strings = np.zeros((m, s, width), dtype=np.uint8)
-    lengths = np.zeros((m, s), dtype=np.int32)
-    for row in range(m):
-        lo, n = table.offsets[row], table.counts[row]
-        strings[row, :n] = table.strings[lo:lo + n]
-        lengths[row, :n] = table.lengths[lo:lo + n]
-    return DeviceSolutionTable(jnp.asarray(table.lookup), jnp.asarray(strings), jnp.asarray(lengths),
+    return DeviceSolutionTable(jnp.asarray(table.lookup), jnp.asarray(_solution_trie(table)),
                                jnp.asarray(target, dtype=jnp.int32))
 
 
@@ -478,22 +497,27 @@ def _cards_string_ok(text: jax.Array, mask: jax.Array, ranks: jax.Array) -> jax.
 # ----------------------------------------------------------------------------------------------------------------
 # 3. The formula.
 
-def _kmr_ranks(digits: jax.Array, levels: int) -> jax.Array:
-    """int32[levels, B, L]: rank of the substring of length 2**k at each position (equal ranks <=> equal bytes)."""
-    bsz, n = digits.shape
-    rows = jnp.arange(bsz)[:, None]
+_FEW = 16
 
-    def rename(key):
+
+def _kmr_ranks(symbols: jax.Array, levels: int, needed: jax.Array) -> jax.Array:
+    """int32[levels, B, L]: at level k <= needed, a rank of the substring of length 2**k starting at each position
+    (equal ranks <=> equal bytes; past the end counts as one extra symbol). Levels above `needed` are left zero."""
+    bsz, n = symbols.shape
+    rows = jnp.arange(bsz)[:, None]
+    idx = jnp.arange(n, dtype=jnp.int32)
+
+    def level(k, ranks):
+        prev = ranks[k - 1]
+        later = _take(prev, idx[None] + jnp.left_shift(1, k - 1), n + 299)
+        key = prev * (n + 300) + later
         order = jnp.argsort(key, axis=-1)
         sorted_key = jnp.take_along_axis(key, order, axis=-1)
         new = jnp.cumsum(sorted_key != _shift_right(sorted_key, -1), axis=-1, dtype=jnp.int32)
-        return jnp.zeros_like(key).at[rows, order].set(new)
+        return ranks.at[k].set(jnp.zeros_like(key).at[rows, order].set(new))
 
-    out = [digits]
-    for k in range(1, levels):
-        prev = out[-1]
-        out.append(rename(prev * (n + 300) + _shift_left(prev, 2 ** (k - 1), n + 299)))
-    return jnp.stack(out)
+    ranks = jnp.zeros((levels, bsz, n), jnp.int32).at[0].set(symbols)
+    return jax.lax.fori_loop(1, needed + 1, level, ranks)
 
 
 def _invalid_number_firsts(fb: jax.Array, z: jax.Array, canon_len: jax.Array, invalid: jax.Array) -> jax.Array:
@@ -508,9 +532,10 @@ def _invalid_number_firsts(fb: jax.Array, z: jax.Array, canon_len: jax.Array, in
         value = jnp.where(k < canon_len, value * 10 + dk, value)
     levels = max(1, int(np.ceil(np.log2(n))) + 1)
 
+    level = jnp.clip(31 - jax.lax.clz(jnp.maximum(canon_len, 1)), 0, levels - 1)
+
     def long_keys(_):
-        ranks = _kmr_ranks(d, levels)
-        level = jnp.clip(31 - jax.lax.clz(jnp.maximum(canon_len, 1)), 0, levels - 1)
+        ranks = _kmr_ranks(d, levels, jnp.max(jnp.where(invalid, level, 0)))
         span = jnp.left_shift(1, level)
         pick = lambda pos: jnp.take_along_axis(  # noqa: E731
             jnp.moveaxis(ranks, 0, -1).reshape(bsz, n * levels),
@@ -522,18 +547,33 @@ def _invalid_number_firsts(fb: jax.Array, z: jax.Array, canon_len: jax.Array, in
     key_a = jnp.where(small, value, key_a)
     key_b = jnp.where(small, 0, key_b)
 
-    def dedupe(_):
+    def dedupe_by_sort(_):
         big = jnp.iinfo(jnp.int32).max
         k0 = jnp.where(invalid, canon_len, big)
-        _, _, _, _, order = jax.lax.sort((k0, key_a, key_b, jnp.broadcast_to(idx, (bsz, n)),
-                                          jnp.broadcast_to(idx, (bsz, n))), dimension=1, num_keys=4)
+        positions = jnp.broadcast_to(idx, (bsz, n))
+        *_, order = jax.lax.sort((k0, key_a, key_b, positions, positions), dimension=1, num_keys=4)
         s0 = jnp.take_along_axis(k0, order, -1)
         sa = jnp.take_along_axis(key_a, order, -1)
         sb = jnp.take_along_axis(key_b, order, -1)
         new_group = (s0 != _shift_right(s0, -1)) | (sa != _shift_right(sa, -1)) | (sb != _shift_right(sb, -1))
         return jnp.zeros((bsz, n), bool).at[jnp.arange(bsz)[:, None], order].set(new_group) & invalid
 
-    return jax.lax.cond(jnp.any(invalid.sum(axis=-1) >= 2), dedupe, lambda _: invalid, None)
+    def dedupe_pairwise(_):
+        # the (at most _FEW) invalid tokens of each row, compacted, compared pairwise
+        rows = jnp.arange(bsz)[:, None]
+        slot = jnp.where(invalid, jnp.cumsum(invalid, axis=-1) - 1, _FEW)
+        gather = jnp.zeros((bsz, _FEW), jnp.int32).at[rows, slot].set(jnp.broadcast_to(idx, (bsz, n)), mode="drop")
+        used = jnp.arange(_FEW)[None] < invalid.sum(axis=-1, keepdims=True)
+        keys = [jnp.take_along_axis(k, gather, axis=-1) for k in (canon_len, key_a, key_b)]
+        same = used[:, :, None] & used[:, None, :] & (jnp.arange(_FEW)[:, None] > jnp.arange(_FEW)[None, :])
+        for k in keys:
+            same = same & (k[:, :, None] == k[:, None, :])
+        first = used & ~jnp.any(same, axis=-1)
+        return jnp.zeros((bsz, n), bool).at[rows, jnp.where(first, gather, n)].set(True, mode="drop")
+
+    count = invalid.sum(axis=-1)
+    branch = jnp.where(jnp.all(count <= 1), 0, jnp.where(jnp.all(count <= _FEW), 1, 2))
+    return jax.lax.switch(branch, [lambda _: invalid, dedupe_pairwise, dedupe_by_sort], None)
 
 
 def _rat_apply(op, an, ad, bn, bd):
@@ -657,13 +697,13 @@ def _analyse_formula(fb, flen, missing, numbers, table):
     correct = complete & (num == table.target * den)
 
     # longest common prefix with the hand's solutions
-    row = table.lookup[multiset_code(jnp.sort(numbers, axis=-1))]
-    sols = table.strings[row]  # [B, S, 15]
-    sol_len = table.lengths[row]
-    width = sols.shape[-1]
-    head = fb[:, :width]
-    same = (sols == head[:, None, :]) & (jnp.arange(width) < jnp.minimum(sol_len, flen[:, None])[..., None])
-    lcp = jnp.max(jnp.sum(jnp.cumprod(same, axis=-1), axis=-1), axis=-1)
+    node = table.lookup[multiset_code(jnp.sort(numbers, axis=-1))]
+    symbol = jnp.asarray(_BYTE_TO_SYMBOL)[fb]
+    lcp = jnp.zeros((bsz,), jnp.int32)
+    for i in range(min(n, MAX_SOLUTION_LEN)):
+        go = (node >= 0) & (i < flen) & (symbol[:, i] >= 0)
+        node = jnp.where(go, table.trie[jnp.maximum(node, 0), jnp.maximum(symbol[:, i], 0)], -1)
+        lcp = lcp + (node >= 0)
     partial = ~complete & (lcp >= flen)
     tok_end = live & _shift_left(tok | ~live, 1, True)
     prefix_len = jnp.max(jnp.where(tok_end & (idx[None] + 1 <= lcp[:, None]), idx[None] + 1, 0), axis=-1)
@@ -737,27 +777,27 @@ def feedback_width(n: int) -> int:
 
 
 def _render(frags: jax.Array, active: jax.Array, width: int):
-    """Compact active slots into fragment ids and expand them into feedback bytes of the given width."""
+    """Compact active slots into fragment ids [B, U] and expand them into feedback bytes [B, width]."""
     bsz, u = frags.shape
     texts, lengths = _fragment_table()
+    text_start = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int32)
+    flat_text = jnp.asarray(np.concatenate([texts[i, : lengths[i]] for i in range(len(lengths))] + [np.zeros(1, np.uint8)]))
+    rows = jnp.arange(bsz)[:, None]
     pos = jnp.cumsum(active, axis=-1, dtype=jnp.int32) - 1
     count = active.sum(axis=-1, dtype=jnp.int32)
-    out = jnp.zeros((bsz, u), jnp.int32).at[jnp.arange(bsz)[:, None], jnp.where(active, pos, u)].set(
-        frags, mode="drop")
-    flen = jnp.asarray(lengths)[out]
-    start = jnp.cumsum(flen, axis=-1) - flen
-    total = flen.sum(axis=-1)
-    owner = jnp.full((bsz, width), -1, jnp.int32).at[
-        jnp.arange(bsz)[:, None], jnp.where(flen > 0, start, width)].max(
+    out = jnp.zeros((bsz, u), jnp.int32).at[rows, jnp.where(active, pos, u)].set(frags, mode="drop")
+    frag_len = jnp.asarray(lengths)[out]
+    start = jnp.cumsum(frag_len, axis=-1) - frag_len
+    total = frag_len.sum(axis=-1)
+    # byte f of the feedback is flat_text[base[k] + f] for the fragment k that covers f
+    base = jnp.asarray(text_start)[out] - start
+    owner = jnp.full((bsz, width), -1, jnp.int32).at[rows, jnp.where(frag_len > 0, start, width)].max(
         jnp.broadcast_to(jnp.arange(u, dtype=jnp.int32), (bsz, u)), mode="drop")
     owner = jax.lax.cummax(owner, axis=1)
     f_idx = jnp.arange(width, dtype=jnp.int32)
-    frag_at = jnp.take_along_axis(out, jnp.maximum(owner, 0), axis=-1)
-    offset = f_idx[None] - jnp.take_along_axis(start, jnp.maximum(owner, 0), axis=-1)
-    table = jnp.asarray(texts)
-    byte = table[frag_at, jnp.clip(offset, 0, texts.shape[1] - 1)]
-    feedback = jnp.where(f_idx[None] < total[:, None], byte, 0).astype(jnp.uint8)
-    return out, count, feedback, total
+    inside = f_idx[None] < total[:, None]
+    at = jnp.where(inside, jnp.take_along_axis(base, jnp.maximum(owner, 0), axis=-1) + f_idx[None], len(flat_text) - 1)
+    return out, count, flat_text[at], total
 
 
 @jax.jit
