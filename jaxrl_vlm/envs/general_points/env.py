@@ -2,7 +2,9 @@
 
 `reset(key, params) -> (obs, state)` and `step(state, reply, reply_len, params) -> (obs, state, reward, done, info)`
 are pure, jittable and vmappable functions of ONE environment; batch them with `jax.vmap` (see `reset_batch` and
-`step_batch`). An action is the model's reply as UTF-8 bytes (uint8[L], zero-padded, with its byte count).
+`step_batch`). An action is the model's reply as UTF-8 bytes (uint8[L], zero-padded, with its byte count; token ids
+become bytes on the device with `token_bytes.tokens_to_bytes`). Jit with the state donated, e.g.
+`jax.jit(step_batch, donate_argnums=0)`; one compilation serves every step of every episode.
 
 `EnvParams` splits static configuration from dynamic parameters: fields that change shapes or host-built tables
 (target, face rule, OOD sampling, suit set, GP-L/GP-VL, image resolution) are static pytree metadata, so changing
@@ -174,7 +176,7 @@ def step(
 
     Returns (obs, state, reward float32[], done bool[], info) with info: reward, feedback uint8[F], feedback_len
     int32[], fragments int32[K] and num_fragments int32[] (ids into `feedback_fragment_texts()`), success and
-    truncated bool[]. F and K are the verifier's widths for L (`verifier_device.feedback_width`, 5L + 25).
+    truncated bool[]. F and K are the verifier's feedback and fragment widths for replies of L bytes.
     """
     score = _reply_scorer(params.face_cards_as_10, params.language_only)
     out = score(reply, jnp.asarray(reply_len, jnp.int32), state.ranks, params.table)

@@ -26,8 +26,10 @@ kwargs must be used for host renderings that are compared with these ids.
 Trimming templates: a user content is trimmed on the host before tokenizing. The assistant content is the model's
 reply ids, trimmed on the device: reply tokens that decode to whitespace only are dropped at both ends and the first
 and last remaining tokens are replaced by the pre-tokenized stripped text of that token (tables over the vocabulary).
-Whitespace is judged per token from `decode([id])`; a token that is an incomplete UTF-8 sequence is treated as not
-whitespace, so a multi-byte Unicode space split over two byte tokens at the very end of a reply is not trimmed.
+Whitespace is judged per token from `decode([id])`. Known limitation: a boundary token whose bytes are not complete
+UTF-8 (byte-level BPE pieces of a multi-byte character) is left untouched, so if the first/last token of a reply is
+such a piece with a leading/trailing space, or a multi-byte Unicode space is split over byte tokens at an end, the
+device ids keep whitespace that the template would trim. Reply ids past the tokenizer's vocabulary are not trimmed.
 
 Reply ids must exclude the stop token (the template writes its own end-of-turn marker). The VL prompt is the user
 content [image, text]: with a multimodal template (content as a list of parts) the template places its image
@@ -36,6 +38,7 @@ user messages are plain strings in both modes. `gp_conversation` builds the matc
 """
 from __future__ import annotations
 
+import weakref
 from typing import Any, Mapping, NamedTuple, Sequence
 
 import jax
@@ -202,8 +205,21 @@ def _encode(tokenizer, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
 
 
+_STRIP_TABLES: "weakref.WeakKeyDictionary[Any, tuple[int, tuple[np.ndarray, ...]]]" = weakref.WeakKeyDictionary()
+
+
 def _strip_tables(tokenizer, vocab_size: int) -> tuple[np.ndarray, ...]:
-    """Per-token whitespace flag and the token ids of each token's lstrip/rstrip/strip text (padded to S)."""
+    """Per-token whitespace flag and the token ids of each token's lstrip/rstrip/strip text (padded to S); cached per
+    tokenizer object and vocabulary size."""
+    cached = _STRIP_TABLES.get(tokenizer)
+    if cached is not None and cached[0] == vocab_size:
+        return cached[1]
+    tables = _build_strip_tables(tokenizer, vocab_size)
+    _STRIP_TABLES[tokenizer] = (vocab_size, tables)
+    return tables
+
+
+def _build_strip_tables(tokenizer, vocab_size: int) -> tuple[np.ndarray, ...]:
     texts = tokenizer.batch_decode([[i] for i in range(vocab_size)], clean_up_tokenization_spaces=False)
     whitespace = np.array([t.strip() == "" and "\ufffd" not in t for t in texts], dtype=bool)
     tables = []
@@ -299,21 +315,24 @@ def _to_left_padded(ids: jax.Array, lengths: jax.Array) -> jax.Array:
     return jnp.take_along_axis(ids, cols, axis=1)
 
 
-def _finish(ids, lengths, overflow, pad_id, padding_side):
-    if padding_side not in ("left", "right"):
-        raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
-    if padding_side == "left":
-        ids = _to_left_padded(ids, lengths)
-        ids = jnp.where(jnp.arange(ids.shape[1])[None, :] >= ids.shape[1] - lengths[:, None], ids, pad_id)
-    return TokenBatch(ids, lengths, overflow)
-
-
 class TokenBatch(NamedTuple):
     """ids int32[B, T] padded on one side; lengths int32[B] (clipped to T); overflow bool[B]: the text was cut at T."""
 
     ids: jax.Array
     lengths: jax.Array
     overflow: jax.Array
+
+
+def _check_padding_side(padding_side: str) -> None:
+    if padding_side not in ("left", "right"):
+        raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+
+
+def _finish(ids: jax.Array, lengths: jax.Array, overflow: jax.Array, padding_side: str) -> TokenBatch:
+    """Right-padded assembly -> TokenBatch padded on padding_side."""
+    if padding_side == "left":
+        ids = _to_left_padded(ids, lengths)
+    return TokenBatch(ids, lengths, overflow)
 
 
 def prompt_ids(
@@ -323,11 +342,14 @@ def prompt_ids(
 
     Jittable (width, pad_id, padding_side static). GP-VL prompts do not depend on the ranks.
     """
+    _check_padding_side(padding_side)
     p = codec
     if p.language_only:
-        names = _CARD_NAME0 + ranks.astype(jnp.int32) - 1
-        b = ranks.shape[0]
-        fixed = lambda piece: jnp.full((b, 1), piece, jnp.int32)  # noqa: E731
+        names = _CARD_NAME0 + jnp.clip(ranks.astype(jnp.int32), 1, len(prompts.RANK_NAMES)) - 1
+
+        def fixed(piece: int) -> jax.Array:
+            return jnp.full((ranks.shape[0], 1), piece, jnp.int32)
+
         order = jnp.concatenate(
             [fixed(_HEAD), fixed(_PROMPT_PRE), fixed(_OPEN), names[:, :1], fixed(_SEP),
              names[:, 1:2], fixed(_SEP), names[:, 2:3], fixed(_SEP), names[:, 3:], fixed(_CLOSE),
@@ -337,7 +359,7 @@ def prompt_ids(
     extra = jnp.zeros((1,), jnp.int32)
     assemble = jax.vmap(lambda o: _assemble_row(p.piece_start[o], p.piece_len[o], p.bank, extra, width, pad_id))
     ids, lengths, overflow = assemble(order)
-    return _finish(ids, lengths, overflow, pad_id, padding_side)
+    return _finish(ids, lengths, overflow, padding_side)
 
 
 def _reply_pieces(codec: PromptCodec, reply: jax.Array, reply_len: jax.Array, offset: int):
@@ -351,8 +373,8 @@ def _reply_pieces(codec: PromptCodec, reply: jax.Array, reply_len: jax.Array, of
         return (jnp.array([n_bank + offset], jnp.int32), reply_len[None].astype(jnp.int32),
                 jnp.zeros((2 * _MAX_STRIP_PIECE,), jnp.int32))
     i = jnp.arange(width)
-    valid = i < reply_len
-    content = valid & ~codec.whitespace_only[jnp.clip(reply, 0, codec.whitespace_only.shape[0] - 1)]
+    reply = jnp.clip(reply, 0, codec.whitespace_only.shape[0] - 1)  # ids past the tokenizer's vocabulary
+    content = (i < reply_len) & ~codec.whitespace_only[reply]
     first = jnp.min(jnp.where(content, i, width))
     last = jnp.max(jnp.where(content, i, -1))
     single = first == last
@@ -391,6 +413,7 @@ def append_revision(
     Returns prev + reply (as the assistant message) + `You failed this trial because {feedback}` (user message) +
     the generation prompt, as int32[B, width].
     """
+    _check_padding_side(padding_side)
     p = codec
     prev_ids = _to_right_padded(prev.ids, prev.lengths) if padding_side == "left" else prev.ids
     t_prev = prev_ids.shape[1]
@@ -409,4 +432,4 @@ def append_revision(
         return _assemble_row(starts, lens, p.bank, extra, width, pad_id)
 
     ids, lengths, overflow = jax.vmap(row)(prev_ids, prev.lengths, reply_ids, reply_len, fragments, num_fragments)
-    return _finish(ids, lengths, overflow | prev.overflow, pad_id, padding_side)
+    return _finish(ids, lengths, overflow | prev.overflow, padding_side)
