@@ -95,3 +95,32 @@ def test_bad_config_fails_before_compiling(tmp_path, tiny_checkpoint, data_dir):
     config = sft_config(tmp_path, tiny_checkpoint, data_dir, sft__micro_batches=3)
     with pytest.raises(ValueError, match="sft.micro_batches"):
         train_sft(config)
+
+
+def test_main_runs_sft_with_evaluation_and_eval_reads_checkpoints(tmp_path, tiny_checkpoint, data_dir):
+    """The job entry point end to end: evaluation before/after SFT, results JSON, then `eval` on the orbax dir."""
+    import subprocess
+    import sys
+
+    overrides = [f"--config.out_dir={tmp_path}", f"--config.model.path={tiny_checkpoint}",
+                 f"--config.data.data_dir={data_dir}", "--config.data.num_examples=32", "--config.sft.steps=2",
+                 "--config.sft.global_batch_size=8", "--config.eval.episodes=4", "--config.eval.batch_size=4",
+                 "--config.eval.max_new_tokens=8", "--config.task.verify_iter=2", "--config.mesh.data=1",
+                 "--config.log.tensorboard=False"]
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    run = subprocess.run([sys.executable, "-m", "jaxrl_vlm.main", "--config=configs/sft_gp.py", *overrides],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "after SFT" in run.stdout and "rule_ood" in run.stdout
+    with open(tmp_path / "results.json") as f:
+        results = json.load(f)
+    assert set(results["after_sft"]) == {"in_dist", "rule_ood"}
+    assert results["after_sft"]["in_dist"]["episodes"] == 4
+    evaluation = subprocess.run(
+        [sys.executable, "-m", "jaxrl_vlm.eval", "--config=configs/sft_gp.py", *overrides,
+         f"--config.eval.checkpoint={tmp_path / 'checkpoints'}"], capture_output=True, text=True, env=env, timeout=600)
+    assert evaluation.returncode == 0, evaluation.stderr[-3000:]
+    assert "in_dist" in evaluation.stdout
+    bad = subprocess.run([sys.executable, "-m", "jaxrl_vlm.main", "--config=configs/sft_gp.py", "--config.sft.nope=1"],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert bad.returncode != 0 and "nope" in bad.stderr

@@ -111,31 +111,65 @@ def make_apply_fn(model: Any, compute_dtype: str) -> Callable[..., jax.Array]:
     return functools.partial(llama.forward, config=config, mesh_rules=model.mesh_rules)
 
 
-def train_sft(config: mlc.ConfigDict, *, stop_after_step: int | None = None) -> tuple[dict[str, Any], TrainState]:
+def build_optimizer(config: mlc.ConfigDict, params: Any):
+    """(optax transformation, learning-rate schedule) of config.sft for a params pytree."""
+    sft = config.sft
+    schedule = warmup_cosine_schedule(sft.lr, sft.steps, int(round(sft.warmup_ratio * sft.steps)), sft.end_lr)
+    tx = adamw(schedule, b1=sft.b1, b2=sft.b2, eps=sft.eps, weight_decay=sft.weight_decay,
+               max_grad_norm=sft.max_grad_norm, trainable=trainable_mask(params, FROZEN_PATTERNS[sft.trainable]))
+    return tx, schedule
+
+
+def checkpoint_dir(config: mlc.ConfigDict) -> str:
+    """Where a run keeps its orbax checkpoints."""
+    return os.path.join(config.out_dir, "checkpoints")
+
+
+def restore_params(config: mlc.ConfigDict, model: Any, directory: str) -> Any:
+    """Params of the newest SFT checkpoint in `directory`, placed like model.params."""
+    tx, _ = build_optimizer(config, model.params)
+    like = place_on_mesh(init_train_state(model.params, tx), _mesh_of(model))  # the saved layout, on the mesh
+    checkpointer = Checkpointer(directory, async_save=False)
+    restored = checkpointer.restore_latest(like)
+    checkpointer.close()
+    if restored is None:
+        raise FileNotFoundError(f"no saved step in checkpoint directory {directory!r}")
+    return restored[1].params
+
+
+def _mesh_of(model: Any) -> Mesh:
+    leaf = jax.tree_util.tree_leaves(model.params)[0]
+    if isinstance(leaf.sharding, NamedSharding):
+        return leaf.sharding.mesh
+    return make_mesh(devices=list(leaf.devices())[:1])
+
+
+def train_sft(config: mlc.ConfigDict, *, model: Any = None, tokenizer: Any = None,
+              stop_after_step: int | None = None) -> tuple[dict[str, Any], TrainState]:
     """Run (or resume) the SFT job of `config`; returns (summary: final loss, steps, paths; the final TrainState).
 
-    stop_after_step: end the process's work after that global step as if killed (tests of exact resume).
+    model/tokenizer: already loaded ones (default: load config.model.path onto the configured mesh). The model's
+    param buffers are donated to the training state. stop_after_step: end the process's work after that global step
+    as if killed (tests of exact resume).
     """
     config_lib.validate(config)
     sft = config.sft
-    mesh = build_mesh(config.mesh)
     model_path = config_lib.resolve_model_path(config.model.path)
-    model = models_api.load(model_path, dtype=config.model.param_dtype, mesh=mesh)
-    tokenizer = load_tokenizer(model_path)
+    if model is None:
+        model = models_api.load(model_path, dtype=config.model.param_dtype, mesh=build_mesh(config.mesh))
+    mesh = _mesh_of(model)
+    tokenizer = tokenizer or load_tokenizer(model_path)
     get_example, num_examples = expert_conversations(config, tokenizer)
     batcher = SFTBatcher(get_example, num_examples, global_batch_size=sft.global_batch_size,
                          seq_len=config.data.seq_len, pad_id=model.pad_id, seed=config.data.seed,
                          host_index=jax.process_index(), num_hosts=jax.process_count())
-    schedule = warmup_cosine_schedule(sft.lr, sft.steps, int(round(sft.warmup_ratio * sft.steps)), sft.end_lr)
-    tx = adamw(schedule, b1=sft.b1, b2=sft.b2, eps=sft.eps, weight_decay=sft.weight_decay,
-               max_grad_norm=sft.max_grad_norm,
-               trainable=trainable_mask(model.params, FROZEN_PATTERNS[sft.trainable]))
+    tx, schedule = build_optimizer(config, model.params)
     state = place_on_mesh(init_train_state(model.params, tx), mesh)
     shardings = jax.tree_util.tree_map(lambda x: x.sharding, state)
     step_fn = jax.jit(make_sft_step(make_apply_fn(model, config.model.dtype), tx, micro_batches=sft.micro_batches),
                       donate_argnums=0, out_shardings=(shardings, None))
 
-    checkpointer = Checkpointer(os.path.join(config.out_dir, "checkpoints"), max_to_keep=config.checkpoint.keep,
+    checkpointer = Checkpointer(checkpoint_dir(config), max_to_keep=config.checkpoint.keep,
                                 async_save=config.checkpoint.async_save)
     start = 0
     restored = checkpointer.restore_latest(state) if config.checkpoint.resume else None
