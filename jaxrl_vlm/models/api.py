@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from jaxrl_vlm.models import llama, sampler
+from jaxrl_vlm.models import llama, mllama_port, sampler
 from jaxrl_vlm.models.config import LlamaConfig
 from jaxrl_vlm.models.port import llama as llama_port
 from jaxrl_vlm.models.sharding import MeshRules, mesh_from_config, put_global, to_host
@@ -129,6 +129,7 @@ def _load_llama(directory: str, hf_config: dict, dtype: str, mesh: Mesh | None) 
 
 
 register_architecture(["LlamaForCausalLM", "llama"], _load_llama)
+register_architecture(["MllamaForConditionalGeneration", "mllama"], mllama_port.load_model)
 
 
 def sample(model: Any, input_ids: Any, attention_mask: Any, *, max_new_tokens: int, temperature: float = 0.0,
