@@ -18,9 +18,11 @@ import numpy as np
 
 from jaxrl_vlm.envs.general_points import env as gp_env
 from jaxrl_vlm.envs.general_points import prompt_tokens
+from jaxrl_vlm.envs.general_points.cards import CANVAS_SIZE, card_atlas, render_hands
 from jaxrl_vlm.envs.general_points.token_bytes import token_byte_table, tokens_to_bytes
 from jaxrl_vlm.envs.general_points.verifier_device import feedback_fragment_texts
 from jaxrl_vlm.models import api as models_api
+from jaxrl_vlm.training.sft import model_with_params
 
 WIDTH_ROUNDING = 64
 
@@ -76,16 +78,23 @@ def _reply_lengths(tokens: np.ndarray, lengths: np.ndarray, eos_ids: tuple[int, 
 
 
 class GPEvaluator:
-    """Evaluates a loaded text model on GP-L splits (tokenizer pieces and jitted functions built once)."""
+    """Evaluates a loaded model on the GP splits (tokenizer pieces and jitted functions built once).
+
+    GP-VL (language_only=False) needs a vision model (`vision_inputs`) and a chat template that places the image
+    placeholder for an image content part; hands are drawn with the card atlas at `resolution`.
+    """
 
     def __init__(self, model: Any, tokenizer, *, language_only: bool = True, target: int = 24,
+                 resolution: int = CANVAS_SIZE, card_dir: str | None = None,
                  template_kwargs: Mapping[str, Any] | None = None):
-        if not language_only:
-            raise NotImplementedError("GP-VL evaluation needs the Mllama sampler path (vision inputs)")
+        if not language_only and not hasattr(model, "vision_inputs"):
+            raise ValueError(f"GP-VL evaluation needs a vision-language model, got {type(model).__name__}")
         self.model = model
         self.tokenizer = tokenizer
         self.language_only = language_only
         self.target = target
+        self.resolution = resolution
+        self.atlas = None if language_only else jnp.asarray(card_atlas(card_dir))
         self.template_kwargs = dict(template_kwargs or {})
         self.byte_table = token_byte_table(tokenizer, special_tokens="empty")
         self._codecs: dict[bool, prompt_tokens.PromptCodec] = {}
@@ -111,7 +120,7 @@ class GPEvaluator:
                                         suits=spec.suits, verify_iter=verify_iter if spec.revise else 1,
                                         language_only=self.language_only)
         codec = self._codec(spec.face_cards_as_10)
-        model = self.model if params is None else _with_params(self.model, params)
+        model = self.model if params is None else model_with_params(self.model, params)
         successes, rewards, replies, misread, overflow = 0, [], 0, 0, 0
         key = jax.random.key(seed)
         for start in range(0, episodes, batch_size):
@@ -119,10 +128,14 @@ class GPEvaluator:
             key, reset_key = jax.random.split(key)
             _, state = gp_env.reset_batch(reset_key, env_params, batch_size)
             conv = _first_prompt(codec, state.ranks, _round_up(_prompt_width(codec, state.ranks)))
+            images = None if self.language_only else np.asarray(
+                render_hands(state.ranks, state.suits, self.atlas, resolution=self.resolution))
             turns = verify_iter if spec.revise else 1
             for turn in range(turns):
-                out = models_api.sample(model, np.asarray(conv.ids), _mask(conv), max_new_tokens=max_new_tokens,
-                                        temperature=temperature, seed=seed * 100_003 + start * 11 + turn)
+                ids = np.asarray(conv.ids)
+                vision = {} if images is None else model.vision_inputs([[image] for image in images], ids)
+                out = models_api.sample(model, ids, _mask(conv), max_new_tokens=max_new_tokens,
+                                        temperature=temperature, seed=seed * 100_003 + start * 11 + turn, **vision)
                 tokens = np.asarray(out.tokens)
                 reply_len = _reply_lengths(tokens, np.asarray(out.lengths), model.eos_token_ids)
                 active = ~np.asarray(state.done)
@@ -161,8 +174,3 @@ def _mask(conv) -> np.ndarray:
     return np.arange(width)[None, :] >= width - np.asarray(conv.lengths)[:, None]
 
 
-def _with_params(model: Any, params: Any) -> Any:
-    clone = object.__new__(type(model))
-    clone.__dict__.update(model.__dict__)
-    clone.params = params
-    return clone

@@ -32,7 +32,8 @@ def load_for_eval(config: mlc.ConfigDict, mesh=None) -> tuple[Any, Any]:
 
 def evaluate(config: mlc.ConfigDict, model: Any, tokenizer, *, params=None) -> dict[str, dict]:
     """Results of every configured split (spec generalpoints.md §5) for `params` (default: the model's)."""
-    evaluator = GPEvaluator(model, tokenizer, language_only=config.task.language_only, target=config.task.target)
+    evaluator = GPEvaluator(model, tokenizer, language_only=config.task.language_only, target=config.task.target,
+                            resolution=config.task.resolution, card_dir=config.task.card_dir or None)
     ev = config.eval
     return {split: evaluator.evaluate(split, episodes=ev.episodes, batch_size=ev.batch_size,
                                       max_new_tokens=ev.max_new_tokens, temperature=ev.temperature,

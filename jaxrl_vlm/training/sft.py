@@ -9,6 +9,7 @@ data position, so a killed run resumes on exactly the batches and the loss curve
 from __future__ import annotations
 
 import functools
+import io
 import os
 import time
 from typing import Any, Callable
@@ -18,12 +19,14 @@ import jax.numpy as jnp
 import ml_collections as mlc
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from PIL import Image
 
 from jaxrl_vlm import config as config_lib
 from jaxrl_vlm.data.batching import SFTBatch, SFTBatcher
 from jaxrl_vlm.data.conversation import TokenizedConversation, tokenize_conversation
 from jaxrl_vlm.models import api as models_api
-from jaxrl_vlm.models import llama
+from jaxrl_vlm.models import llama, mllama
+from jaxrl_vlm.models.mllama_port import MllamaModel
 from jaxrl_vlm.models.sharding import make_mesh
 from jaxrl_vlm.models.tokenizer import load_tokenizer
 from jaxrl_vlm.training.checkpoint import Checkpointer
@@ -68,28 +71,47 @@ def expert_conversations(config: mlc.ConfigDict, tokenizer) -> tuple[Callable[[i
     """(get_example(i), count): tokenized expert conversations of the configured GP task, tokenized on first use."""
     from jaxrl_vlm.data.gp_expert import build_expert_dataset
 
-    if not config.task.language_only:
-        raise NotImplementedError("SFT on GP-VL needs the Mllama processor path; use task.language_only=True")
     data_dir = config.data.data_dir or os.path.join(config.out_dir, "data")
     builder = build_expert_dataset(data_dir, expert_config_name(config.task), config.data.num_examples,
-                                   config.data.seed)
+                                   config.data.seed, resolution=config.task.resolution,
+                                   card_dir=config.task.card_dir or None)
     source = builder.as_data_source()["train"]
+    language_only = config.task.language_only
 
     @functools.lru_cache(maxsize=None)
     def get_example(i: int) -> TokenizedConversation:
         record = source[i]
-        text = {k: v.decode("utf-8") if isinstance(v, bytes) else v for k, v in record.items()}
-        return tokenize_conversation(tokenizer, [{"role": "user", "content": text["prompt"]},
-                                                 {"role": "assistant", "content": text["response"]}])
+        prompt, response = (record[k].decode("utf-8") if isinstance(record[k], bytes) else record[k]
+                            for k in ("prompt", "response"))
+        if language_only:
+            return tokenize_conversation(tokenizer, [{"role": "user", "content": prompt},
+                                                     {"role": "assistant", "content": response}])
+        image = record["image"]
+        if isinstance(image, bytes):
+            image = np.asarray(Image.open(io.BytesIO(image)).convert("RGB"))
+        user = {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}
+        return tokenize_conversation(tokenizer, [user, {"role": "assistant", "content": response}], image)
 
     return get_example, len(source)
 
 
-def _global_batch(batch: SFTBatch, mesh: Mesh) -> dict[str, jax.Array]:
-    """This host's rows of a batch -> global arrays sharded over the batch axes ('data', 'fsdp')."""
+def _global_batch(batch: SFTBatch, mesh: Mesh, model: Any) -> dict[str, jax.Array]:
+    """This host's rows of a batch -> global arrays sharded over the batch axes ('data', 'fsdp').
+
+    Image conversations add the model's vision inputs (pixel_values, aspect ratios, cross_attention_mask)."""
     sharding = NamedSharding(mesh, PartitionSpec(("data", "fsdp")))
-    return {name: jax.make_array_from_process_local_data(sharding, np.asarray(value))
-            for name, value in batch._asdict().items()}
+    arrays = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "loss_mask": batch.loss_mask}
+    if batch.images is not None:
+        arrays.update(model.vision_inputs([[image] for image in batch.images], batch.input_ids))
+    return {name: jax.make_array_from_process_local_data(sharding, np.asarray(value)) for name, value in arrays.items()}
+
+
+def model_with_params(model: Any, params: Any) -> Any:
+    """A shallow copy of a loaded model object carrying other params (same config, mesh and functions)."""
+    clone = object.__new__(type(model))
+    clone.__dict__.update(model.__dict__)
+    clone.params = params
+    return clone
 
 
 def place_on_mesh(tree: Any, mesh: Mesh) -> Any:
@@ -103,12 +125,15 @@ def place_on_mesh(tree: Any, mesh: Mesh) -> Any:
     return jax.tree_util.tree_map(place, tree)
 
 
-def make_apply_fn(model: Any, compute_dtype: str) -> Callable[..., jax.Array]:
-    """apply(params, input_ids, attention_mask) -> f32 logits, for a loaded text model at the given compute dtype."""
-    if not isinstance(model, models_api.LlamaModel):
-        raise NotImplementedError(f"SFT supports Llama text models for now, got {type(model).__name__}")
-    config = model.config.with_dtypes(model.config.param_dtype, compute_dtype)
-    return functools.partial(llama.forward, config=config, mesh_rules=model.mesh_rules)
+def make_apply_fn(model: Any, param_dtype: str, compute_dtype: str) -> Callable[..., jax.Array]:
+    """apply(params, input_ids, attention_mask, **vision) -> f32 logits for a loaded Llama or Mllama model whose params
+    are stored in param_dtype, computing in compute_dtype (e.g. fp32 master weights with bf16 compute)."""
+    config = model.config.with_dtypes(param_dtype, compute_dtype)
+    if isinstance(model, models_api.LlamaModel):
+        return functools.partial(llama.forward, config=config, mesh_rules=model.mesh_rules)
+    if isinstance(model, MllamaModel):
+        return functools.partial(mllama.forward, config=config, mesh_rules=model.mesh_rules)
+    raise NotImplementedError(f"SFT supports Llama and Mllama models, got {type(model).__name__}")
 
 
 def build_optimizer(config: mlc.ConfigDict, params: Any):
@@ -166,8 +191,9 @@ def train_sft(config: mlc.ConfigDict, *, model: Any = None, tokenizer: Any = Non
     tx, schedule = build_optimizer(config, model.params)
     state = place_on_mesh(init_train_state(model.params, tx), mesh)
     shardings = jax.tree_util.tree_map(lambda x: x.sharding, state)
-    step_fn = jax.jit(make_sft_step(make_apply_fn(model, config.model.dtype), tx, micro_batches=sft.micro_batches),
-                      donate_argnums=0, out_shardings=(shardings, None))
+    apply_fn = make_apply_fn(model, config.model.param_dtype, config.model.dtype)
+    step_fn = jax.jit(make_sft_step(apply_fn, tx, micro_batches=sft.micro_batches), donate_argnums=0,
+                      out_shardings=(shardings, None))
 
     checkpointer = Checkpointer(checkpoint_dir(config), max_to_keep=config.checkpoint.keep,
                                 async_save=config.checkpoint.async_save)
@@ -186,7 +212,7 @@ def train_sft(config: mlc.ConfigDict, *, model: Any = None, tokenizer: Any = Non
     for step in range(start, end):
         batch = next(batcher)
         tokens_seen += int(batch.attention_mask.sum()) * jax.process_count()
-        state, metrics = step_fn(state, _global_batch(batch, mesh), jax.random.fold_in(rng, step))
+        state, metrics = step_fn(state, _global_batch(batch, mesh, model), jax.random.fold_in(rng, step))
         done = step + 1
         if done % config.log.every == 0 or done == end:
             last_loss = float(metrics["loss"])
@@ -200,8 +226,8 @@ def train_sft(config: mlc.ConfigDict, *, model: Any = None, tokenizer: Any = Non
     checkpointer.close()
     logger.close()
     summary: dict[str, Any] = {"steps": end, "loss": last_loss, "checkpoints": checkpointer.directory}
-    if end == sft.steps and config.checkpoint.export_hf and jax.process_index() == 0:
+    if end == sft.steps and config.checkpoint.export_hf and hasattr(model, "export"):
         export_dir = os.path.join(config.out_dir, "hf_export")
-        models_api.LlamaModel(model.config, state.params).export(export_dir)
+        model_with_params(model, state.params).export(export_dir)
         summary["hf_export"] = export_dir
     return summary, state
