@@ -22,11 +22,13 @@ class BatcherState(NamedTuple):
 
 
 class SFTBatch(NamedTuple):
-    """input_ids int32[b, S] (right-padded); attention_mask bool[b, S]; loss_mask bool[b, S] (response tokens)."""
+    """input_ids int32[b, S] (right-padded); attention_mask bool[b, S]; loss_mask bool[b, S] (response tokens);
+    images uint8[b, H, W, 3] of image conversations (None for text)."""
 
     input_ids: np.ndarray
     attention_mask: np.ndarray
     loss_mask: np.ndarray
+    images: np.ndarray | None = None
 
 
 def pad_examples(examples: Sequence[TokenizedConversation], seq_len: int, pad_id: int) -> SFTBatch:
@@ -40,7 +42,11 @@ def pad_examples(examples: Sequence[TokenizedConversation], seq_len: int, pad_id
         ids[i, :t] = ex.input_ids[:t]
         attention[i, :t] = True
         loss[i, :t] = ex.loss_mask[:t]
-    return SFTBatch(ids, attention, loss)
+    with_image = [ex.image is not None for ex in examples]
+    if any(with_image) and not all(with_image):
+        raise ValueError("a batch mixes conversations with and without an image")
+    images = np.stack([ex.image for ex in examples]) if examples and all(with_image) else None
+    return SFTBatch(ids, attention, loss, images)
 
 
 class SFTBatcher:

@@ -18,10 +18,12 @@ Message = dict[str, Any]
 
 
 class TokenizedConversation(NamedTuple):
-    """input_ids int32[T]; loss_mask bool[T], True where the token belongs to an assistant response segment."""
+    """input_ids int32[T]; loss_mask bool[T], True where the token belongs to an assistant response segment;
+    image uint8[H, W, 3] for a conversation whose first user message shows one image (None for text)."""
 
     input_ids: np.ndarray
     loss_mask: np.ndarray
+    image: np.ndarray | None = None
 
 
 def _render(tokenizer, messages: Sequence[Message], add_generation_prompt: bool) -> str:
@@ -53,12 +55,15 @@ def conversation_segments(tokenizer, messages: Sequence[Message]) -> list[tuple[
     return segments
 
 
-def tokenize_conversation(tokenizer, messages: Sequence[Message]) -> TokenizedConversation:
-    """Token ids and loss mask of a whole conversation (user/assistant turns, ending with an assistant turn)."""
+def tokenize_conversation(tokenizer, messages: Sequence[Message], image: np.ndarray | None = None
+                          ) -> TokenizedConversation:
+    """Token ids and loss mask of a whole conversation (user/assistant turns, ending with an assistant turn).
+
+    image: the picture an image part of the first user message stands for (kept with the example)."""
     ids: list[int] = []
     mask: list[bool] = []
     for text, supervised in conversation_segments(tokenizer, messages):
         seg = tokenizer(text, add_special_tokens=False)["input_ids"]
         ids.extend(seg)
         mask.extend([supervised] * len(seg))
-    return TokenizedConversation(np.asarray(ids, dtype=np.int32), np.asarray(mask, dtype=bool))
+    return TokenizedConversation(np.asarray(ids, dtype=np.int32), np.asarray(mask, dtype=bool), image)

