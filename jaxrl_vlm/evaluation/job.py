@@ -5,6 +5,7 @@ import json
 import os
 from typing import Any
 
+import jax
 import ml_collections as mlc
 
 from jaxrl_vlm import config as config_lib
@@ -61,3 +62,17 @@ def write_results(path: str, results: Any) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
         json.dump(results, f, indent=2)
+
+
+def run_eval(config: mlc.ConfigDict) -> dict:
+    """The evaluation job of a validated config: print the table, write <out_dir>/eval.json, return the results."""
+    from jaxrl_vlm.training.sft import build_mesh
+
+    model, tokenizer = load_for_eval(config, mesh=build_mesh(config.mesh))
+    results = evaluate(config, model, tokenizer)
+    if jax.process_index() == 0:
+        print(format_table({"checkpoint": results}))
+        path = os.path.join(config.out_dir, "eval.json")
+        write_results(path, results)
+        print(f"results written to {path}")
+    return results

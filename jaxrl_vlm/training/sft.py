@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections as mlc
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from PIL import Image
 
@@ -72,9 +73,13 @@ def expert_conversations(config: mlc.ConfigDict, tokenizer) -> tuple[Callable[[i
     from jaxrl_vlm.data.gp_expert import build_expert_dataset
 
     data_dir = config.data.data_dir or os.path.join(config.out_dir, "data")
-    builder = build_expert_dataset(data_dir, expert_config_name(config.task), config.data.num_examples,
-                                   config.data.seed, resolution=config.task.resolution,
-                                   card_dir=config.task.card_dir or None)
+    build = functools.partial(build_expert_dataset, data_dir, expert_config_name(config.task),
+                              config.data.num_examples, config.data.seed, resolution=config.task.resolution,
+                              card_dir=config.task.card_dir or None)
+    # Process 0 builds first; the others then reuse that copy on a shared filesystem or build their own.
+    builder = build() if jax.process_index() == 0 else None
+    multihost_utils.sync_global_devices("gp expert data built")
+    builder = builder or build()
     source = builder.as_data_source()["train"]
     language_only = config.task.language_only
 

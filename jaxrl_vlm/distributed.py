@@ -1,0 +1,26 @@
+"""Multi-host start-up: one JAX process per host (TPU pod VM, GPU node), all forming one global device mesh."""
+from __future__ import annotations
+
+import os
+
+import jax
+
+
+def initialize() -> None:
+    """Call jax.distributed.initialize once per process, before any other JAX call.
+
+    Explicit settings come from JAX_COORDINATOR_ADDRESS (host:port of process 0), JAX_NUM_PROCESSES and
+    JAX_PROCESS_ID; without them JAX detects the cluster itself (TPU pods, SLURM, Open MPI). On CPU hosts
+    (tests, laptops) set JAX_CPU_COLLECTIVES=gloo to run cross-process collectives.
+    """
+    if os.environ.get("JAX_CPU_COLLECTIVES"):
+        jax.config.update("jax_cpu_collectives_implementation", os.environ["JAX_CPU_COLLECTIVES"])
+    address = os.environ.get("JAX_COORDINATOR_ADDRESS")
+    if address:
+        missing = [k for k in ("JAX_NUM_PROCESSES", "JAX_PROCESS_ID") if k not in os.environ]
+        if missing:
+            raise ValueError(f"JAX_COORDINATOR_ADDRESS={address} is set but {missing} are not")
+        jax.distributed.initialize(coordinator_address=address, num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
+                                   process_id=int(os.environ["JAX_PROCESS_ID"]))
+    else:
+        jax.distributed.initialize()
