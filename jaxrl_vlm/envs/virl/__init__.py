@@ -1,0 +1,1 @@
+"""V-IRL navigation (spec virl.md): route reader, rails, verifier, prompts and the JAX environment."""
