@@ -87,10 +87,14 @@ class RouteTemplate:
 
     def sentences(self, heading0: int) -> list[str]:
         """The 2K instruction sentences."""
+        return self.sentences_with_first_label(self.first_label(heading0))
+
+    def sentences_with_first_label(self, first_label: str) -> list[str]:
+        """The 2K instruction sentences when the first turn's relative label is `first_label`."""
         k = len(self.degrees)
         out = []
         for j in range(k):
-            rel = self.first_label(heading0) if j == 0 else relative_label(self.degrees[j] - self.degrees[j - 1])
+            rel = first_label if j == 0 else relative_label(self.degrees[j] - self.degrees[j - 1])
             lm = self.landmarks[j]
             if j == k - 1:
                 out.append(f"Turn {rel} to face {self.directions[j]}.")
@@ -103,7 +107,11 @@ class RouteTemplate:
 
     def global_instruction(self, heading0: int) -> str:
         """'1. ...\\n2. ...\\n' (ends with a newline)."""
-        return "".join(f"{i + 1}. {s}\n" for i, s in enumerate(self.sentences(heading0)))
+        return self.global_instruction_with_first_label(self.first_label(heading0))
+
+    def global_instruction_with_first_label(self, first_label: str) -> str:
+        """The global instruction when the first turn's relative label is `first_label`."""
+        return "".join(f"{i + 1}. {s}\n" for i, s in enumerate(self.sentences_with_first_label(first_label)))
 
 
 @dataclasses.dataclass(frozen=True)

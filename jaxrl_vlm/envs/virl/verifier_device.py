@@ -266,21 +266,26 @@ def _regex_members(reply: jax.Array, length: jax.Array, gt: jax.Array, gt_len: j
     return jnp.where(a_found, a_eq, gt_is_none), o_found & o_inter
 
 
+def feedback_id(reply: jax.Array, length: jax.Array, gt_action: jax.Array, gt_action_len: jax.Array,
+                gt_obs_intersection: jax.Array) -> jax.Array:
+    """int32 feedback index of one reply (0 correct, 1 not at intersection, 2 at intersection, 3 wrong action).
+
+    reply uint8[L], length int32, gt_action uint8[A] (zero padded), gt_action_len int32, gt_obs_intersection bool
+    ('intersection' in the rail point's landmark text).
+    """
+    ok, act_set, act_eq_json, obs_set, obs_found_json = _json_members(reply, length, gt_action, gt_action_len)
+    act_eq_re, obs_inter_re = _regex_members(reply, length, gt_action, gt_action_len)
+    correct = jnp.where(ok & act_set, act_eq_json, act_eq_re)
+    claims = jnp.where(ok & obs_set, obs_found_json, obs_inter_re)
+    gt_inter = jnp.asarray(gt_obs_intersection, bool)
+    return jnp.select([correct, claims & ~gt_inter, ~claims & gt_inter], [0, 1, 2], 3).astype(jnp.int32)
+
+
 def feedback_ids(replies: jax.Array, lengths: jax.Array, gt_actions: jax.Array, gt_action_lens: jax.Array,
                  gt_obs_intersection: jax.Array) -> jax.Array:
-    """int32[B] feedback index (0 correct, 1 not at intersection, 2 at intersection, 3 wrong action).
-
-    replies uint8[B, L], lengths int32[B], gt_actions uint8[B, A] (zero padded), gt_action_lens int32[B],
-    gt_obs_intersection bool[B] ('intersection' in the rail point's landmark text).
-    """
-    def one(reply, length, gt, gt_len, gt_inter):
-        ok, act_set, act_eq_json, obs_set, obs_found_json = _json_members(reply, length, gt, gt_len)
-        act_eq_re, obs_inter_re = _regex_members(reply, length, gt, gt_len)
-        correct = jnp.where(ok & act_set, act_eq_json, act_eq_re)
-        claims = jnp.where(ok & obs_set, obs_found_json, obs_inter_re)
-        return jnp.select([correct, claims & ~gt_inter, ~claims & gt_inter], [0, 1, 2], 3).astype(jnp.int32)
-
-    return jax.vmap(one)(replies, lengths, gt_actions, gt_action_lens, gt_obs_intersection)
+    """int32[B] `feedback_id` of a batch: replies uint8[B, L], lengths int32[B], gt_actions uint8[B, A],
+    gt_action_lens int32[B], gt_obs_intersection bool[B]."""
+    return jax.vmap(feedback_id)(replies, lengths, gt_actions, gt_action_lens, gt_obs_intersection)
 
 
 def rewards_of(feedback: jax.Array) -> jax.Array:
