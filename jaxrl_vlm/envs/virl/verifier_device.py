@@ -27,44 +27,121 @@ from jaxrl_vlm.envs.virl.verifier import FEEDBACK_REWARDS
 _BIG = 1 << 30
 ACTION_KEY, OBS_KEY, INTERSECTION = b"action", b"current observation", b"intersection"
 ACTION_PREFIX, OBS_PREFIX = b'"action": "', b'"current observation": "'
-LITERALS = (b"null", b"true", b"false", b"NaN", b"Infinity", b"-Infinity")
-(VALUE, ARR_FIRST, OBJ_FIRST, KEY, COLON, AFTER, STR, STR_ESC, STR_U, N_MINUS, N_ZERO, N_INT, N_DOT, N_FRAC, N_E,
- N_ESIGN, N_EXP, LIT, ERR) = range(19)
 OBJ, ARR = 1, 2
 TRACK_NONE, TRACK_KEY, TRACK_ACTION, TRACK_OBS = range(4)
 CUR_NONE, CUR_ACTION, CUR_OBS = range(3)
+_WS = b" \t\n\r"
+_ESCAPE_MAP = {ord(k): ord(v) for k, v in {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n",
+                                           "r": "\r", "t": "\t"}.items()}
+_LITERALS = (b"null", b"true", b"false", b"NaN", b"Infinity")
+
+
+def _mode_names() -> list[str]:
+    names = ["VALUE", "ARR_FIRST", "OBJ_FIRST", "KEY", "COLON", "AFTER", "ERR", "N_MINUS", "N_ZERO", "N_INT",
+             "N_DOT", "N_FRAC", "N_E", "N_ESIGN", "N_EXP"]
+    for kind in ("K", "V"):
+        names += [f"STR_{kind}", f"ESC_{kind}"] + [f"U{k}_{kind}" for k in range(1, 5)]
+    names += [f"LIT_{lit.decode()}_{p}" for lit in _LITERALS for p in range(1, len(lit))]
+    return names
+
+
+MODES = {name: i for i, name in enumerate(_mode_names())}
+
+
+def _transition_table() -> np.ndarray:
+    """int8[3, modes, 256]: next mode by (innermost container: 0 none / OBJ / ARR, mode, byte).
+
+    The grammar is Python `json.loads` (strict): a number ends at the first byte that cannot continue it, and that
+    byte is then read as after a value.
+    """
+    m = MODES
+    table = np.full((3, len(m), 256), m["ERR"], np.int8)
+    digits, hexdigits = b"0123456789", b"0123456789abcdefABCDEF"
+
+    def value_start(row: np.ndarray) -> None:
+        row[ord('"')], row[ord("{")], row[ord("[")] = m["STR_V"], m["OBJ_FIRST"], m["ARR_FIRST"]
+        row[ord("-")], row[ord("0")] = m["N_MINUS"], m["N_ZERO"]
+        for c in digits[1:]:
+            row[c] = m["N_INT"]
+        for lit in _LITERALS:
+            row[lit[0]] = m[f"LIT_{lit.decode()}_1"]
+
+    for top in range(3):
+        t = table[top]
+        for name in ("VALUE", "ARR_FIRST"):
+            value_start(t[m[name]])
+        t[m["ARR_FIRST"], ord("]")] = m["AFTER"]
+        t[m["OBJ_FIRST"], ord('"')], t[m["OBJ_FIRST"], ord("}")] = m["STR_K"], m["AFTER"]
+        t[m["KEY"], ord('"')] = m["STR_K"]
+        t[m["COLON"], ord(":")] = m["VALUE"]
+        if top == OBJ:
+            t[m["AFTER"], ord(",")], t[m["AFTER"], ord("}")] = m["KEY"], m["AFTER"]
+        if top == ARR:
+            t[m["AFTER"], ord(",")], t[m["AFTER"], ord("]")] = m["VALUE"], m["AFTER"]
+        for name in ("VALUE", "ARR_FIRST", "OBJ_FIRST", "KEY", "COLON", "AFTER"):
+            for c in _WS:
+                t[m[name], c] = m[name]
+        for kind, close in (("K", "COLON"), ("V", "AFTER")):
+            row = t[m[f"STR_{kind}"]]
+            row[32:] = m[f"STR_{kind}"]
+            row[ord('"')], row[ord("\\")] = m[close], m[f"ESC_{kind}"]
+            for c in _ESCAPE_MAP:
+                t[m[f"ESC_{kind}"], c] = m[f"STR_{kind}"]
+            t[m[f"ESC_{kind}"], ord("u")] = m[f"U1_{kind}"]
+            for k in range(1, 5):
+                for c in hexdigits:
+                    t[m[f"U{k}_{kind}"], c] = m[f"U{k + 1}_{kind}"] if k < 4 else m[f"STR_{kind}"]
+        t[m["N_MINUS"], ord("0")], t[m["N_MINUS"], ord("I")] = m["N_ZERO"], m["LIT_Infinity_1"]
+        for name in ("N_ZERO", "N_INT", "N_FRAC", "N_EXP"):
+            t[m[name]] = t[m["AFTER"]]
+        for c in digits:
+            t[m["N_INT"], c] = m["N_INT"]
+            t[m["N_DOT"], c] = t[m["N_FRAC"], c] = m["N_FRAC"]
+            t[m["N_E"], c] = t[m["N_ESIGN"], c] = t[m["N_EXP"], c] = m["N_EXP"]
+        for c in digits[1:]:
+            t[m["N_MINUS"], c] = m["N_INT"]
+        for name in ("N_ZERO", "N_INT"):
+            t[m[name], ord(".")] = m["N_DOT"]
+        for name in ("N_ZERO", "N_INT", "N_FRAC"):
+            t[m[name], ord("e")] = t[m[name], ord("E")] = m["N_E"]
+        t[m["N_E"], ord("+")] = t[m["N_E"], ord("-")] = m["N_ESIGN"]
+        for lit in _LITERALS:
+            for p in range(1, len(lit)):
+                t[m[f"LIT_{lit.decode()}_{p}"], lit[p]] = m[f"LIT_{lit.decode()}_{p + 1}"] if p + 1 < len(lit) \
+                    else m["AFTER"]
+    return table
 
 
 def _kmp_table(pattern: bytes) -> np.ndarray:
     """int32[len+1, 129] substring DFA; column 128 stands for every non-ASCII character."""
-    m = len(pattern)
-    dfa = np.zeros((m + 1, 129), np.int32)
+    size = len(pattern)
+    dfa = np.zeros((size + 1, 129), np.int32)
     dfa[0, pattern[0]] = 1
     restart = 0
-    for state in range(1, m + 1):
+    for state in range(1, size + 1):
         dfa[state] = dfa[restart]
-        if state < m:
+        if state < size:
             dfa[state, pattern[state]] = state + 1
             restart = dfa[restart, pattern[state]]
-    dfa[m] = m  # absorbing once found
+    dfa[size] = size  # absorbing once found
     return dfa
 
 
+_TABLE = _transition_table()
 _KMP = _kmp_table(INTERSECTION)
-_LIT_TABLE = np.zeros((len(LITERALS), 10), np.int32)
-_LIT_LEN = np.array([len(s) for s in LITERALS], np.int32)
-for _i, _s in enumerate(LITERALS):
-    _LIT_TABLE[_i, :len(_s)] = list(_s)
-_ESCAPES = np.full(128, -1, np.int32)
-for _k, _v in {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}.items():
-    _ESCAPES[ord(_k)] = ord(_v)
-_HEX = np.full(256, -1, np.int32)
+_ESCAPES = np.full(256, -1, np.int32)
+for _k, _v in _ESCAPE_MAP.items():
+    _ESCAPES[_k] = _v
+_HEX = np.zeros(256, np.int32)
 for _i, _c in enumerate("0123456789abcdef"):
-    _HEX[ord(_c)] = _i
-    _HEX[ord(_c.upper())] = _i
-_LIT_START = np.full(256, -1, np.int32)
-for _i, _c in enumerate("ntfNI"):
-    _LIT_START[ord(_c)] = _i
+    _HEX[ord(_c)] = _HEX[ord(_c.upper())] = _i
+_IS_STR = np.zeros(len(MODES), bool)
+_IS_ESC = np.zeros(len(MODES), bool)
+_IS_U = np.zeros(len(MODES), bool)
+for _kind in ("K", "V"):
+    _IS_STR[MODES[f"STR_{_kind}"]] = _IS_ESC[MODES[f"ESC_{_kind}"]] = _IS_U[MODES[f"U4_{_kind}"]] = True
+    for _k in range(1, 4):
+        _IS_U[MODES[f"U{_k}_{_kind}"]] = True
 
 
 class _Json(NamedTuple):
@@ -72,11 +149,7 @@ class _Json(NamedTuple):
     depth: jax.Array
     stack: jax.Array
     top_obj: jax.Array
-    lit_id: jax.Array
-    lit_pos: jax.Array
-    ucount: jax.Array
     uval: jax.Array
-    str_is_key: jax.Array
     track: jax.Array
     key_pos: jax.Array
     key_action: jax.Array
@@ -91,99 +164,40 @@ class _Json(NamedTuple):
 
 
 def _json_step(s: _Json, b: jax.Array, gt: jax.Array, gt_len: jax.Array) -> _Json:
-    """One byte of the JSON automaton (scalar state, int32 byte)."""
-    i32 = jnp.int32
-    is_ws = (b == 32) | (b == 9) | (b == 10) | (b == 13)
-    is_digit = (b >= 48) & (b <= 57)
-    is_e = (b == ord("e")) | (b == ord("E"))
-    top = jnp.where(s.depth > 0, s.stack[jnp.maximum(s.depth - 1, 0)], 0)
+    """One byte of the JSON automaton (scalar state, int32 byte): a table lookup plus member tracking."""
+    i32, m = jnp.int32, MODES
     mode = s.mode
-
-    # Numbers: continuation, or the end of a complete number (then the byte is read in AFTER mode).
-    num_next = jnp.select(
-        [mode == N_MINUS, mode == N_ZERO, mode == N_INT, mode == N_DOT, mode == N_FRAC, mode == N_E,
-         mode == N_ESIGN, mode == N_EXP],
-        [jnp.where(b == ord("0"), N_ZERO, jnp.where(is_digit, N_INT, jnp.where(b == ord("I"), LIT, ERR))),
-         jnp.where(b == ord("."), N_DOT, jnp.where(is_e, N_E, -1)),
-         jnp.where(is_digit, N_INT, jnp.where(b == ord("."), N_DOT, jnp.where(is_e, N_E, -1))),
-         jnp.where(is_digit, N_FRAC, ERR),
-         jnp.where(is_digit, N_FRAC, jnp.where(is_e, N_E, -1)),
-         jnp.where((b == ord("+")) | (b == ord("-")), N_ESIGN, jnp.where(is_digit, N_EXP, ERR)),
-         jnp.where(is_digit, N_EXP, ERR),
-         jnp.where(is_digit, N_EXP, -1)], -2)
-    in_number = num_next != -2
-    number_ends = num_next == -1
-    mode = jnp.where(number_ends, AFTER, mode)
-    number_consumed = in_number & ~number_ends
-
-    # Strings.
-    in_str = mode == STR
-    esc_char = jnp.where(b < 128, jnp.asarray(_ESCAPES)[jnp.minimum(b, 127)], -1)
-    hex_val = jnp.asarray(_HEX)[b]
-    uval = s.uval * 16 + hex_val
-    emit = ((in_str & (b != ord('"')) & (b != ord("\\")) & (b >= 32))
-            | ((mode == STR_ESC) & (esc_char >= 0))
-            | ((mode == STR_U) & (hex_val >= 0) & (s.ucount == 3)))
-    ch = jnp.select([in_str, mode == STR_ESC], [b, esc_char], uval)
-    str_mode = jnp.select(
-        [in_str & (b == ord('"')), in_str & (b == ord("\\")), in_str & (b < 32), in_str,
-         mode == STR_ESC, (mode == STR_U) & (hex_val < 0), (mode == STR_U) & (s.ucount == 3)],
-        [jnp.where(s.str_is_key, COLON, AFTER), STR_ESC, ERR, STR,
-         jnp.where(b == ord("u"), STR_U, jnp.where(esc_char >= 0, STR, ERR)), ERR, STR], STR_U)
-    ucount = jnp.where(mode == STR_ESC, 0, s.ucount + 1)
-    str_closes = in_str & (b == ord('"'))
-
-    # Structural characters.
-    value_mode = (mode == VALUE) | (mode == ARR_FIRST)
-    lit_start = jnp.asarray(_LIT_START)[b]
-    value_next = jnp.select(
-        [is_ws, b == ord('"'), b == ord("{"), b == ord("["), b == ord("-"), b == ord("0"), is_digit, lit_start >= 0,
-         (mode == ARR_FIRST) & (b == ord("]"))],
-        [mode, STR, OBJ_FIRST, ARR_FIRST, N_MINUS, N_ZERO, N_INT, LIT, AFTER], ERR)
-    after_next = jnp.select(
-        [is_ws, (b == ord(",")) & (top == OBJ), (b == ord(",")) & (top == ARR), (b == ord("}")) & (top == OBJ),
-         (b == ord("]")) & (top == ARR)],
-        [AFTER, KEY, VALUE, AFTER, AFTER], ERR)
-    key_next = jnp.select([is_ws, b == ord('"'), (mode == OBJ_FIRST) & (b == ord("}"))], [mode, STR, AFTER], ERR)
-    colon_next = jnp.select([is_ws, b == ord(":")], [COLON, VALUE], ERR)
-    lit_expected = jnp.asarray(_LIT_TABLE)[s.lit_id, jnp.minimum(s.lit_pos, 9)]
-    lit_done = s.lit_pos + 1 == jnp.asarray(_LIT_LEN)[s.lit_id]
-    lit_next = jnp.where(b == lit_expected, jnp.where(lit_done, AFTER, LIT), ERR)
-
-    new_mode = jnp.select(
-        [mode == ERR, number_consumed, (mode >= STR) & (mode <= STR_U), value_mode, mode == AFTER,
-         (mode == OBJ_FIRST) | (mode == KEY), mode == COLON, mode == LIT],
-        [ERR, num_next, str_mode, value_next, after_next, key_next, colon_next, lit_next], ERR).astype(i32)
-
-    push = jnp.where(value_mode & (b == ord("{")), OBJ, jnp.where(value_mode & (b == ord("[")), ARR, 0))
-    pop = (((mode == AFTER) & (new_mode == AFTER) & ((b == ord("}")) | (b == ord("]"))))
-           | ((mode == OBJ_FIRST) & (b == ord("}"))) | ((mode == ARR_FIRST) & (b == ord("]"))))
+    top = jnp.where(s.depth > 0, s.stack[jnp.maximum(s.depth - 1, 0)], 0).astype(i32)
+    nxt = jnp.asarray(_TABLE)[top, mode, b].astype(i32)
+    quote = b == ord('"')
+    push = jnp.where((nxt == m["OBJ_FIRST"]) & (b == ord("{")), OBJ,
+                     jnp.where((nxt == m["ARR_FIRST"]) & (b == ord("[")), ARR, 0))
+    pop = ((b == ord("}")) | (b == ord("]"))) & (nxt == m["AFTER"])
     stack = jnp.where(push > 0, s.stack.at[s.depth].set(push.astype(s.stack.dtype)), s.stack)
     depth = s.depth + (push > 0).astype(i32) - pop.astype(i32)
-    top_obj = s.top_obj | ((s.depth == 0) & (push == OBJ))
 
-    starts_lit_from_minus = (mode == N_MINUS) & (b == ord("I"))
-    lit_id = jnp.where(value_mode & (lit_start >= 0), lit_start, jnp.where(starts_lit_from_minus, 5, s.lit_id))
-    lit_pos = jnp.where(value_mode & (lit_start >= 0), 1,
-                        jnp.where(starts_lit_from_minus, 2, jnp.where(mode == LIT, s.lit_pos + 1, s.lit_pos)))
+    is_u = jnp.asarray(_IS_U)[mode]
+    uval = jnp.where(is_u, s.uval * 16 + jnp.asarray(_HEX)[b], 0)
+    emit = ((jnp.asarray(_IS_STR)[mode] & (nxt == mode)) | (jnp.asarray(_IS_ESC)[mode] & jnp.asarray(_IS_STR)[nxt])
+            | (is_u & jnp.asarray(_IS_STR)[nxt]))
+    ch = jnp.where(jnp.asarray(_IS_STR)[mode], b, jnp.where(jnp.asarray(_IS_ESC)[mode], jnp.asarray(_ESCAPES)[b], uval))
 
-    # Member tracking of the top-level object.
-    key_starts = ((mode == OBJ_FIRST) | (mode == KEY)) & (b == ord('"'))
-    member_value_starts = (mode == VALUE) & (s.depth == 1) & (top == OBJ) & ~is_ws
-    value_str_starts = value_mode & (b == ord('"'))
+    key_starts = ((mode == m["OBJ_FIRST"]) | (mode == m["KEY"])) & quote
+    member_value_starts = (mode == m["VALUE"]) & (s.depth == 1) & (top == OBJ) & (nxt != m["VALUE"])
     act_start = member_value_starts & (s.cur_key == CUR_ACTION)
     obs_start = member_value_starts & (s.cur_key == CUR_OBS)
+    str_closes = ((mode == m["STR_K"]) | (mode == m["STR_V"])) & quote
+    value_str_starts = ((mode == m["VALUE"]) | (mode == m["ARR_FIRST"])) & quote
     track = jnp.select(
-        [key_starts, act_start & (b == ord('"')), obs_start & (b == ord('"')), value_str_starts, str_closes],
+        [key_starts, act_start & quote, obs_start & quote, value_str_starts, str_closes],
         [jnp.where(s.depth == 1, TRACK_KEY, TRACK_NONE), TRACK_ACTION, TRACK_OBS, TRACK_NONE, TRACK_NONE], s.track)
-    str_is_key = jnp.where(key_starts, True, jnp.where(value_str_starts, False, s.str_is_key))
 
-    ascii_ch = jnp.minimum(ch, 128)
     key_emit = emit & (s.track == TRACK_KEY)
+    action_key, obs_key = jnp.asarray(list(ACTION_KEY)), jnp.asarray(list(OBS_KEY))
     key_action = jnp.where(key_starts, True, s.key_action & ~(key_emit & (
-        (s.key_pos >= len(ACTION_KEY)) | (ch != jnp.asarray(list(ACTION_KEY))[jnp.minimum(s.key_pos, len(ACTION_KEY) - 1)]))))
+        (s.key_pos >= len(ACTION_KEY)) | (ch != action_key[jnp.minimum(s.key_pos, len(ACTION_KEY) - 1)]))))
     key_obs = jnp.where(key_starts, True, s.key_obs & ~(key_emit & (
-        (s.key_pos >= len(OBS_KEY)) | (ch != jnp.asarray(list(OBS_KEY))[jnp.minimum(s.key_pos, len(OBS_KEY) - 1)]))))
+        (s.key_pos >= len(OBS_KEY)) | (ch != obs_key[jnp.minimum(s.key_pos, len(OBS_KEY) - 1)]))))
     key_pos = jnp.where(key_starts, 0, s.key_pos + key_emit.astype(i32))
     key_closes = str_closes & (s.track == TRACK_KEY)
     cur_key = jnp.where(key_closes, jnp.select([key_action & (key_pos == len(ACTION_KEY)),
@@ -192,29 +206,25 @@ def _json_step(s: _Json, b: jax.Array, gt: jax.Array, gt_len: jax.Array) -> _Jso
 
     act_emit = emit & (s.track == TRACK_ACTION)
     gt_char = gt[jnp.clip(s.act_pos, 0, gt.shape[0] - 1)].astype(i32)
-    act_eq = jnp.where(act_start, b == ord('"'),
-                       s.act_eq & ~(act_emit & ((s.act_pos >= gt_len) | (ch != gt_char))))
+    act_eq = jnp.where(act_start, quote, s.act_eq & ~(act_emit & ((s.act_pos >= gt_len) | (ch != gt_char))))
     act_pos = jnp.where(act_start, 0, s.act_pos + act_emit.astype(i32))
     act_eq = act_eq & ~(str_closes & (s.track == TRACK_ACTION) & (act_pos != gt_len))
     obs_emit = emit & (s.track == TRACK_OBS)
-    kmp = jnp.where(obs_start, 0, jnp.where(obs_emit, jnp.asarray(_KMP)[s.kmp, ascii_ch], s.kmp))
+    kmp = jnp.where(obs_start, 0, jnp.where(obs_emit, jnp.asarray(_KMP)[s.kmp, jnp.minimum(ch, 128)], s.kmp))
     obs_found = jnp.where(obs_start, False, s.obs_found | (kmp == len(INTERSECTION)))
 
-    return _Json(mode=new_mode, depth=depth, stack=stack, top_obj=top_obj, lit_id=lit_id.astype(i32),
-                 lit_pos=lit_pos.astype(i32), ucount=ucount.astype(i32), uval=jnp.where(mode == STR_ESC, 0, uval),
-                 str_is_key=str_is_key, track=track.astype(i32), key_pos=key_pos, key_action=key_action,
+    return _Json(mode=nxt, depth=depth, stack=stack, top_obj=s.top_obj | ((s.depth == 0) & (push == OBJ)),
+                 uval=uval.astype(i32), track=track.astype(i32), key_pos=key_pos, key_action=key_action,
                  key_obs=key_obs, cur_key=cur_key.astype(i32), act_set=s.act_set | act_start, act_eq=act_eq,
                  act_pos=act_pos, obs_set=s.obs_set | obs_start, obs_found=obs_found, kmp=kmp.astype(i32))
 
 
 def _json_members(reply: jax.Array, length: jax.Array, gt: jax.Array, gt_len: jax.Array):
     """(json_ok, act_set, act_eq, obs_set, obs_found) of one reply (scalars)."""
-    i32, false = jnp.int32, jnp.bool_(False)
-    zero = jnp.int32(0)
-    init = _Json(mode=jnp.int32(VALUE), depth=zero, stack=jnp.zeros(reply.shape[0] + 1, jnp.int8), top_obj=false,
-                 lit_id=zero, lit_pos=zero, ucount=zero, uval=zero, str_is_key=false, track=zero, key_pos=zero,
-                 key_action=false, key_obs=false, cur_key=zero, act_set=false, act_eq=false, act_pos=zero,
-                 obs_set=false, obs_found=false, kmp=zero)
+    false, zero = jnp.bool_(False), jnp.int32(0)
+    init = _Json(mode=jnp.int32(MODES["VALUE"]), depth=zero, stack=jnp.zeros(reply.shape[0] + 1, jnp.int8),
+                 top_obj=false, uval=zero, track=zero, key_pos=zero, key_action=false, key_obs=false, cur_key=zero,
+                 act_set=false, act_eq=false, act_pos=zero, obs_set=false, obs_found=false, kmp=zero)
 
     def body(state, x):
         b, valid = x
@@ -222,8 +232,8 @@ def _json_members(reply: jax.Array, length: jax.Array, gt: jax.Array, gt_len: ja
         return jax.tree.map(lambda n, o: jnp.where(valid, n, o), new, state), None
 
     valid = jnp.arange(reply.shape[0]) < length
-    final, _ = jax.lax.scan(body, init, (reply.astype(i32), valid))
-    ok = (final.mode == AFTER) & (final.depth == 0) & final.top_obj
+    final, _ = jax.lax.scan(body, init, (reply.astype(jnp.int32), valid))
+    ok = (final.mode == MODES["AFTER"]) & (final.depth == 0) & final.top_obj
     return ok, final.act_set, final.act_eq, final.obs_set, final.obs_found
 
 
