@@ -1,0 +1,200 @@
+"""Perspective-view grid renderer (spec §1.5) against independent NumPy/SciPy/PIL implementations written here."""
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+from scipy import ndimage
+
+from jaxrl_vlm.envs.virl.city import generate_city, get_style
+from jaxrl_vlm.envs.virl.panorama import render_panorama
+from jaxrl_vlm.envs.virl.views import (assemble_grid, grid_headings, panorama_coords, perspective_view,
+                                       render_view_grids, resize_view, view_grid)
+
+
+def spec_coords(heading, rotation, pano_h, pano_w, size, fov=90.0, pitch=0.0):
+    """Spec §1.5 in float64 NumPy: intrinsics, Rodrigues rotations, lon/lat, panorama X/Y."""
+    theta = math.radians(((heading - 180.0) % 360.0 + rotation) % 360.0)
+    f = 0.5 * size / math.tan(math.radians(fov) / 2)
+    k_inv = np.linalg.inv(np.array([[f, 0, (size - 1) / 2], [0, f, (size - 1) / 2], [0, 0, 1.0]]))
+    xs, ys = np.meshgrid(np.arange(size), np.arange(size))
+    rays = np.stack([xs, ys, np.ones_like(xs)], -1) @ k_inv.T
+
+    def rodrigues(v):
+        angle = np.linalg.norm(v)
+        if angle == 0:
+            return np.eye(3)
+        k = v / angle
+        kx = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
+        return np.eye(3) + math.sin(angle) * kx + (1 - math.cos(angle)) * kx @ kx
+
+    r1 = rodrigues(np.array([0.0, 1.0, 0.0]) * theta)
+    r2 = rodrigues(r1 @ np.array([1.0, 0.0, 0.0]) * math.radians(pitch))
+    xyz = rays @ (r2 @ r1).T
+    lon = np.arctan2(xyz[..., 0], xyz[..., 2])
+    lat = np.arcsin(xyz[..., 1] / np.linalg.norm(xyz, axis=-1))
+    return (lon / (2 * np.pi) + 0.5) * (pano_w - 1), (lat / np.pi + 0.5) * (pano_h - 1)
+
+
+def keys_bicubic(pano, x, y, a=-0.75):
+    """cv2-style bicubic with wrap on both axes, one tap at a time."""
+    def w(t):
+        t = np.abs(t)
+        return np.where(t <= 1, (a + 2) * t ** 3 - (a + 3) * t ** 2 + 1,
+                        np.where(t < 2, a * t ** 3 - 5 * a * t ** 2 + 8 * a * t - 4 * a, 0.0))
+    h, wd = pano.shape[:2]
+    x0, y0 = np.floor(x).astype(int), np.floor(y).astype(int)
+    out = np.zeros(x.shape + (pano.shape[2],))
+    for dy in range(-1, 3):
+        for dx in range(-1, 3):
+            weight = w(x - (x0 + dx)) * w(y - (y0 + dy))
+            out += weight[..., None] * pano[(y0 + dy) % h, (x0 + dx) % wd].astype(np.float64)
+    return out
+
+
+@pytest.fixture(scope="module")
+def smooth_pano():
+    h, w = 64, 128
+    yy, xx = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    rng = np.random.default_rng(0)
+    chans = []
+    for _ in range(3):
+        fx, fy = rng.integers(1, 4, size=2)
+        chans.append(128 + 60 * np.sin(2 * np.pi * fx * xx / w + rng.uniform(0, 6)) * np.cos(
+            np.pi * fy * yy / h) + 40 * np.cos(2 * np.pi * xx / w))
+    return np.clip(np.stack(chans, -1) + rng.normal(0, 3, (h, w, 3)), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def view_fn():
+    return jax.jit(perspective_view, static_argnames=("view_size", "fov", "pitch", "interpolation"))
+
+
+@pytest.fixture(scope="module")
+def grid_fn():
+    return jax.jit(view_grid, static_argnames=("view_size", "resolution", "fov", "pitch", "interpolation"))
+
+
+coords_fn = jax.jit(panorama_coords, static_argnames=("pano_hw", "view_size", "fov", "pitch"))
+
+
+CASES = [(0.0, 0.0), (123.4, 77.7), (359.0, 301.25), (200.0, 10.0)]
+
+
+def test_coordinates_match_spec_math():
+    for heading, rotation in CASES:
+        x, y = coords_fn(heading, rotation, (64, 128), 21)
+        ex, ey = spec_coords(heading, rotation, 64, 128, 21)
+        dx = (np.asarray(x) - ex + 63.5) % 127 - 63.5          # the seam lon = +-pi is X = 0 or W-1
+        assert np.abs(dx).max() < 1e-3 and np.abs(np.asarray(y) - ey).max() < 1e-3
+    x, y = coords_fn(30.0, 40.0, (64, 128), 21, pitch=20.0)
+    ex, ey = spec_coords(30.0, 40.0, 64, 128, 21, pitch=20.0)
+    assert np.abs(np.asarray(x) - ex).max() < 1e-3 and np.abs(np.asarray(y) - ey).max() < 1e-3
+
+
+def test_bilinear_matches_scipy_map_coordinates(smooth_pano, view_fn):
+    for heading, rotation in CASES:
+        ours = np.asarray(view_fn(jnp.asarray(smooth_pano), heading, rotation, view_size=24,
+                                  interpolation="bilinear")).astype(float)
+        ex, ey = spec_coords(heading, rotation, *smooth_pano.shape[:2], 24)
+        ex, ey = np.round(ex * 32) / 32, np.round(ey * 32) / 32
+        ref = np.stack([ndimage.map_coordinates(smooth_pano[..., c].astype(float), [ey, ex], order=1,
+                                                mode="grid-wrap") for c in range(3)], -1)
+        diff = np.abs(ours - np.clip(np.round(ref), 0, 255))
+        assert diff.max() <= 2 and diff.mean() < 0.05
+
+
+def test_bicubic_matches_independent_keys_and_is_close_to_spline(smooth_pano, view_fn):
+    for heading, rotation in CASES:
+        ours = np.asarray(view_fn(jnp.asarray(smooth_pano), heading, rotation, view_size=24)).astype(float)
+        ex, ey = spec_coords(heading, rotation, *smooth_pano.shape[:2], 24)
+        qx, qy = np.round(ex * 32) / 32, np.round(ey * 32) / 32
+        ref = np.clip(np.round(keys_bicubic(smooth_pano, qx, qy)), 0, 255)
+        diff = np.abs(ours - ref)
+        assert diff.max() <= 2 and diff.mean() < 0.05
+        spline = np.stack([ndimage.map_coordinates(smooth_pano[..., c].astype(float), [ey, ex], order=3,
+                                                   mode="grid-wrap") for c in range(3)], -1)
+        assert np.abs(ours - spline).mean() < 2.0
+        nearest = smooth_pano[np.round(ey).astype(int) % 64, np.round(ex).astype(int) % 128].astype(float)
+        assert np.abs(ours - nearest).mean() < 6.0
+
+
+def test_view_centre_column_fraction_is_heading_plus_rotation(view_fn):
+    width = 721
+    cols = np.arange(width) / (width - 1) * 2 * np.pi
+    row = np.stack([128 + 100 * np.cos(cols), 128 + 100 * np.sin(cols), np.zeros(width)], -1)
+    pano = jnp.asarray(np.repeat(row[None], 64, 0).round().astype(np.uint8))
+    rng = np.random.default_rng(1)
+    for heading, rotation in list(CASES) + [tuple(rng.uniform(0, 360, 2)) for _ in range(3)]:
+        view = np.asarray(view_fn(pano, heading, rotation, view_size=33)).astype(float)
+        angles = np.degrees(np.arctan2(view[16, :, 1] - 128, view[16, :, 0] - 128)) % 360
+        expected = (heading + rotation) % 360
+        assert abs((angles[16] - expected + 180) % 360 - 180) < 1.0, (heading, rotation, angles[16])
+        assert 0 < (angles[24] - angles[16]) % 360 < 90        # right of centre = clockwise (larger bearing)
+
+
+def test_grid_headings_and_canvas_layout(smooth_pano, view_fn, grid_fn):
+    np.testing.assert_allclose(np.asarray(grid_headings(10.0)), [235.0, 325.0, 55.0, 145.0])
+    pano = jnp.asarray(smooth_pano)
+    grid = np.asarray(grid_fn(pano, 10.0, 33.0, view_size=16, resolution=16))
+    assert grid.shape == (37, 37, 3) and grid.dtype == np.uint8
+    assert not grid[16:21].any() and not grid[:, 16:21].any()
+    for k, heading in enumerate([235.0, 325.0, 55.0, 145.0]):
+        x0, y0 = (k % 2) * 21, (k // 2) * 21
+        np.testing.assert_array_equal(grid[y0:y0 + 16, x0:x0 + 16],
+                                      np.asarray(view_fn(pano, heading, 33.0, view_size=16)))
+    resized = np.asarray(grid_fn(pano, 10.0, 33.0, view_size=16, resolution=24))
+    assert resized.shape == (53, 53, 3) and not resized[24:29].any() and not resized[:, 24:29].any()
+    expected = jax.jit(resize_view, static_argnums=1)(view_fn(pano, 55.0, 33.0, view_size=16), 24)
+    np.testing.assert_array_equal(resized[29:, :24], np.asarray(expected))
+    with pytest.raises(ValueError, match="views of shape"):
+        assemble_grid(jnp.zeros((3, 8, 8, 3), jnp.uint8))
+
+
+def test_resize_matches_pil_bicubic(smooth_pano):
+    view = smooth_pano[:, :64]
+    for size in (96, 40):
+        ours = np.asarray(jax.jit(resize_view, static_argnums=1)(jnp.asarray(view), size)).astype(int)
+        ref = np.asarray(Image.fromarray(view).resize((size, size))).astype(int)
+        diff = np.abs(ours - ref)
+        assert diff.mean() < 0.3 and np.percentile(diff, 99) <= 2
+
+
+def test_batched_render_matches_single(smooth_pano, grid_fn):
+    panos = jnp.stack([jnp.asarray(smooth_pano), jnp.asarray(smooth_pano[::-1])])
+    idx, heading, rot = jnp.array([1, 0, 1]), jnp.array([0.0, 95.0, 300.0]), jnp.array([12.0, 0.0, 181.5])
+    out = np.asarray(render_view_grids(panos, idx, heading, rot, view_size=16, resolution=24))
+    assert out.shape == (3, 53, 53, 3)
+    for b in range(3):
+        single = grid_fn(panos[int(idx[b])], heading[b], rot[b], view_size=16, resolution=24)
+        np.testing.assert_array_equal(out[b], np.asarray(single))
+
+
+def test_landmark_sign_visible_in_the_view_facing_it(view_fn):
+    city = generate_city(get_style("soho"), 2, 3, 3)
+    place = next(p for p in city.places if p.corner_of is not None)
+    pano_index = city.node_pano[place.corner_of]
+    pano = city.panos[pano_index]
+    dx, dy = place.xy[0] - pano.xy[0], place.xy[1] - pano.xy[1]
+    bearing = math.degrees(math.atan2(dx, dy)) % 360
+    no_sign = dataclasses.replace(city, walls=dataclasses.replace(
+        city.walls, sign=np.where(city.walls.sign == place.sign, -1, city.walls.sign)))
+    with_sign = render_panorama(city, pano_index, 512)
+    without = render_panorama(no_sign, pano_index, 512)
+    changed = np.abs(with_sign.astype(int) - without.astype(int)).sum(-1) > 30
+    cols = np.nonzero(changed.any(0))[0]
+    expected_col = (bearing + pano.rotation) % 360 / 360 * 511
+    assert cols.size > 5 and np.abs((cols - expected_col + 256) % 511 - 256).max() < 60
+    bg = np.array(city.sign_background[place.sign], float)
+    assert (np.abs(with_sign[changed].astype(float) - bg).sum(-1) < 60).mean() > 0.3
+    diffs = {}
+    for offset in (0.0, 180.0):
+        a = np.asarray(view_fn(jnp.asarray(with_sign), bearing + offset, pano.rotation, view_size=64)).astype(int)
+        b = np.asarray(view_fn(jnp.asarray(without), bearing + offset, pano.rotation, view_size=64)).astype(int)
+        diffs[offset] = np.abs(a - b).sum(-1) > 30
+    assert diffs[0.0].sum() > 10 and diffs[180.0].sum() == 0
+    centre_x = np.nonzero(diffs[0.0])[1].mean()
+    assert abs(centre_x - 31.5) < 12
