@@ -90,78 +90,134 @@ def tokenizer():
 
 
 @pytest.fixture(scope="module")
-def city(tmp_path_factory):
-    rs = load_route_set(write_small_city(tmp_path_factory.mktemp("city")))
-    return [route_template(rs, r) for r in rs.routes]
+def city_dir(tmp_path_factory):
+    return write_small_city(tmp_path_factory.mktemp("city"))
 
 
 @pytest.fixture(scope="module")
-def compiled():
-    env = VirlEnv(VirlConfig(max_prompt_tokens=4096))
-    return env, jax.jit(env.reset), jax.jit(env.step), jax.jit(env.prompt_tokens), jax.jit(env.feedback_tokens)
+def city(city_dir):
+    rs = load_route_set(city_dir)
+    return [route_template(rs, r) for r in rs.routes]
+
+
+B = 5  # one batch size for every device test: the vmapped functions compile once
+
+
+@pytest.fixture(scope="module")
+def evaluator():
+    from jaxrl_vlm.envs.virl.evaluation import VirlEvaluator
+
+    ev = VirlEvaluator(VirlConfig(max_prompt_tokens=1024))
+    ev.feedback = jax.jit(jax.vmap(ev.env.feedback_tokens, in_axes=(0, None)))
+    ev.randomness = jax.jit(jax.vmap(episode_randomness, in_axes=(0, None)), static_argnums=1)
+    return ev
 
 
 @pytest.fixture(scope="module", params=[(True, False), (False, True)], ids=["abs-L", "rel-VL"])
-def device(request, city, compiled, tokenizer):
+def setting(request, city, tokenizer):
     absolute, vision = request.param
     params, _ = build_params(city, lambda s: tokenizer.encode(s, add_special_tokens=False), absolute, vision)
-    return (absolute, vision, compiled[0].config.verify_iter), params, *compiled[1:4]
+    return absolute, vision, params
 
 
-def reply_bytes(text: str, length: int = 256):
-    raw = text.encode()[:length]
-    buf = np.zeros(length, np.uint8)
-    buf[:len(raw)] = np.frombuffer(raw, np.uint8)
-    return buf, np.int32(len(raw))
+def batch_bytes(texts: list[str], length: int = 256):
+    buf, lens = np.zeros((len(texts), length), np.uint8), np.zeros(len(texts), np.int32)
+    for i, text in enumerate(texts):
+        raw = text.encode()[:length]
+        buf[i, :len(raw)], lens[i] = np.frombuffer(raw, np.uint8), len(raw)
+    return buf, lens
 
 
-def test_device_env_matches_host_loop(device, city, compiled, tokenizer):
-    (absolute, vision, _), params, reset, step, prompt = device
-    host = HostNavigationEnv(city, absolute_action=absolute, vision=vision)
+def start(evaluator, params, city, seed, absolute=True, vision=False):
+    """Device batch and B host envs reset with the same routes and random draws."""
+    keys = jax.random.split(jax.random.PRNGKey(seed), B)
+    routes = np.arange(B) % len(city)
+    state = evaluator.reset(keys, params, routes)
+    heading0, draws = evaluator.randomness(jax.vmap(lambda k: jax.random.split(k)[1])(keys), max_legs(params))
+    hosts = []
+    for i, r in enumerate(routes):
+        host = HostNavigationEnv(city, absolute_action=absolute, vision=vision)
+        host.reset(int(r), int(heading0[i]), np.asarray(draws[i])[:city[r].num_legs])
+        hosts.append(host)
+    return state, hosts
+
+
+def test_device_env_matches_host_loop(evaluator, setting, city, tokenizer):
+    absolute, vision, params = setting
     rng = np.random.default_rng(0)
-    randomness = jax.jit(episode_randomness, static_argnums=1)
-    for episode in range(6):
-        key = jax.random.PRNGKey(episode)
-        state = reset(key, params, episode % len(city))
-        heading0, draws = randomness(jax.random.split(key)[1], max_legs(params))
-        route = int(state.route)
-        info = host.reset(route, int(heading0), np.asarray(draws)[:city[route].num_legs])
-        assert int(state.num_points) == len(host.rail)
-        for _ in range(60):
-            ids, n = prompt(state, params)
-            assert tokenizer.decode(np.asarray(ids[:n]).tolist()) == host.prompt()
-            p = host.point
-            good = expert_response(p.oracle_observation, p.instruction, p.gt_action)
-            bad = expert_response("at an intersection" if rng.random() < 0.5 else "nothing", p.instruction, "stop()"
-                                  if p.gt_action != "stop()" else "forward()")
-            text = good if rng.random() < 0.8 else bad
-            state, out = step(state, *reply_bytes(text), params)
-            reward, terminated, truncated, info = host.step(text)
-            assert (float(out.reward), bool(out.terminated), bool(out.truncated)) == (reward, terminated, truncated)
+    state, hosts = start(evaluator, params, city, 0, absolute, vision)
+    assert np.asarray(state.num_points).tolist() == [len(h.rail) for h in hosts]
+    finished = np.zeros(B, bool)
+    while not finished.all():
+        ids, lens = jax.device_get(evaluator.prompt(state, params))
+        texts = []
+        for i, host in enumerate(hosts):
+            p = None if finished[i] else host.point
+            if p is not None:
+                assert tokenizer.decode(ids[i, :lens[i]].tolist()) == host.prompt()
+                good = expert_response(p.oracle_observation, p.instruction, p.gt_action)
+                bad = expert_response("at an intersection" if rng.random() < 0.5 else "nothing", p.instruction,
+                                      "stop()" if p.gt_action != "stop()" else "forward()")
+            texts.append("" if p is None else good if rng.random() < 0.85 else bad)
+        state, out = evaluator.step(state, *batch_bytes(texts), params)
+        fb_ids, fb_lens = jax.device_get(evaluator.feedback(state, params))
+        host_state = jax.device_get(state)
+        for i, host in enumerate(hosts):
+            if finished[i]:
+                assert float(out.reward[i]) == 0.0
+                continue
+            reward, terminated, truncated, info = host.step(texts[i])
+            assert (float(out.reward[i]), bool(out.terminated[i]), bool(out.truncated[i])) == (
+                reward, terminated, truncated)
+            assert ACTIONS[host_state.action[i, host_state.t[i]]] == info["gt_action"]
             if reward != 1.0:
-                ids, n = compiled[4](state, params)
-                assert tokenizer.decode(np.asarray(ids[:n]).tolist()) == FEEDBACK_PREFIX + info["Verify Info"]
-            assert ACTIONS[int(state.action[state.t])] == info["gt_action"]
+                assert tokenizer.decode(fb_ids[i, :fb_lens[i]].tolist()) == FEEDBACK_PREFIX + info["Verify Info"]
             if terminated or truncated:
-                assert bool(state.done) and bool(state.is_success) == info["is_success"]
-                break
+                finished[i] = True
+                assert host_state.done[i] and host_state.is_success[i] == info["is_success"]
 
 
-def test_oracle_episode_and_forced_failure(device, city):
-    (_, _, verify_iter), params, reset, step, prompt = device
-    state = reset(jax.random.PRNGKey(3), params, 0)
-    steps = 0
-    while not bool(state.done):
-        gt = ACTIONS[int(state.action[state.t])]
-        state, out = step(state, *reply_bytes(f'"action": "{gt}"'), params)
-        steps += 1
-        assert float(out.reward) == 1.0
-    assert bool(state.is_success) and steps == int(state.num_points) and bool(out.terminated)
-    state = reset(jax.random.PRNGKey(3), params, 0)
-    rewards = []
-    for _ in range(verify_iter + 1):
-        state, out = step(state, *reply_bytes('"action": "nope"'), params)
-        rewards.append(float(out.reward))
-    assert rewards == [-1.0] * (verify_iter + 1)
-    assert bool(out.truncated) and not bool(state.is_success) and int(state.t) == 1 and int(state.num_hist) == 0
+def test_oracle_episode_and_forced_failure(evaluator, setting, city):
+    _, _, params = setting
+    state, hosts = start(evaluator, params, city, 3)
+    calls = 0
+    while not bool(np.asarray(state.done).all()):
+        s = jax.device_get(state)
+        state, out = evaluator.step(state, *batch_bytes(
+            [f'"action": "{ACTIONS[s.action[i, s.t[i]]]}"' for i in range(B)]), params)
+        calls += 1
+        assert np.all(np.asarray(out.reward)[~s.done] == 1.0)
+    assert np.asarray(state.is_success).all() and calls == int(np.asarray(state.num_points).max())
+    assert np.asarray(state.num_steps).tolist() == np.asarray(state.num_points).tolist()
+    state, _ = start(evaluator, params, city, 3)
+    for k in range(3):  # verify_iter = 2 evaluated attempts, then a forced failure whatever the reply
+        state, out = evaluator.step(state, *batch_bytes(['"action": "nope"'] * B if k < 2 else [
+            f'"action": "{ACTIONS[a]}"' for a in np.asarray(state.action[:, 0])]), params)
+        assert np.asarray(out.reward).tolist() == [-1.0] * B
+    s = jax.device_get(state)
+    assert s.done.all() and not s.is_success.any() and (s.t == 1).all() and (s.num_hist == 0).all()
+    assert np.asarray(out.truncated).all() and not np.asarray(out.terminated).any()
 
+
+def test_evaluate_virl_oracle_and_wrong_policies(evaluator, city_dir, tokenizer):
+    from jaxrl_vlm.envs.virl.evaluation import evaluate_virl
+
+    route_dir = city_dir
+    encode = lambda s: tokenizer.encode(s, add_special_tokens=False)  # noqa: E731
+    calls = []
+
+    def oracle(batch):
+        calls.append(len(batch.prompt_lens))
+        for i in range(len(batch.prompt_lens)):  # the policy sees a real prompt of the right length
+            assert tokenizer.decode(batch.prompt_ids[i, :batch.prompt_lens[i]].tolist()).startswith("\n[Task")
+        t = np.asarray(batch.state.t)
+        return [f'{{"action": "{ACTIONS[a[i]]}"}}' for i, a in zip(t, np.asarray(batch.state.action))]
+
+    for split in ("in_distribution", "rule_ood", "visual_ood"):
+        res = evaluate_virl(oracle, route_dir, split, 5, seed=1, encode=encode, evaluator=evaluator)
+        assert res["success_rate"] == 1.0 and res["per_step_accuracy"] == 1.0 and res["success_se"] == 0.0
+    assert res["routes"] == [0, 1, 2, 0, 1] and calls[0] == 5 and min(calls) < 5
+    wrong = evaluate_virl(lambda b: ['"action": "forward()"'] * len(b.prompt_lens), route_dir, "in_distribution", 5,
+                          seed=2, encode=encode, evaluator=evaluator)
+    assert wrong["success_rate"] == 0.0 and wrong["per_step_accuracy"] == 0.0
+    assert wrong["num_steps"] == 5 * 3  # the start asks for a turn: 2 wrong attempts + 1 forced failure

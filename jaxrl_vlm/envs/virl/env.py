@@ -185,6 +185,16 @@ def build_params(templates: list[RouteTemplate], encode: Encode, absolute_action
     return jax.tree.map(jnp.asarray, params), table.strings
 
 
+def prompt_length_bound(params: VirlParams) -> int:
+    """Host-side upper bound on the prompt length in tokens of any state (choose max_prompt_tokens >= it)."""
+    lens = np.asarray(params.token_lens)
+    line = (lens[np.asarray(params.o_prefix)].max() + lens[np.asarray(params.obs_piece)].max()
+            + lens[np.asarray(params.a_prefix)].max() + lens[np.asarray(params.action_piece)].max())
+    current = max(lens[np.asarray(params.obs_piece)].max(), lens[np.asarray(params.vl_current)].max())
+    return int(lens[np.asarray(params.segments)].sum() + lens[np.asarray(params.instruction_piece)].max()
+               + (params.slot_valid.shape[1] + 1) * line + current)
+
+
 class VirlEnv:
     """Pure functions over (VirlState, VirlParams) for one episode; jit and vmap them for batches."""
 
@@ -251,7 +261,10 @@ class VirlEnv:
         return new, out
 
     def prompt_tokens(self, state: VirlState, params: VirlParams) -> tuple[jax.Array, jax.Array]:
-        """(int32[max_prompt_tokens] ids padded with pad_id, int32 length) of the Q_VIRL prompt of the state."""
+        """(int32[max_prompt_tokens] ids padded with pad_id, int32 length) of the Q_VIRL prompt of the state.
+
+        The length is the true prompt length; ids are cut at max_prompt_tokens when it is larger (see
+        `prompt_length_bound`)."""
         num_slots = params.slot_valid.shape[1]
         i = jnp.arange(num_slots)
         past = i < state.num_hist
