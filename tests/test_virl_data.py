@@ -64,3 +64,4 @@ def test_vision_dataset_has_grid_images(tmp_path, city_dir):
     assert np.array_equal(got[0]["image"], np.asarray(expected))
     with pytest.raises(ValueError, match="unknown config"):
         expert_config("xl", city_dir, 1, 0)
+

@@ -120,7 +120,7 @@ def setting(request, city, tokenizer):
     return absolute, vision, params
 
 
-def batch_bytes(texts: list[str], length: int = 256):
+def batch_bytes(texts: list[str], length: int = 1024):  # the evaluator's reply size: one compilation
     buf, lens = np.zeros((len(texts), length), np.uint8), np.zeros(len(texts), np.int32)
     for i, text in enumerate(texts):
         raw = text.encode()[:length]
@@ -221,3 +221,28 @@ def test_evaluate_virl_oracle_and_wrong_policies(evaluator, city_dir, tokenizer)
                           seed=2, encode=encode, evaluator=evaluator)
     assert wrong["success_rate"] == 0.0 and wrong["per_step_accuracy"] == 0.0
     assert wrong["num_steps"] == 5 * 3  # the start asks for a turn: 2 wrong attempts + 1 forced failure
+
+
+def test_evaluation_passes_rendered_grids_to_a_vl_policy(evaluator, city_dir, tokenizer):
+    from jaxrl_vlm.data.virl_expert.builder import grid_renderer
+    from jaxrl_vlm.envs.virl.evaluation import evaluate_virl
+    from jaxrl_vlm.envs.virl.observation import PanoramaStore
+
+    rs = load_route_set(city_dir)
+    store = PanoramaStore(rs, [route_template(rs, r) for r in rs.routes])
+    seen = []
+
+    def policy(batch):
+        assert batch.images.shape == (len(batch.pano), 21, 21, 3)
+        seen.append((batch.images[0], int(batch.pano[0]), int(batch.heading[0])))
+        t = batch.state.t
+        return [f'"action": "{ACTIONS[batch.state.action[i, t[i]]]}"' for i in range(len(t))]
+
+    res = evaluate_virl(policy, city_dir, "visual_ood", B, seed=0, vision=True, evaluator=evaluator,
+                        encode=lambda s: tokenizer.encode(s, add_special_tokens=False), render_images=True,
+                        view_size=8, resolution=8)
+    assert res["success_rate"] == 1.0
+    image, pano, heading = seen[3]
+    row = store.row[pano]
+    expected = grid_renderer(8, 8)(np.asarray(store.panoramas[row]), np.float32(heading), store.rotations[row])
+    assert np.array_equal(image, np.asarray(expected))

@@ -85,7 +85,7 @@ text_replies = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max
 any_reply = st.one_of(json_replies, piece_replies, text_replies).filter(lambda s: len(s.encode()) <= L)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(st.lists(st.tuples(any_reply, st.sampled_from(GT_ACTIONS), st.sampled_from(GT_OBS)), min_size=16, max_size=16))
 def test_device_equals_host(device_scores, batch):
     replies, gts, obs = zip(*batch)

@@ -20,9 +20,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrl_vlm.envs.virl.env import VirlConfig, VirlEnv, VirlParams, VirlState, build_params, prompt_length_bound
+from jaxrl_vlm.envs.virl.observation import PanoramaStore
 from jaxrl_vlm.envs.virl.prompt_tokens import Encode
 from jaxrl_vlm.envs.virl.rails import RouteTemplate, route_template
-from jaxrl_vlm.envs.virl.reader import load_route_set
+from jaxrl_vlm.envs.virl.reader import RouteSet, load_route_set
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +43,8 @@ class PolicyBatch:
     prompt_ids int32[B, P] (pad after prompt_lens), prompt_lens int32[B]; feedback int32[B]: -1 at the first attempt
     of an episode, 0 after a correct move, 1-3 the verifier message and 4 a forced failure of the previous call
     (`env.feedback_tokens` renders the 'You failed this trial because ...' user turn); pano/heading int32[B] the
-    current view (VL renderer input); state: the batched `VirlState` (for oracle baselines only).
+    current view (VL renderer input); images uint8[B, 2r+5, 2r+5, 3] the 2x2 view grids when the evaluation
+    renders them (VL with a `PanoramaStore`), else None; state: the batched `VirlState` (oracle baselines only).
     """
     prompt_ids: np.ndarray
     prompt_lens: np.ndarray
@@ -50,15 +52,16 @@ class PolicyBatch:
     pano: np.ndarray
     heading: np.ndarray
     state: VirlState  # numpy arrays
+    images: np.ndarray | None = None
 
 
 PolicyFn = Callable[[PolicyBatch], Sequence[str] | tuple[np.ndarray, np.ndarray]]
 
 
-def load_templates(route_dir: str | Path) -> list[RouteTemplate]:
+def load_templates(route_dir: str | Path) -> tuple[RouteSet, list[RouteTemplate]]:
     """Read a route directory and build every route's template."""
     route_set = load_route_set(route_dir)
-    return [route_template(route_set, r) for r in route_set.routes]
+    return route_set, [route_template(route_set, r) for r in route_set.routes]
 
 
 def replies_to_bytes(replies: Sequence[str], max_bytes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -93,8 +96,11 @@ class VirlEvaluator:
         self.prompt = jax.jit(jax.vmap(env.prompt_tokens, in_axes=(0, None)))
 
     def run(self, policy_fn: PolicyFn, params: VirlParams, routes: np.ndarray, seed: int,
-            max_reply_bytes: int = 1024) -> dict:
-        """Run one episode per entry of `routes` (int32[E], -1 = uniform draw) to the end; returns the metrics."""
+            max_reply_bytes: int = 1024, panoramas: PanoramaStore | None = None, view_size: int = 640,
+            resolution: int = 1200) -> dict:
+        """Run one episode per entry of `routes` (int32[E], -1 = uniform draw) to the end; returns the metrics.
+
+        With `panoramas`, each PolicyBatch carries the rendered 2x2 view grids of its episodes."""
         n = len(routes)
         state = self.reset(jax.random.split(jax.random.PRNGKey(seed), n), params, jnp.asarray(routes, jnp.int32))
         max_calls = 3 * int(params.slot_valid.shape[1]) + 3
@@ -110,6 +116,9 @@ class VirlEvaluator:
                                  f"VirlConfig with max_prompt_tokens >= prompt_length_bound(params)")
             batch = PolicyBatch(ids[active], lens[active], host.feedback[active], host.pano[rows, host.t][active],
                                 host.heading[rows, host.t][active], jax.tree.map(lambda x: x[active], host))
+            if panoramas is not None:  # all rows, so one compilation serves every step
+                grids = panoramas.grids(host.pano[rows, host.t], host.heading[rows, host.t], view_size, resolution)
+                batch.images = np.asarray(grids)[active]
             replies = policy_fn(batch)
             if not isinstance(replies, tuple):
                 replies = replies_to_bytes(list(replies), max_reply_bytes)
@@ -130,25 +139,29 @@ class VirlEvaluator:
 
 def evaluate_virl(policy_fn: PolicyFn, route_dir: str | Path, split: str, num_episodes: int, seed: int,
                   encode: Encode, vision: bool = False, config: VirlConfig | None = None,
-                  evaluator: VirlEvaluator | None = None) -> dict:
+                  evaluator: VirlEvaluator | None = None, render_images: bool = False, view_size: int = 640,
+                  resolution: int = 1200) -> dict:
     """Success rate and per-step accuracy (with binomial standard errors) of `policy_fn` on a split.
 
     policy_fn maps a `PolicyBatch` to replies (list of str, or (uint8[B, L], int32[B]) bytes); `encode` tokenises
     prompt pieces (no special tokens). Per-step accuracy counts every call, retries included (spec §1.8); its
-    standard error treats calls as independent trials.
+    standard error treats calls as independent trials. With vision and render_images, the policy also gets the
+    2x2 view grids (`PolicyBatch.images`, views of view_size px resized to resolution).
     """
     if split not in SPLITS:
         raise ValueError(f"unknown V-IRL split {split!r}; expected one of {sorted(SPLITS)}")
     if num_episodes < 1:
         raise ValueError(f"num_episodes must be >= 1, got {num_episodes}")
     setting = SPLITS[split]
-    templates = load_templates(route_dir)
+    route_set, templates = load_templates(route_dir)
     params, _ = build_params(templates, encode, setting.absolute_action, vision)
     if evaluator is None:
         config = config or VirlConfig(max_prompt_tokens=prompt_length_bound(params))
         evaluator = VirlEvaluator(config)
     routes = (np.arange(num_episodes) % len(templates) if setting.ordered
               else np.full(num_episodes, -1)).astype(np.int32)
-    result = evaluator.run(policy_fn, params, routes, seed)
+    store = PanoramaStore(route_set, templates) if vision and render_images else None
+    result = evaluator.run(policy_fn, params, routes, seed, panoramas=store, view_size=view_size,
+                           resolution=resolution)
     result.update(split=split, vision=vision, route_dir=str(route_dir))
     return result
