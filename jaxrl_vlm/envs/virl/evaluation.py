@@ -92,7 +92,7 @@ class VirlEvaluator:
         env = VirlEnv(self.config)
         self.env = env
         self.reset = jax.jit(jax.vmap(env.reset, in_axes=(0, None, 0)))
-        self.step = jax.jit(jax.vmap(env.step, in_axes=(0, 0, 0, None)))
+        self.step = jax.jit(jax.vmap(env.step, in_axes=(0, 0, 0, None)), donate_argnums=0)
         self.prompt = jax.jit(jax.vmap(env.prompt_tokens, in_axes=(0, None)))
 
     def run(self, policy_fn: PolicyFn, params: VirlParams, routes: np.ndarray, seed: int,
