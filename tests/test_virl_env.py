@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from virl_routes import moma_route, write_route_dir, write_small_city
 
-from jaxrl_vlm.envs.virl.env import ACTIONS, VirlConfig, VirlEnv, build_params, episode_randomness, max_legs
+from jaxrl_vlm.envs.virl.env import ACTIONS, VirlConfig, build_params, episode_randomness, max_legs
 from jaxrl_vlm.envs.virl.host_env import HostNavigationEnv
 from jaxrl_vlm.envs.virl.prompts import FEEDBACK_PREFIX, Q_VIRL_L, Q_VIRL_VL, expert_response
 from jaxrl_vlm.envs.virl.rails import build_rail, route_template

@@ -44,7 +44,8 @@ class PolicyBatch:
     of an episode, 0 after a correct move, 1-3 the verifier message and 4 a forced failure of the previous call
     (`env.feedback_tokens` renders the 'You failed this trial because ...' user turn); pano/heading int32[B] the
     current view (VL renderer input); images uint8[B, 2r+5, 2r+5, 3] the 2x2 view grids when the evaluation
-    renders them (VL with a `PanoramaStore`), else None; state: the batched `VirlState` (oracle baselines only).
+    renders them (VL with a `PanoramaStore`), else None; state: the batched `VirlState` (oracle baselines only);
+    texts: the prompt texts when the evaluation runs without a tokenizer (byte tokens), else None.
     """
     prompt_ids: np.ndarray
     prompt_lens: np.ndarray
@@ -53,6 +54,7 @@ class PolicyBatch:
     heading: np.ndarray
     state: VirlState  # numpy arrays
     images: np.ndarray | None = None
+    texts: list[str] | None = None
 
 
 PolicyFn = Callable[[PolicyBatch], Sequence[str] | tuple[np.ndarray, np.ndarray]]
@@ -62,6 +64,11 @@ def load_templates(route_dir: str | Path) -> tuple[RouteSet, list[RouteTemplate]
     """Read a route directory and build every route's template."""
     route_set = load_route_set(route_dir)
     return route_set, [route_template(route_set, r) for r in route_set.routes]
+
+
+def utf8_encode(text: str) -> list[int]:
+    """Byte-level 'tokenizer': the UTF-8 bytes of a text (used when evaluate_virl gets no tokenizer)."""
+    return list(text.encode("utf-8"))
 
 
 def replies_to_bytes(replies: Sequence[str], max_bytes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -97,10 +104,11 @@ class VirlEvaluator:
 
     def run(self, policy_fn: PolicyFn, params: VirlParams, routes: np.ndarray, seed: int,
             max_reply_bytes: int = 1024, panoramas: PanoramaStore | None = None, view_size: int = 640,
-            resolution: int = 1200) -> dict:
+            resolution: int = 1200, byte_tokens: bool = False) -> dict:
         """Run one episode per entry of `routes` (int32[E], -1 = uniform draw) to the end; returns the metrics.
 
-        With `panoramas`, each PolicyBatch carries the rendered 2x2 view grids of its episodes."""
+        With `panoramas`, each PolicyBatch carries the rendered 2x2 view grids of its episodes; with byte_tokens
+        (params built with `utf8_encode`), the prompt texts."""
         n = len(routes)
         state = self.reset(jax.random.split(jax.random.PRNGKey(seed), n), params, jnp.asarray(routes, jnp.int32))
         max_calls = 3 * int(params.slot_valid.shape[1]) + 3
@@ -116,6 +124,8 @@ class VirlEvaluator:
                                  f"VirlConfig with max_prompt_tokens >= prompt_length_bound(params)")
             batch = PolicyBatch(ids[active], lens[active], host.feedback[active], host.pano[rows, host.t][active],
                                 host.heading[rows, host.t][active], jax.tree.map(lambda x: x[active], host))
+            if byte_tokens:
+                batch.texts = [bytes(ids[i, :lens[i]].astype(np.uint8)).decode("utf-8") for i in active]
             if panoramas is not None:  # all rows, so one compilation serves every step
                 grids = panoramas.grids(host.pano[rows, host.t], host.heading[rows, host.t], view_size, resolution)
                 batch.images = np.asarray(grids)[active]
@@ -138,13 +148,13 @@ class VirlEvaluator:
 
 
 def evaluate_virl(policy_fn: PolicyFn, route_dir: str | Path, split: str, num_episodes: int, seed: int,
-                  encode: Encode, vision: bool = False, config: VirlConfig | None = None,
+                  encode: Encode | None = None, vision: bool = False, config: VirlConfig | None = None,
                   evaluator: VirlEvaluator | None = None, render_images: bool = False, view_size: int = 640,
                   resolution: int = 1200) -> dict:
     """Success rate and per-step accuracy (with binomial standard errors) of `policy_fn` on a split.
 
     policy_fn maps a `PolicyBatch` to replies (list of str, or (uint8[B, L], int32[B]) bytes); `encode` tokenises
-    prompt pieces (no special tokens). Per-step accuracy counts every call, retries included (spec §1.8); its
+    prompt pieces (no special tokens); without it prompts are UTF-8 byte ids and `PolicyBatch.texts` holds them. Per-step accuracy counts every call, retries included (spec §1.8); its
     standard error treats calls as independent trials. With vision and render_images, the policy also gets the
     2x2 view grids (`PolicyBatch.images`, views of view_size px resized to resolution).
     """
@@ -154,7 +164,7 @@ def evaluate_virl(policy_fn: PolicyFn, route_dir: str | Path, split: str, num_ep
         raise ValueError(f"num_episodes must be >= 1, got {num_episodes}")
     setting = SPLITS[split]
     route_set, templates = load_templates(route_dir)
-    params, _ = build_params(templates, encode, setting.absolute_action, vision)
+    params, _ = build_params(templates, encode or utf8_encode, setting.absolute_action, vision)
     if evaluator is None:
         config = config or VirlConfig(max_prompt_tokens=prompt_length_bound(params))
         evaluator = VirlEvaluator(config)
@@ -162,6 +172,6 @@ def evaluate_virl(policy_fn: PolicyFn, route_dir: str | Path, split: str, num_ep
               else np.full(num_episodes, -1)).astype(np.int32)
     store = PanoramaStore(route_set, templates) if vision and render_images else None
     result = evaluator.run(policy_fn, params, routes, seed, panoramas=store, view_size=view_size,
-                           resolution=resolution)
+                           resolution=resolution, byte_tokens=encode is None)
     result.update(split=split, vision=vision, route_dir=str(route_dir))
     return result
