@@ -130,6 +130,16 @@ class ReferenceLoop:
         return reward, terminated, False, self.info(message)
 
 
+def reply_text(action: str, correct: bool) -> str:
+    """The expert-format reply both sides use: the right action, or a wrong one."""
+    return RESPONSE_VIRL.format(current_observation="No landmarks nearby; ",
+                                current_instruction="Move forward until you reach next intersection.",
+                                action=action if correct else "turn_direction(nowhere)")
+
+
+REPLIES = {correct: {a: reply_text(a, correct) for a in ACTIONS} for correct in (False, True)}
+
+
 def run_python(route_set, num_steps: int, seed: int) -> dict:
     """Steps/s of the reference loop incl. resets and Q_VIRL_L prompt formatting."""
     rng = random.Random(seed)
@@ -142,9 +152,7 @@ def run_python(route_set, num_steps: int, seed: int) -> dict:
         prompt = Q_VIRL_L.format(instruction=info["global_instruction"], action_space=action_space,
                                  obs_act_seq=info["obs_act_seq"])
         assert prompt
-        gt = info["gt_action"] if rng.random() < CORRECT_PROB else "turn_direction(nowhere)"
-        reply = RESPONSE_VIRL.format(current_observation=info["current_obs"],
-                                     current_instruction=info["current_instruction"], action=gt)
+        reply = REPLIES[rng.random() < CORRECT_PROB][info["gt_action"]]
         reward, terminated, truncated, info = loop.step(reply)
         rewards.append(reward)
         if terminated or truncated:
@@ -163,9 +171,7 @@ def reply_table(correct: bool) -> tuple[np.ndarray, np.ndarray]:
     table = np.zeros((len(ACTIONS), REPLY_BYTES), np.uint8)
     lens = np.zeros(len(ACTIONS), np.int32)
     for i, action in enumerate(ACTIONS):
-        text = RESPONSE_VIRL.format(current_observation="No landmarks nearby; ",
-                                    current_instruction="Move forward until you reach next intersection.",
-                                    action=action if correct else "turn_direction(nowhere)").encode()
+        text = REPLIES[correct][action].encode()
         table[i, :len(text)], lens[i] = np.frombuffer(text, np.uint8), len(text)
     return table, lens
 
@@ -239,8 +245,9 @@ def main() -> None:
     print(f"{'implementation':<30} {'batch':>6} {'steps/s':>12} {'x python':>9}")
     for row in rows:
         print(f"{row['impl']:<30} {row['batch']:>6} {row['steps_per_s']:>12.1f} {row['speedup_vs_python']:>9.2f}")
-    result = {"benchmark": "virl_throughput", "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                                                           "jax_backend": jax.default_backend()},
+    machine = {"platform": platform.platform(), "cpus": os.cpu_count(), "jax_backend": jax.default_backend(),
+               "load_average_1m_at_end": os.getloadavg()[0]}
+    result = {"benchmark": "virl_throughput", "machine": machine,
               "workload": {"routes": args.routes, "correct_prob": CORRECT_PROB, "reply_bytes": REPLY_BYTES,
                            "prompt": "Q_VIRL_L, byte tokens on device / formatted text in python",
                            "max_prompt_tokens": config.max_prompt_tokens},
