@@ -59,6 +59,10 @@ def test_moma_worked_example(moma):
                 p.instruction_idx) for p in rail]
         assert got == [(a if absolute else r, r, h, o, i) for a, r, h, o, i in MOMA_RAIL]
     assert rail[1].instruction == "Turn left to face southwest."
+    full = build_rail(moma, 0, np.ones((moma.num_legs, 5)))  # keep every candidate
+    assert [p.gt_action for p in full].count("forward()") == 4 + 2
+    assert full[-3].pano == full[-2].pano  # two candidates snapped to one pano: not deduplicated (spec §1.4)
+    assert all(s.pano < 0 for s in moma.slots if s.is_candidate and s.candidate == 4)  # fraction 1.0 fails 8 m
 
 
 def test_bad_inputs_name_route_and_file(tmp_path):
