@@ -11,8 +11,8 @@ from scipy import ndimage
 
 from jaxrl_vlm.envs.virl.city import generate_city, get_style
 from jaxrl_vlm.envs.virl.panorama import render_panorama
-from jaxrl_vlm.envs.virl.views import (assemble_grid, grid_headings, panorama_coords, perspective_view,
-                                       render_view_grids, resize_view, view_grid)
+from jaxrl_vlm.envs.virl.views import (assemble_grid, cv2_remap_table, grid_headings, panorama_coords,
+                                       perspective_view, render_view_grids, resize_view, sample_panorama)
 
 
 def spec_coords(heading, rotation, pano_h, pano_w, size, fov=90.0, pitch=0.0):
@@ -73,12 +73,8 @@ def view_fn():
     return jax.jit(perspective_view, static_argnames=("view_size", "fov", "pitch", "interpolation"))
 
 
-@pytest.fixture(scope="module")
-def grid_fn():
-    return jax.jit(view_grid, static_argnames=("view_size", "resolution", "fov", "pitch", "interpolation"))
-
-
 coords_fn = jax.jit(panorama_coords, static_argnames=("pano_hw", "view_size", "fov", "pitch"))
+resize_fn = jax.jit(resize_view, static_argnums=1)
 
 
 CASES = [(0.0, 0.0), (123.4, 77.7), (359.0, 301.25), (200.0, 10.0)]
@@ -105,6 +101,24 @@ def test_bilinear_matches_scipy_map_coordinates(smooth_pano, view_fn):
                                                 mode="grid-wrap") for c in range(3)], -1)
         diff = np.abs(ours - np.clip(np.round(ref), 0, 255))
         assert diff.max() <= 2 and diff.mean() < 0.05
+
+
+def test_remap_table_and_integer_positions():
+    for interpolation, k in (("bicubic", 4), ("bilinear", 2)):
+        table = cv2_remap_table(interpolation)
+        assert table.shape == (32 * 32, k, k)
+        np.testing.assert_array_equal(table.sum(axis=(1, 2)), np.full(32 * 32, 1 << 15))
+        centre = np.zeros((k, k), np.int32)
+        centre[k // 2 - 1, k // 2 - 1] = 1 << 15
+        np.testing.assert_array_equal(table[0], centre)
+    rng = np.random.default_rng(2)
+    pano = rng.integers(0, 256, (8, 12, 3)).astype(np.uint8)
+    xs, ys = np.meshgrid(np.arange(-12, 24), np.arange(-8, 16))
+    sample = jax.jit(sample_panorama, static_argnames="interpolation")
+    for interpolation in ("bicubic", "bilinear"):
+        out = sample(jnp.asarray(pano), jnp.asarray(xs, jnp.float32), jnp.asarray(ys, jnp.float32),
+                     interpolation=interpolation)
+        np.testing.assert_array_equal(np.asarray(out), pano[ys % 8, xs % 12])
 
 
 def test_bicubic_matches_independent_keys_and_is_close_to_spline(smooth_pano, view_fn):
@@ -136,65 +150,71 @@ def test_view_centre_column_fraction_is_heading_plus_rotation(view_fn):
         assert 0 < (angles[24] - angles[16]) % 360 < 90        # right of centre = clockwise (larger bearing)
 
 
-def test_grid_headings_and_canvas_layout(smooth_pano, view_fn, grid_fn):
+def test_resize_is_bit_exact_with_pil_default_resize():
+    rng = np.random.default_rng(3)
+    for size_in, size_out in ((16, 24), (64, 40), (33, 100), (50, 7)):
+        view = rng.integers(0, 256, (size_in, size_in, 3)).astype(np.uint8)
+        ref = np.asarray(Image.fromarray(view).resize((size_out, size_out)))
+        np.testing.assert_array_equal(np.asarray(resize_fn(jnp.asarray(view), size_out)), ref)
+
+
+def test_batched_grids_layout_and_gap(smooth_pano, view_fn):
     np.testing.assert_allclose(np.asarray(grid_headings(10.0)), [235.0, 325.0, 55.0, 145.0])
-    pano = jnp.asarray(smooth_pano)
-    grid = np.asarray(grid_fn(pano, 10.0, 33.0, view_size=16, resolution=16))
-    assert grid.shape == (37, 37, 3) and grid.dtype == np.uint8
-    assert not grid[16:21].any() and not grid[:, 16:21].any()
-    for k, heading in enumerate([235.0, 325.0, 55.0, 145.0]):
-        x0, y0 = (k % 2) * 21, (k // 2) * 21
-        np.testing.assert_array_equal(grid[y0:y0 + 16, x0:x0 + 16],
-                                      np.asarray(view_fn(pano, heading, 33.0, view_size=16)))
-    resized = np.asarray(grid_fn(pano, 10.0, 33.0, view_size=16, resolution=24))
-    assert resized.shape == (53, 53, 3) and not resized[24:29].any() and not resized[:, 24:29].any()
-    expected = jax.jit(resize_view, static_argnums=1)(view_fn(pano, 55.0, 33.0, view_size=16), 24)
-    np.testing.assert_array_equal(resized[29:, :24], np.asarray(expected))
+    panos = jnp.stack([jnp.asarray(smooth_pano), jnp.asarray(smooth_pano[::-1])])
+    idx, heading, rot = [1, 0, 1], [10.0, 95.0, 300.0], [33.0, 0.0, 181.5]
+    grids = np.asarray(render_view_grids(panos, jnp.array(idx), jnp.array(heading), jnp.array(rot), view_size=16,
+                                         resolution=24))
+    assert grids.shape == (3, 53, 53, 3) and grids.dtype == np.uint8
+    for b in range(3):
+        grid = grids[b]
+        assert not grid[24:29].any() and not grid[:, 24:29].any()          # the 5 px black gap
+        for k, offset in enumerate((-135.0, -45.0, 45.0, 135.0)):           # (0,0) (29,0) (0,29) (29,29) in order
+            x0, y0 = (k % 2) * 29, (k // 2) * 29
+            view = view_fn(panos[idx[b]], (heading[b] + offset) % 360, rot[b], view_size=16)
+            np.testing.assert_array_equal(grid[y0:y0 + 24, x0:x0 + 24], np.asarray(resize_fn(view, 24)))
     with pytest.raises(ValueError, match="views of shape"):
         assemble_grid(jnp.zeros((3, 8, 8, 3), jnp.uint8))
 
 
-def test_resize_matches_pil_bicubic(smooth_pano):
-    view = smooth_pano[:, :64]
-    for size in (96, 40):
-        ours = np.asarray(jax.jit(resize_view, static_argnums=1)(jnp.asarray(view), size)).astype(int)
-        ref = np.asarray(Image.fromarray(view).resize((size, size))).astype(int)
-        diff = np.abs(ours - ref)
-        assert diff.mean() < 0.3 and np.percentile(diff, 99) <= 2
-
-
-def test_batched_render_matches_single(smooth_pano, grid_fn):
-    panos = jnp.stack([jnp.asarray(smooth_pano), jnp.asarray(smooth_pano[::-1])])
-    idx, heading, rot = jnp.array([1, 0, 1]), jnp.array([0.0, 95.0, 300.0]), jnp.array([12.0, 0.0, 181.5])
-    out = np.asarray(render_view_grids(panos, idx, heading, rot, view_size=16, resolution=24))
-    assert out.shape == (3, 53, 53, 3)
-    for b in range(3):
-        single = grid_fn(panos[int(idx[b])], heading[b], rot[b], view_size=16, resolution=24)
-        np.testing.assert_array_equal(out[b], np.asarray(single))
-
-
-def test_landmark_sign_visible_in_the_view_facing_it(view_fn):
-    city = generate_city(get_style("soho"), 2, 3, 3)
-    place = next(p for p in city.places if p.corner_of is not None)
-    pano_index = city.node_pano[place.corner_of]
+def _check_visible_where_it_stands(city, hidden, pano_index, target_xy, background, view_fn, width, view_size):
+    """Render pano `pano_index` of `city` and of `hidden` (the same city without one object at target_xy): the
+    changed pixels must sit at the object's compass bearing in the panorama, be mostly its board colour, and show
+    up around the centre of the view facing it and nowhere in the opposite view."""
     pano = city.panos[pano_index]
-    dx, dy = place.xy[0] - pano.xy[0], place.xy[1] - pano.xy[1]
-    bearing = math.degrees(math.atan2(dx, dy)) % 360
-    no_sign = dataclasses.replace(city, walls=dataclasses.replace(
-        city.walls, sign=np.where(city.walls.sign == place.sign, -1, city.walls.sign)))
-    with_sign = render_panorama(city, pano_index, 512)
-    without = render_panorama(no_sign, pano_index, 512)
-    changed = np.abs(with_sign.astype(int) - without.astype(int)).sum(-1) > 30
+    bearing = math.degrees(math.atan2(target_xy[0] - pano.xy[0], target_xy[1] - pano.xy[1])) % 360
+    shown, not_shown = render_panorama(city, pano_index, width), render_panorama(hidden, pano_index, width)
+    changed = np.abs(shown.astype(int) - not_shown.astype(int)).sum(-1) > 30
     cols = np.nonzero(changed.any(0))[0]
-    expected_col = (bearing + pano.rotation) % 360 / 360 * 511
-    assert cols.size > 5 and np.abs((cols - expected_col + 256) % 511 - 256).max() < 60
-    bg = np.array(city.sign_background[place.sign], float)
-    assert (np.abs(with_sign[changed].astype(float) - bg).sum(-1) < 60).mean() > 0.3
+    expected_col = (bearing + pano.rotation) % 360 / 360 * (width - 1)
+    assert cols.size > 3
+    assert np.abs((cols - expected_col + width / 2) % (width - 1) - width / 2).max() < width / 12
+    assert (np.abs(shown[changed].astype(float) - np.array(background, float)).sum(-1) < 60).mean() > 0.3
     diffs = {}
     for offset in (0.0, 180.0):
-        a = np.asarray(view_fn(jnp.asarray(with_sign), bearing + offset, pano.rotation, view_size=64)).astype(int)
-        b = np.asarray(view_fn(jnp.asarray(without), bearing + offset, pano.rotation, view_size=64)).astype(int)
-        diffs[offset] = np.abs(a - b).sum(-1) > 30
-    assert diffs[0.0].sum() > 10 and diffs[180.0].sum() == 0
-    centre_x = np.nonzero(diffs[0.0])[1].mean()
-    assert abs(centre_x - 31.5) < 12
+        views = [np.asarray(view_fn(jnp.asarray(img), bearing + offset, pano.rotation, view_size=view_size))
+                 for img in (shown, not_shown)]
+        diffs[offset] = np.abs(views[0].astype(int) - views[1].astype(int)).sum(-1) > 30
+    assert diffs[0.0].sum() > 5 and diffs[180.0].sum() == 0
+    assert abs(np.nonzero(diffs[0.0])[1].mean() - (view_size - 1) / 2) < view_size / 5
+
+
+def test_shop_sign_visible_in_the_view_facing_it(view_fn):
+    city = generate_city(get_style("soho"), 2, 3, 3)
+    place = next(p for p in city.places if p.corner_of is not None)
+    hidden = dataclasses.replace(city, walls=dataclasses.replace(
+        city.walls, sign=np.where(city.walls.sign == place.sign, -1, city.walls.sign)))
+    _check_visible_where_it_stands(city, hidden, city.node_pano[place.corner_of], place.xy,
+                                   city.sign_background[place.sign], view_fn, 512, 64)
+
+
+def test_street_name_blades_visible_in_the_view_facing_them(view_fn):
+    city = generate_city(get_style("london"), 2, 3, 3)
+    node = (1, 0)
+    landmark = next(iter(city.street_landmarks[node].values()))
+    signs = city.street_signs
+    moved = np.where(np.linalg.norm(signs.pole_xy - landmark.xy, axis=1) < 1e-6, 1e5, 0.0)[:, None]
+    hidden = dataclasses.replace(city, street_signs=dataclasses.replace(
+        signs, pole_xy=signs.pole_xy + moved, p0=signs.p0 + np.repeat(moved, 2, 0),
+        p1=signs.p1 + np.repeat(moved, 2, 0)))
+    _check_visible_where_it_stands(city, hidden, city.node_pano[node], landmark.xy, city.style.street_sign[0],
+                                   view_fn, 1024, 64)

@@ -17,12 +17,13 @@ import os
 import pickle
 from typing import Any
 
-from jaxrl_vlm.envs.virl.city import STYLES, generate_city, get_style, make_routes, route_infos_json
+from jaxrl_vlm.envs.virl.city import DEFAULT_STYLE, STYLES, generate_city, get_style, make_routes, route_infos_json
 from jaxrl_vlm.envs.virl.city.layout import City
 from jaxrl_vlm.envs.virl.panorama import write_panorama
 
 
 def _render_range(city: City, street_views: str, width: int, indices: list[int]) -> int:
+    """Render and write the panos `indices` of `city`; returns how many were written."""
     for k in indices:
         write_panorama(city, k, street_views, width)
     return len(indices)
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--routes", type=int, required=True, help="total number of routes")
-    parser.add_argument("--style", default="soho",
+    parser.add_argument("--style", default=DEFAULT_STYLE,
                         help=f"style name, comma-separated names (one city each) or 'all' ({', '.join(STYLES)})")
     parser.add_argument("--pano-width", type=int, default=2048, help="panorama width in px (height = width / 2)")
     parser.add_argument("--grid", type=int, nargs=2, default=(6, 6), metavar=("NX", "NY"),

@@ -21,7 +21,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from jaxrl_vlm.envs.virl.city.layout import City
+from jaxrl_vlm.envs.virl.city.layout import POLE_HEIGHT_M, City
 
 CAMERA_HEIGHT_M = 2.5
 MAX_RAY_M = 400.0
@@ -29,6 +29,9 @@ STOREFRONT_TOP_M = 3.1
 SUN_BEARING_DEG = 215.0
 FOG_DISTANCE_M = 450.0
 CLOUD_LAYER_M = 1500.0
+STREET_SIGN_RANGE_M = 60.0
+POLE_RADIUS_M = 0.07
+POLE_COLOUR = np.array([70.0, 74.0, 78.0], np.float32)
 LANE_OFFSET_M = 1.8
 
 
@@ -140,35 +143,81 @@ def _facade(city: City, wall: np.ndarray, along: np.ndarray, z: np.ndarray, ligh
     return out * light[:, None]
 
 
+def _sample_texture(texture: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """float32[N, 3] bilinear samples of a uint8[h, w, 3] texture at u, v in [0, 1] (u left->right, v top->bottom)."""
+    th, tw = texture.shape[:2]
+    x = np.clip(u, 0.0, 1.0) * (tw - 1)
+    y = np.clip(v, 0.0, 1.0) * (th - 1)
+    x0 = np.clip(np.floor(x), 0, tw - 2).astype(np.int32)
+    y0 = np.clip(np.floor(y), 0, th - 2).astype(np.int32)
+    fx, fy = (x - x0)[:, None], (y - y0)[:, None]
+    tex = texture.astype(np.float32)
+    top = tex[y0, x0] * (1 - fx) + tex[y0, x0 + 1] * fx
+    bottom = tex[y0 + 1, x0] * (1 - fx) + tex[y0 + 1, x0 + 1] * fx
+    return top * (1 - fy) + bottom * fy
+
+
 def _signs(city: City, wall: np.ndarray, along: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(mask bool[N], colour float32[N, 3]) of sign pixels among N wall pixels (bilinear texture lookup)."""
+    """(mask bool[N], colour float32[N, 3]) of shop-sign pixels among N wall pixels."""
     walls = city.walls
     sign = walls.sign[wall]
     rect = walls.sign_rect[wall]
     mask = (sign >= 0) & (along >= rect[:, 0]) & (along <= rect[:, 1]) & (z >= rect[:, 2]) & (z <= rect[:, 3])
     colour = np.zeros((wall.shape[0], 3), np.float32)
     idx = np.nonzero(mask)[0]
-    if idx.size == 0:
-        return mask, colour
-    r = rect[idx]
-    k = sign[idx]
-    widths = np.array([t.shape[1] for t in city.signs], np.float32)[k]
-    th = city.signs[0].shape[0]
-    u = (along[idx] - r[:, 0]) / (r[:, 1] - r[:, 0]) * (widths - 1)
-    v = (r[:, 3] - z[idx]) / (r[:, 3] - r[:, 2]) * (th - 1)
-    u0 = np.clip(np.floor(u), 0, widths - 2).astype(np.int32)
-    v0 = np.clip(np.floor(v), 0, th - 2).astype(np.int32)
-    fu, fv = (u - u0)[:, None], (v - v0)[:, None]
-    acc = np.zeros((idx.size, 3), np.float32)
+    r, k = rect[idx], sign[idx]
+    u = (along[idx] - r[:, 0]) / (r[:, 1] - r[:, 0])
+    v = (r[:, 3] - z[idx]) / (r[:, 3] - r[:, 2])
     for sign_id in np.unique(k):
         sel = k == sign_id
-        tex = city.signs[sign_id].astype(np.float32)
-        a, b = u0[sel], v0[sel]
-        top = tex[b, a] * (1 - fu[sel]) + tex[b, a + 1] * fu[sel]
-        bottom = tex[b + 1, a] * (1 - fu[sel]) + tex[b + 1, a + 1] * fu[sel]
-        acc[sel] = top * (1 - fv[sel]) + bottom * fv[sel]
-    colour[idx] = acc
+        colour[idx[sel]] = _sample_texture(city.signs[sign_id], u[sel], v[sel])
     return mask, colour
+
+
+def _draw_street_signs(city: City, image: np.ndarray, origin: np.ndarray, dirs: np.ndarray, tan_el: np.ndarray,
+                       hit_dist: np.ndarray) -> None:
+    """Paint the poles and street-name blades within STREET_SIGN_RANGE_M onto `image` float32[H, W, 3] in place,
+    farthest first, hidden behind nearer facades (hit_dist float32[W])."""
+    signs = city.street_signs
+    near = np.linalg.norm(signs.pole_xy - origin, axis=1) < STREET_SIGN_RANGE_M
+    items = [("pole", k, float(np.linalg.norm(signs.pole_xy[k] - origin))) for k in np.nonzero(near)[0]]
+    blade_near = near[np.repeat(np.arange(len(near)), 2)]
+    items += [("blade", k, float(np.linalg.norm(0.5 * (signs.p0[k] + signs.p1[k]) - origin)))
+              for k in np.nonzero(blade_near)[0]]
+    for kind, k, _ in sorted(items, key=lambda item: -item[2]):
+        if kind == "pole":
+            centre = signs.pole_xy[k] - origin
+            along = dirs @ centre
+            miss2 = centre @ centre - along ** 2
+            cols = np.nonzero((along > 0) & (miss2 < POLE_RADIUS_M ** 2))[0]
+            t = along[cols] - np.sqrt(POLE_RADIUS_M ** 2 - miss2[cols])
+            z_range = (0.0, POLE_HEIGHT_M)
+        else:
+            e = signs.p1[k] - signs.p0[k]
+            rel = signs.p0[k] - origin
+            denom = dirs[:, 0] * e[1] - dirs[:, 1] * e[0]
+            safe = np.where(np.abs(denom) < 1e-9, 1e-9, denom)
+            t_all = (rel[0] * e[1] - rel[1] * e[0]) / safe
+            s_all = (rel[0] * dirs[:, 1] - rel[1] * dirs[:, 0]) / safe
+            cols = np.nonzero((t_all > 0.05) & (s_all >= 0) & (s_all <= 1) & (np.abs(denom) >= 1e-9))[0]
+            t = t_all[cols]
+            z_range = tuple(signs.z[k])
+        keep = t < hit_dist[cols]
+        cols, t = cols[keep], t[keep]
+        if cols.size == 0:
+            continue
+        z = CAMERA_HEIGHT_M + t[None, :] * tan_el[:, None]
+        rows, which = np.nonzero((z >= z_range[0]) & (z <= z_range[1]))
+        if rows.size == 0:
+            continue
+        if kind == "pole":
+            image[rows, cols[which]] = POLE_COLOUR
+            continue
+        s = s_all[cols[which]]
+        facing_front = (dirs[cols[which]] @ np.array([e[1], -e[0]])) < 0
+        u = np.where(facing_front, s, 1.0 - s)
+        v = (z_range[1] - z[rows, which]) / (z_range[1] - z_range[0])
+        image[rows, cols[which]] = _sample_texture(city.signs[signs.texture[k]], u, v)
 
 
 def _ground(city: City, pano_index: int, dist_ground: np.ndarray, dirs: np.ndarray,
@@ -255,6 +304,7 @@ def render_panorama(city: City, pano_index: int, width: int = 2048, height: int 
         fog_w = (1.0 - np.exp(-hit_dist[cols] / FOG_DISTANCE_M))[:, None]
         image[rows, cols] = colour * (1 - fog_w) + np.array(style.sky_horizon, np.float32) * fog_w
 
+    _draw_street_signs(city, image, origin, dirs, tan_el, hit_dist)
     rng = np.random.default_rng([city.seed, pano_index])
     image += rng.normal(0.0, 2.0, size=(height, width, 1)).astype(np.float32)
     return np.clip(np.round(image), 0, 255).astype(np.uint8)

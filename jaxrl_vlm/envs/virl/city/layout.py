@@ -1,4 +1,5 @@
-"""Geometry of a synthetic city: a slightly irregular street grid, blocks of buildings, places, panorama points.
+"""Geometry of a synthetic city: a slightly irregular street grid, blocks of buildings with shop signs, a
+street-name pole at every intersection, and a panorama point every ~10 m along every street.
 
 Frame: local east/north metres around the style's origin. The grid has `nx` avenues (running along the style's
 `grid_rotation` bearing) and `ny` cross streets; intersection (i, j) is where avenue i meets street j. One extra ring
@@ -24,12 +25,21 @@ SIGN_HEIGHT_M = 1.6
 CORNER_PLACE_PROB = 0.45
 MIDBLOCK_PLACE_PROB = 0.3
 BUILDING_WIDTH_M = (7.0, 16.0)
+POLE_CURB_OFFSET_M = 0.6
+POLE_HEIGHT_M = 4.2
+BLADE_HEIGHT_M = 0.5
+BLADE_MAX_LENGTH_M = 3.0
+BLADE_BOTTOMS_M = (3.0, 3.6)
 _ID_ALPHABET = np.array(list("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"))
 
 
 @dataclasses.dataclass(frozen=True)
 class Pano:
-    """A street-view capture point. `segment_*` describe the street it lies on (for road markings)."""
+    """A street-view capture point (`xy` is its position in the city frame, from the rounded geocode).
+
+    `segment_*` describe the street it lies on, for lane markings and crosswalks; panos at intersections draw
+    neither, so for them these fields just name one adjacent street.
+    """
 
     pano_id: str
     geocode: tuple[float, float]
@@ -80,6 +90,22 @@ class Walls:
 
 
 @dataclasses.dataclass(frozen=True)
+class StreetSigns:
+    """Street-name blades on one pole per intersection (P poles, B = 2P blades, one per crossing street).
+
+    pole_xy: float64[P, 2]. p0, p1: float64[B, 2] blade ends (text reads p0 -> p1 from the side right of
+    p0 -> p1, and is mirrored back so that it also reads left-to-right from the other side). z: float32[B, 2]
+    bottom and top above ground. texture: int32[B] index into City.signs.
+    """
+
+    pole_xy: np.ndarray
+    p0: np.ndarray
+    p1: np.ndarray
+    z: np.ndarray
+    texture: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
 class City:
     """A generated city. `segments` maps an ordered node pair (a < b) to its pano indices from a to b."""
 
@@ -94,8 +120,10 @@ class City:
     panos: list[Pano]
     walls: Walls
     places: list[Place]
-    signs: list[np.ndarray]                  # uint8[64, w_k, 3] textures
+    signs: list[np.ndarray]                  # uint8[64, w_k, 3] textures (shop signs, then street blades)
     sign_background: list[tuple[int, int, int]]
+    street_signs: StreetSigns
+    street_landmarks: dict[Node, dict[str, Place]]   # node -> {street name: landmark at that node's pole}
 
     def pano_mapping(self) -> dict[tuple[float, float], str]:
         """{(lat, lng): pano_id} for every pano of the city (the gps_pano_mapping.pkl content)."""
@@ -225,6 +253,57 @@ def _attach_places(style: CityStyle, rng: np.random.Generator, walls: dict[str, 
     return places, signs, sign_background
 
 
+def _unit(v: np.ndarray) -> np.ndarray:
+    return v / np.linalg.norm(v)
+
+
+def _street_signs(style: CityStyle, rng: np.random.Generator, node_xy: np.ndarray, origin: tuple[float, float],
+                  signs: list[np.ndarray], sign_background: list[tuple[int, int, int]]
+                  ) -> tuple[StreetSigns, dict[Node, dict[str, Place]]]:
+    """One pole per intersection on a random corner of the sidewalk, carrying a blade for each crossing street;
+    appends the blade textures to `signs`. Returns the signs and the street landmarks at each pole."""
+    nx, ny = node_xy.shape[:2]
+    poles, p0s, p1s, zs, textures = [], [], [], [], []
+    landmarks: dict[Node, dict[str, Place]] = {}
+    for i in range(nx):
+        for j in range(ny):
+            node = (i, j)
+            along_avenue = _unit(node_xy[i, j + 1] - node_xy[i, j]) if j + 1 < ny else _unit(
+                node_xy[i, j] - node_xy[i, j - 1])
+            along_street = _unit(node_xy[i + 1, j] - node_xy[i, j]) if i + 1 < nx else _unit(
+                node_xy[i, j] - node_xy[i - 1, j])
+            offset = style.road_width / 2 + POLE_CURB_OFFSET_M
+            sx, sy = rng.choice([-1.0, 1.0], size=2)
+            pole = node_xy[i, j] + offset * (sx * along_street + sy * along_avenue)
+            geocode = tuple(float(v) for v in geo.enu_to_latlng(pole, origin))
+            poles.append(pole)
+            landmarks[node] = {}
+            avenue_next = (i, j + 1) if j + 1 < ny else (i, j - 1)
+            street_next = (i + 1, j) if i + 1 < nx else (i - 1, j)
+            bottoms = rng.permutation(BLADE_BOTTOMS_M)
+            for direction, nxt, bottom in ((along_avenue, avenue_next, bottoms[0]),
+                                           (along_street, street_next, bottoms[1])):
+                name = street_name(style, node, nxt)
+                texture = sign_texture(name, style.street_sign[0], style.street_sign[1])
+                aspect = texture.shape[1] / texture.shape[0]
+                length = min(BLADE_HEIGHT_M * aspect, BLADE_MAX_LENGTH_M)
+                p0s.append(pole - 0.5 * length * direction)
+                p1s.append(pole + 0.5 * length * direction)
+                zs.append((bottom, bottom + length / aspect))
+                textures.append(len(signs))
+                landmarks[node][name] = Place(name=name, types=("route",), place_id="ChIJ" + random_id(rng, 23),
+                                              xy=(float(pole[0]), float(pole[1])), geocode=geocode, sign=len(signs),
+                                              segment=(node, nxt) if node < nxt else (nxt, node),
+                                              segment_fraction=0.0 if node < nxt else 1.0, street=name,
+                                              corner_of=node)
+                signs.append(texture)
+                sign_background.append(style.street_sign[0])
+    street_signs = StreetSigns(pole_xy=np.array(poles, np.float64), p0=np.array(p0s, np.float64),
+                               p1=np.array(p1s, np.float64), z=np.array(zs, np.float32),
+                               texture=np.array(textures, np.int32))
+    return street_signs, landmarks
+
+
 def generate_city(style: CityStyle, seed: int, nx: int = 6, ny: int = 6) -> City:
     """Build a deterministic city of nx x ny intersections in `style` from `seed` (no rendering happens here)."""
     if nx < 2 or ny < 2:
@@ -274,6 +353,7 @@ def generate_city(style: CityStyle, seed: int, nx: int = 6, ny: int = 6) -> City
                         place_slots.append((wall_index, segment, None))
 
     places, signs, sign_background = _attach_places(style, rng, walls, place_slots, node_xy, origin)
+    street_signs, street_landmarks = _street_signs(style, rng, node_xy, origin, signs, sign_background)
     wall_arrays = Walls(
         p0=np.array(walls["p0"], np.float64), p1=np.array(walls["p1"], np.float64),
         height=np.array(walls["height"], np.float32), floor_height=np.array(walls["floor_height"], np.float32),
@@ -282,4 +362,4 @@ def generate_city(style: CityStyle, seed: int, nx: int = 6, ny: int = 6) -> City
         facade_extent=np.array(walls["facade_extent"], np.float32))
     return City(style=style, seed=seed, origin=origin, nx=nx, ny=ny, node_xy=node_xy, node_pano=node_pano,
                 segments=segments, panos=panos, walls=wall_arrays, places=places, signs=signs,
-                sign_background=sign_background)
+                sign_background=sign_background, street_signs=street_signs, street_landmarks=street_landmarks)

@@ -2,7 +2,9 @@
 
 A route starts at the street point in front of one place and ends at the street point in front of another. Its
 key points (`route_results.geocode_list`) are the intersections where the walker turns, then the destination, as in
-Google Directions steps. Every key point is the exact geocode of a pano.
+Google Directions steps. Every key point is the exact geocode of a pano. The landmark of a turn is a place within
+LANDMARK_RADIUS_M of the intersection or (as "Prince St is on your front" in V-IRL data) the street turned into,
+located at the intersection's street-name pole; "No landmark nearby" when no place is that close.
 """
 from __future__ import annotations
 
@@ -14,10 +16,12 @@ from typing import Any
 import numpy as np
 
 from jaxrl_vlm.envs.virl.city import geo
-from jaxrl_vlm.envs.virl.city.layout import City, Node, Place, random_id
+from jaxrl_vlm.envs.virl.city.layout import City, Node, Place, random_id, street_name
 
 TURN_PENALTY_M = (0.0, 60.0)      # per-route range: low penalties give staircase routes with more turns
 EDGE_NOISE_M = 40.0
+STREET_LANDMARK_PROB = 0.3         # share of turns described by the name of the street turned into
+LANDMARK_RADIUS_M = 25.0           # places this close to a turn's intersection can describe it
 WALK_SPEED_MPS = 1.3
 
 
@@ -44,7 +48,7 @@ def _street_pano(city: City, place: Place) -> int:
     return ids[k]
 
 
-def _shortest_turns(city: City, rng: np.random.Generator, start: Place, dest: Place) -> list[Node] | None:
+def _intersection_path(city: City, rng: np.random.Generator, start: Place, dest: Place) -> list[Node] | None:
     """Intersections visited from the start street to the destination street, by Dijkstra with a random turn
     penalty and randomly perturbed street lengths (so that equally short grid routes differ in shape).
 
@@ -81,8 +85,9 @@ def _shortest_turns(city: City, rng: np.random.Generator, start: Place, dest: Pl
     return None
 
 
-def _turn_nodes(city: City, start: Place, dest: Place, path: list[Node]) -> list[Node]:
-    """Keep the intersections of `path` where the walking direction changes."""
+def _turns(start: Place, dest: Place, path: list[Node]) -> list[tuple[Node, Node]]:
+    """(intersection, next intersection or destination-street node) for each node of `path` where the walking
+    direction changes."""
     a, b = start.segment
     first_prev = b if path[0] == a else a
     c, d = dest.segment
@@ -93,11 +98,19 @@ def _turn_nodes(city: City, start: Place, dest: Place, path: list[Node]) -> list
         before = (full[k][0] - full[k - 1][0], full[k][1] - full[k - 1][1])
         after = (full[k + 1][0] - full[k][0], full[k + 1][1] - full[k][1])
         if before != after:
-            keep.append(full[k])
+            keep.append((full[k], full[k + 1]))
     return keep
 
 
+def _places_near(city: City, node: Node, exclude: tuple[Place, ...]) -> list[Place]:
+    """Places whose sign is within LANDMARK_RADIUS_M of intersection `node`, other than `exclude`."""
+    centre = city.node_xy[node]
+    return [p for p in city.places if p not in exclude
+            and math.dist(p.xy, (float(centre[0]), float(centre[1]))) < LANDMARK_RADIUS_M]
+
+
 def _place_dict(place: Place, rng: np.random.Generator, distance: float, heading: float) -> dict[str, Any]:
+    """A Google-Places-like dict of `place` (rating, reviews, photo reference etc. are random filler)."""
     return {
         "name": place.name,
         "geocode": [place.geocode[0], place.geocode[1]],
@@ -117,18 +130,13 @@ def make_route(city: City, rng: np.random.Generator, start: Place, dest: Place) 
     """The V-IRL route dict from place `start` to place `dest`, or None when they cannot be joined."""
     if start.segment == dest.segment:
         return None
-    path = _shortest_turns(city, rng, start, dest)
+    path = _intersection_path(city, rng, start, dest)
     if path is None:
         return None
     start_pano = city.panos[_street_pano(city, start)]
     dest_pano = city.panos[_street_pano(city, dest)]
-    turn_nodes = _turn_nodes(city, start, dest, path)
-    keys = [city.panos[city.node_pano[n]].geocode for n in turn_nodes] + [dest_pano.geocode]
-
-    corner_places: dict[Node, list[Place]] = {}
-    for p in city.places:
-        if p.corner_of is not None and p is not start and p is not dest:
-            corner_places.setdefault(p.corner_of, []).append(p)
+    turns = _turns(start, dest, path)
+    keys = [city.panos[city.node_pano[n]].geocode for n, _ in turns] + [dest_pano.geocode]
 
     blocks, steps, landmark_list, distances, prev = [], [], [], [], start_pano.geocode
     for j, key in enumerate(keys):
@@ -138,8 +146,12 @@ def make_route(city: City, rng: np.random.Generator, start: Place, dest: Place) 
         if j == len(keys) - 1:
             text = f"The destination {dest.name} is on your {relation_text(key, heading, dest.geocode)}"
         else:
-            options = corner_places.get(turn_nodes[j], [])
-            landmark = options[int(rng.integers(len(options)))] if options else None
+            node, nxt = turns[j]
+            options = _places_near(city, node, exclude=(start, dest))
+            if rng.random() < STREET_LANDMARK_PROB:
+                landmark = city.street_landmarks[node][street_name(city.style, node, nxt)]
+            else:
+                landmark = options[int(rng.integers(len(options)))] if options else None
             if landmark is None:
                 text = "No landmark nearby"
                 landmark_list.append(None)

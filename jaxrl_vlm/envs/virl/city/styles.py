@@ -35,6 +35,7 @@ class CityStyle:
     lane_colour: RGB
     sign_backgrounds: tuple[RGB, ...]
     sign_text: tuple[RGB, ...]
+    street_sign: tuple[RGB, RGB]         # (board, text) colours of the street-name blades at intersections
     avenue_names: tuple[str, ...]
     street_names: tuple[str, ...]
 
@@ -49,6 +50,7 @@ STYLES: dict[str, CityStyle] = {
         road_colour=(72, 72, 76), sidewalk_colour=(160, 156, 150), lane_colour=(230, 200, 60),
         sign_backgrounds=((200, 20, 30), (10, 10, 10), (250, 250, 245), (20, 60, 160)),
         sign_text=((255, 255, 255), (255, 215, 0), (15, 15, 15), (255, 255, 255)),
+        street_sign=((0, 112, 60), (255, 255, 255)),
         avenue_names=("Mercer St", "Greene St", "Wooster St", "Crosby St", "Lafayette St", "Elm Pl", "Hudson St",
                       "Varick St", "Thompson St", "Sullivan St"),
         street_names=("Prince St", "Spring St", "Broome St", "Grand St", "Howard St", "Houston St", "Bleecker St",
@@ -63,6 +65,7 @@ STYLES: dict[str, CityStyle] = {
         road_colour=(96, 90, 84), sidewalk_colour=(190, 176, 160), lane_colour=(245, 245, 240),
         sign_backgrounds=((0, 90, 60), (120, 20, 40), (240, 235, 220)),
         sign_text=((250, 240, 200), (255, 255, 255), (40, 20, 10)),
+        street_sign=((250, 250, 250), (20, 40, 120)),
         avenue_names=("Via Torino", "Corso Genova", "Via Dante", "Via Manzoni", "Corso Magenta", "Via Brera",
                       "Via Solferino", "Corso Como", "Via Tortona", "Via Moscova"),
         street_names=("Via Larga", "Via Orefici", "Via Spiga", "Via Durini", "Via Borgonuovo", "Via Fiori Chiari",
@@ -77,6 +80,7 @@ STYLES: dict[str, CityStyle] = {
         road_colour=(110, 100, 92), sidewalk_colour=(170, 140, 110), lane_colour=(250, 250, 250),
         sign_backgrounds=((250, 210, 0), (0, 110, 200), (230, 90, 20)),
         sign_text=((20, 20, 20), (255, 255, 255), (255, 255, 255)),
+        street_sign=((0, 90, 170), (255, 255, 255)),
         avenue_names=("Broad St", "Marina Rd", "Campbell St", "Martins St", "Balogun St", "Idumagbo Ave",
                       "Nnamdi Azikiwe St", "Tinubu Sq", "Ereko St", "Docemo St"),
         street_names=("Alli Balogun St", "Apongbon St", "Ojo Giwa St", "Odunlami St", "Kakawa St", "Issa Williams St",
@@ -91,6 +95,7 @@ STYLES: dict[str, CityStyle] = {
         road_colour=(62, 64, 68), sidewalk_colour=(140, 140, 135), lane_colour=(250, 220, 40),
         sign_backgrounds=((220, 0, 40), (255, 0, 160), (0, 160, 90), (255, 200, 0)),
         sign_text=((255, 255, 255), (255, 255, 255), (255, 255, 255), (140, 0, 0)),
+        street_sign=((250, 250, 250), (200, 0, 0)),
         avenue_names=("Queen's Rd C", "Des Voeux Rd C", "Wellington St", "Stanley St", "Hollywood Rd",
                       "Lyndhurst Tce", "Gage St", "Cochrane St", "Jubilee St", "Peel St"),
         street_names=("Pottinger St", "Wing Kut St", "Gilman St", "Aberdeen St", "Graham St", "Li Yuen St E",
@@ -105,6 +110,7 @@ STYLES: dict[str, CityStyle] = {
         road_colour=(58, 58, 62), sidewalk_colour=(175, 175, 170), lane_colour=(240, 240, 240),
         sign_backgrounds=((10, 30, 80), (20, 70, 40), (110, 10, 30)),
         sign_text=((230, 190, 80), (240, 230, 200), (255, 255, 255)),
+        street_sign=((245, 245, 240), (15, 15, 15)),
         avenue_names=("Dean St", "Frith St", "Greek St", "Wardour St", "Poland St", "Berwick St", "Carnaby St",
                       "Old Compton St", "Charing Cross Rd", "Rupert St"),
         street_names=("Bateman St", "Romilly St", "Meard St", "Broadwick St", "Brewer St", "Lexington St",
