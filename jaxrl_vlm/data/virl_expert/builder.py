@@ -17,7 +17,6 @@ import os
 from pathlib import Path
 from typing import Iterator, Optional
 
-import jax
 import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
@@ -84,11 +83,11 @@ class VirlExpert(tfds.core.GeneratorBasedBuilder):
 
 @functools.lru_cache(maxsize=None)
 def grid_renderer(view_size: int, resolution: int):
-    """Jitted 2x2 grid renderer of the city package (`views.view_grid`): (uint8[H, W, 3] panorama, float32 heading,
+    """The (jitted) 2x2 grid renderer of the city package (`views.view_grid`): (uint8[H, W, 3] panorama, float32 heading,
     float32 rotation) -> uint8[2 * resolution + 5, 2 * resolution + 5, 3]."""
     from jaxrl_vlm.envs.virl.views import view_grid
 
-    return jax.jit(lambda pano, heading, rotation: view_grid(pano, heading, rotation, view_size, resolution))
+    return functools.partial(view_grid, view_size=view_size, resolution=resolution)
 
 
 def _png_bytes(image: np.ndarray) -> bytes:
