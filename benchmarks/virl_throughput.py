@@ -50,6 +50,7 @@ _FORMAT = ('\n[Output]\n{{\n  "current observation": latest observation from the
 
 
 def ref_re_match(text: str, pattern: str):
+    """The reference `re_match`: json.loads first, then the regex, else 'None'."""
     try:
         return json.loads(text)[pattern]
     except Exception:  # the reference's bare except
@@ -58,6 +59,7 @@ def ref_re_match(text: str, pattern: str):
 
 
 def ref_step_rewards(text: str, gt_action: str, gt_obs: str) -> tuple[float, str]:
+    """The reference `step_rewards_virl` (reward, aggregated message)."""
     if ref_re_match(text, "action") == gt_action:
         return 1, "Correct action."
     obs = ref_re_match(text, "current observation")
@@ -77,6 +79,7 @@ class ReferenceLoop:
         self.route_set, self.rng, self.verify_iter, self.drop_rate = route_set, rng, verify_iter, drop_rate
 
     def reset(self) -> dict:
+        """Draw a route and rebuild its instructions and rail from the route dict, as the reference reset does."""
         route = self.rng.choice(self.route_set.routes)
         template = route_template(self.route_set, route)  # parse milestones, relocate, interpolate, 8 m test
         heading0 = self.rng.randint(0, 359)
@@ -91,10 +94,12 @@ class ReferenceLoop:
         return self.info(None)
 
     def oracle(self, t: int) -> str:
+        """Oracle text observation of rail point t."""
         p = self.rail[t]
         return p["observation"] + "; " + ("" if p["gt_action"] == "stop()" else p["intersection_observation"])
 
     def obs_act_seq(self) -> str:
+        """The reference `get_observation_action_sequence` (language mode)."""
         out = ""
         for i, (a, o) in enumerate(zip(self.actions, self.observations)):
             out += f"O_{i + 1}: {o}\n"
@@ -103,12 +108,15 @@ class ReferenceLoop:
         return out + f"O_{n}: {self.observations[-1]}\n" + f"A_{n}: \n"
 
     def info(self, verify: str | None) -> dict:
+        """The reference info dict."""
         p = self.rail[self.t]
         return {"global_instruction": self.instruction, "current_instruction": p["instruction"],
-                "instruction_idx": p["instruction_idx"], "gt_action": p["gt_action"], "current_obs": self.oracle(self.t),
+                "instruction_idx": p["instruction_idx"], "gt_action": p["gt_action"],
+                "current_obs": self.oracle(self.t),
                 "obs_act_seq": self.obs_act_seq(), "Verify Info": verify, "is_success": self.is_success}
 
     def step(self, text: str):
+        """The reference step: budget, reward, move on the rail, info."""
         self.remaining -= 1
         if self.remaining == -1:
             self.is_success = False
@@ -186,6 +194,7 @@ def make_device_rollout(env: VirlEnv, batch: int):
     rows = jnp.arange(batch)
 
     def one(state, key, params):
+        """One step of B episodes: policy replies, env step, auto-reset, next prompt."""
         k_reply, k_reset = jax.random.split(key)
         gt = state.action[rows, state.t]
         correct = jax.random.uniform(k_reply, (batch,)) < CORRECT_PROB
@@ -200,12 +209,14 @@ def make_device_rollout(env: VirlEnv, batch: int):
 
     @jax.jit
     def rollout(state, params, keys):
+        """Scan `one` over the step keys."""
         return jax.lax.scan(lambda s, k: one(s, k, params), state, keys)
 
     return jax.jit(reset), rollout
 
 
 def run_device(templates, params, batch: int, num_steps: int, seed: int, config: VirlConfig) -> dict:
+    """Steps/s of the jitted batched device loop (compile excluded; one warm-up run)."""
     env = VirlEnv(config)
     reset, rollout = make_device_rollout(env, batch)
     keys = jax.random.split(jax.random.PRNGKey(seed), batch)
@@ -234,6 +245,7 @@ def smollm2_encode():
 
 
 def main() -> None:
+    """Run both sides, print the table and write the JSON."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, nargs="+", default=[64, 512])
     parser.add_argument("--steps", type=int, default=32, help="device steps per timed scan")

@@ -83,7 +83,8 @@ class VirlExpert(tfds.core.GeneratorBasedBuilder):
 
 @functools.lru_cache(maxsize=None)
 def grid_renderer(view_size: int, resolution: int):
-    """The (jitted) 2x2 grid renderer of the city package (`views.view_grid`): (uint8[H, W, 3] panorama, float32 heading,
+    """The (jitted) 2x2 grid renderer of the city package (`views.view_grid`):
+    (uint8[H, W, 3] panorama, float32 heading,
     float32 rotation) -> uint8[2 * resolution + 5, 2 * resolution + 5, 3]."""
     from jaxrl_vlm.envs.virl.views import view_grid
 

@@ -215,6 +215,7 @@ class VirlEnv:
         target = jnp.where(keep, jnp.cumsum(keep) - 1, num_slots)
 
         def compact(x: jax.Array) -> jax.Array:
+            """Kept slots of a per-slot array, in order, zero padded to [S]."""
             return jnp.zeros(num_slots, x.dtype).at[target].set(x, mode="drop")
 
         rel = jnp.where(params.slot_action_rel[r] < 0, REL_BASE + first_label, params.slot_action_rel[r])

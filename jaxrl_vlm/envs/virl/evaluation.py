@@ -154,7 +154,8 @@ def evaluate_virl(policy_fn: PolicyFn, route_dir: str | Path, split: str, num_ep
     """Success rate and per-step accuracy (with binomial standard errors) of `policy_fn` on a split.
 
     policy_fn maps a `PolicyBatch` to replies (list of str, or (uint8[B, L], int32[B]) bytes); `encode` tokenises
-    prompt pieces (no special tokens); without it prompts are UTF-8 byte ids and `PolicyBatch.texts` holds them. Per-step accuracy counts every call, retries included (spec §1.8); its
+    prompt pieces (no special tokens); without it prompts are UTF-8 byte ids and `PolicyBatch.texts` holds them.
+    Per-step accuracy counts every call, retries included (spec §1.8); its
     standard error treats calls as independent trials. With vision and render_images, the policy also gets the
     2x2 view grids (`PolicyBatch.images`, views of view_size px resized to resolution).
     """

@@ -33,6 +33,7 @@ class HostNavigationEnv:
 
     @property
     def point(self) -> RailPoint:
+        """The current rail point."""
         return self.rail[self.t]
 
     def info(self, verify_info: str | None, instruction_idx: int | None = None) -> dict:

@@ -75,6 +75,7 @@ class RouteTemplate:
 
     @property
     def num_legs(self) -> int:
+        """Legs of the rail: K + 1 (the start point counts as leg 0)."""
         return len(self.degrees) + 1
 
     def initial_heading(self, heading0: int) -> int:
@@ -139,6 +140,7 @@ def route_template(route_set: RouteSet, route: Route) -> RouteTemplate:
     where = f"route {route.index} of {route_set.directory / 'route_infos.json'}"
 
     def relocate_key(latlng: tuple[float, float], what: str) -> int:
+        """Mapping index of a key point (must relocate; its files must exist)."""
         pano = mapping.relocate(latlng)
         if pano is None:
             raise ValueError(f"{where}: {what} {latlng} has no pano within 20 m in {mapping.source}")
@@ -153,7 +155,8 @@ def route_template(route_set: RouteSet, route: Route) -> RouteTemplate:
     raw_points = [mapping.geocode(start)] + list(route.geocodes)
     point_landmarks = [NO_LANDMARK_POINT] + list(landmarks)
     gt_abs = [turn(d) for d in directions] + [STOP]
-    gt_rel: list[str | None] = [None] + [turn(relative_label(degrees[j] - degrees[j - 1])) for j in range(1, k)] + [STOP]
+    later_turns = [turn(relative_label(degrees[j] - degrees[j - 1])) for j in range(1, k)]
+    gt_rel: list[str | None] = [None] + later_turns + [STOP]
     slots: list[Slot] = []
     ins = 0
     prev = mapping.geocode(start)
@@ -197,7 +200,8 @@ def build_rail(template: RouteTemplate, heading0: int, keep_draws: np.ndarray, a
     """The episode's rail given the explicit random inputs (module docstring)."""
     keep_draws = np.asarray(keep_draws)
     if keep_draws.shape != (template.num_legs, STRAIGHT_LINE_LENGTH):
-        raise ValueError(f"keep_draws has shape {keep_draws.shape}, expected {(template.num_legs, STRAIGHT_LINE_LENGTH)}")
+        raise ValueError(f"keep_draws has shape {keep_draws.shape}, "
+                         f"expected {(template.num_legs, STRAIGHT_LINE_LENGTH)}")
     sentences = template.sentences(heading0)
     start_heading = template.initial_heading(heading0)
     rail = []

@@ -134,6 +134,7 @@ class RouteSet:
 
     @property
     def street_view_dir(self) -> Path:
+        """The `street_views/` folder of the route directory."""
         return self.directory / "street_views"
 
     def pano_files(self, pano_index: int) -> tuple[Path, Path]:
@@ -175,4 +176,5 @@ def load_route_set(directory: str | Path) -> RouteSet:
         mapping = pickle.load(fh)
     if not isinstance(mapping, dict):
         raise ValueError(f"{mapping_file}: expected a pickled dict {{(lat, lng): pano_id}}")
-    return RouteSet(directory=directory, routes=routes, route_num=data[1], mapping=PanoMapping(mapping, str(mapping_file)))
+    return RouteSet(directory=directory, routes=routes, route_num=data[1],
+                    mapping=PanoMapping(mapping, str(mapping_file)))

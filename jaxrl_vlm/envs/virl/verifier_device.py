@@ -59,6 +59,7 @@ def _transition_table() -> np.ndarray:
     digits, hexdigits = b"0123456789", b"0123456789abcdefABCDEF"
 
     def value_start(row: np.ndarray) -> None:
+        """Fill the transitions of a row that expects a JSON value."""
         row[ord('"')], row[ord("{")], row[ord("[")] = m["STR_V"], m["OBJ_FIRST"], m["ARR_FIRST"]
         row[ord("-")], row[ord("0")] = m["N_MINUS"], m["N_ZERO"]
         for c in digits[1:]:
@@ -227,6 +228,7 @@ def _json_members(reply: jax.Array, length: jax.Array, gt: jax.Array, gt_len: ja
                  act_set=false, act_eq=false, act_pos=zero, obs_set=false, obs_found=false, kmp=zero)
 
     def body(state, x):
+        """Advance on one byte; bytes past the length leave the state unchanged."""
         b, valid = x
         new = _json_step(state, b, gt, gt_len)
         return jax.tree.map(lambda n, o: jnp.where(valid, n, o), new, state), None
