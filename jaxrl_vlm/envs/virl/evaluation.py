@@ -111,7 +111,7 @@ class VirlEvaluator:
         (params built with `utf8_encode`), the prompt texts."""
         n = len(routes)
         state = self.reset(jax.random.split(jax.random.PRNGKey(seed), n), params, jnp.asarray(routes, jnp.int32))
-        max_calls = 3 * int(params.slot_valid.shape[1]) + 3
+        max_calls = (self.config.verify_iter + 1) * int(params.slot_valid.shape[1]) + 1
         rows = np.arange(n)
         for _ in range(max_calls):
             host = jax.device_get(state)
