@@ -113,7 +113,7 @@ class VirlEvaluator:
         state = self.reset(jax.random.split(jax.random.PRNGKey(seed), n), params, jnp.asarray(routes, jnp.int32))
         max_calls = (self.config.verify_iter + 1) * int(params.slot_valid.shape[1]) + 1
         rows = np.arange(n)
-        for _ in range(max_calls):
+        for _ in range(max_calls + 1):  # the last pass only checks that every episode ended
             host = jax.device_get(state)
             if host.done.all():
                 break
