@@ -113,10 +113,12 @@ class VirlEvaluator:
         state = self.reset(jax.random.split(jax.random.PRNGKey(seed), n), params, jnp.asarray(routes, jnp.int32))
         max_calls = (self.config.verify_iter + 1) * int(params.slot_valid.shape[1]) + 1
         rows = np.arange(n)
-        for _ in range(max_calls + 1):  # the last pass only checks that every episode ended
+        for call in range(max_calls + 1):
             host = jax.device_get(state)
             if host.done.all():
                 break
+            if call == max_calls:
+                raise RuntimeError(f"episodes did not finish within {max_calls} calls")
             active = np.flatnonzero(~host.done)
             ids, lens = jax.device_get(self.prompt(state, params))
             if lens.max() > ids.shape[1]:
@@ -136,8 +138,6 @@ class VirlEvaluator:
             reply_lens = np.zeros(n, np.int32)
             reply_bytes[active], reply_lens[active] = replies
             state, _ = self.step(state, reply_bytes, reply_lens, params)
-        else:
-            raise RuntimeError(f"episodes did not finish within {max_calls} calls")
         host = jax.device_get(state)
         success = host.is_success & host.done
         steps, correct = int(host.num_steps.sum()), int(host.num_correct.sum())
