@@ -73,8 +73,9 @@ PIECES = ['"action": "', '"current observation": "', '"action"', '"current obser
           "[", "]", ",", " ", "\n", "\\", "\\u0061", "\\n", "forward()", "stop()", "turn_direction(north)",
           "intersection", "inter", "section", "None", "1", "-", "0", ".5", "e3", "true", "null", "NaN", "Infinity",
           "é", "\x01", "\t"]
+STRINGS = GT_ACTIONS + GT_OBS + ["at an intersection", "x\ny", 'q"uote', "caf\u00e9 intersection"]
 json_values = st.recursive(st.none() | st.booleans() | st.integers(-99, 99) | st.floats(allow_nan=False, width=32)
-                           | st.sampled_from(GT_ACTIONS + GT_OBS + ["at an intersection", "x\ny", 'q"uote']),
+                           | st.sampled_from(STRINGS),
                            lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(
                                ["action", "current observation", "a"]), inner, max_size=3), max_leaves=6)
 json_replies = st.builds(lambda d, ascii_, indent: json.dumps(d, ensure_ascii=ascii_, indent=indent),
