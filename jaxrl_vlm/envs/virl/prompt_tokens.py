@@ -62,7 +62,10 @@ def assemble(piece_ids: jax.Array, piece_lens: jax.Array, tokens: jax.Array, max
     ends = jnp.cumsum(piece_lens)
     starts = ends - piece_lens
     pos = jnp.arange(max_len)
-    which = jnp.minimum(jnp.searchsorted(ends, pos, side="right"), piece_ids.shape[0] - 1)
+    # The piece holding position p is the last one starting at or before p (empty pieces share their successor's
+    # start and come before it): count piece starts with a scatter-add and a cumulative sum.
+    marks = jnp.zeros(max_len, jnp.int32).at[starts].add(1, mode="drop")
+    which = jnp.clip(jnp.cumsum(marks) - 1, 0, piece_ids.shape[0] - 1)
     offset = jnp.clip(pos - starts[which], 0, tokens.shape[1] - 1)
     out = tokens[piece_ids[which], offset]
     total = ends[-1]
