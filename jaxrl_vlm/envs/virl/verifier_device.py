@@ -168,13 +168,18 @@ def _json_step(s: _Json, b: jax.Array, gt: jax.Array, gt_len: jax.Array) -> _Jso
     """One byte of the JSON automaton (scalar state, int32 byte): a table lookup plus member tracking."""
     i32, m = jnp.int32, MODES
     mode = s.mode
-    top = jnp.where(s.depth > 0, s.stack[jnp.maximum(s.depth - 1, 0)], 0).astype(i32)
+    below = jnp.maximum(s.depth - 1, 0).astype(jnp.uint32)
+    top_is_arr = (s.stack[below // 32] >> (below % 32)) & 1
+    top = jnp.where(s.depth > 0, jnp.where(top_is_arr == 1, ARR, OBJ), 0).astype(i32)
     nxt = jnp.asarray(_TABLE)[top, mode, b].astype(i32)
     quote = b == ord('"')
     push = jnp.where((nxt == m["OBJ_FIRST"]) & (b == ord("{")), OBJ,
                      jnp.where((nxt == m["ARR_FIRST"]) & (b == ord("[")), ARR, 0))
     pop = ((b == ord("}")) | (b == ord("]"))) & (nxt == m["AFTER"])
-    stack = jnp.where(push > 0, s.stack.at[s.depth].set(push.astype(s.stack.dtype)), s.stack)
+    level = s.depth.astype(jnp.uint32)
+    bit = jnp.uint32(1) << (level % 32)
+    word = (s.stack[level // 32] & ~bit) | jnp.where(push == ARR, bit, jnp.uint32(0))
+    stack = jnp.where(push > 0, s.stack.at[level // 32].set(word), s.stack)
     depth = s.depth + (push > 0).astype(i32) - pop.astype(i32)
 
     is_u = jnp.asarray(_IS_U)[mode]
@@ -223,7 +228,8 @@ def _json_step(s: _Json, b: jax.Array, gt: jax.Array, gt_len: jax.Array) -> _Jso
 def _json_members(reply: jax.Array, length: jax.Array, gt: jax.Array, gt_len: jax.Array):
     """(json_ok, act_set, act_eq, obs_set, obs_found) of one reply (scalars)."""
     false, zero = jnp.bool_(False), jnp.int32(0)
-    init = _Json(mode=jnp.int32(MODES["VALUE"]), depth=zero, stack=jnp.zeros(reply.shape[0] + 1, jnp.int8),
+    stack_words = (reply.shape[0] + 32) // 32  # one bit per nesting level (1 = array), depth <= length
+    init = _Json(mode=jnp.int32(MODES["VALUE"]), depth=zero, stack=jnp.zeros(stack_words, jnp.uint32),
                  top_obj=false, uval=zero, track=zero, key_pos=zero, key_action=false, key_obs=false, cur_key=zero,
                  act_set=false, act_eq=false, act_pos=zero, obs_set=false, obs_found=false, kmp=zero)
 
