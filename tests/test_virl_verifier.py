@@ -58,7 +58,7 @@ EXPERT = ('\n{\n  "current observation": "Prince St is on your front; You observ
     ('"action": "stop()" "action": "forward()"', "forward()", "x", -1.0),  # regex: the first match wins
     ("nothing here", "None", "x", 1.0),  # re_match falls back to the string 'None'
     ('{"a": ' + "[" * 40 + "]" * 40 + ', "action":"stop()"}', "stop()", "x", 1.0),  # deep nesting: JSON
-    ('{"a": ' + "[" * 40 + "]" * 33 + "}" + "]" * 6 + ', "action":"stop()"}', "stop()", "x", -1.0),
+    ('{"a": ' + "[" * 40 + "]" * 3 + "}" + "]" * 36 + ', "action":"stop()"}', "stop()", "x", -1.0),
 ])
 def test_reference_cases(reply, gt, obs, expected, device_scores):
     assert score_response(reply, gt, obs)[0] == expected
