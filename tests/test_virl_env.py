@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from virl_routes import moma_route, write_route_dir, write_small_city
 
-from jaxrl_vlm.envs.virl.env import ACTIONS, VirlConfig, build_params, episode_randomness, max_legs
+from jaxrl_vlm.envs.virl.env import (ACTIONS, VirlConfig, build_params, episode_randomness, max_legs,
+                                     prompt_length_bound)
 from jaxrl_vlm.envs.virl.host_env import HostNavigationEnv
 from jaxrl_vlm.envs.virl.prompts import FEEDBACK_PREFIX, Q_VIRL_L, Q_VIRL_VL, expert_response
 from jaxrl_vlm.envs.virl.rails import build_rail, route_template
@@ -152,8 +153,10 @@ def test_device_env_matches_host_loop(evaluator, setting, city, tokenizer):
     state, hosts = start(evaluator, params, city, 0, absolute, vision)
     assert np.asarray(state.num_points).tolist() == [len(h.rail) for h in hosts]
     finished = np.zeros(B, bool)
+    bound = prompt_length_bound(params)
     while not finished.all():
         ids, lens = jax.device_get(evaluator.prompt(state, params))
+        assert lens.max() <= bound
         texts = []
         for i, host in enumerate(hosts):
             p = None if finished[i] else host.point
