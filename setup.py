@@ -8,7 +8,7 @@ RUNTIME = [
     "orbax-checkpoint>=0.11",
     "ml-collections>=1.0",
     "numpy>=1.26",
-    "transformers>=4.46",
+    "transformers>=5.0",
     "tokenizers>=0.20",
     "safetensors>=0.4",
     "gguf>=0.10",
@@ -18,12 +18,14 @@ RUNTIME = [
     "tqdm>=4.60",
     "matplotlib>=3.7",
     "tensorboardX>=2.6",
+    "scipy>=1.11",
+    "absl-py>=1.0",
+    "ml_dtypes>=0.4",
 ]
 
 DEV = [
     "pytest>=8",
     "hypothesis>=6.100",
-    "scipy>=1.11",
     "torch==2.13.0",
     "accelerate>=1.0",
 ]

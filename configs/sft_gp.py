@@ -13,5 +13,5 @@ def get_config():
     config.sft.global_batch_size = 16
     config.sft.lr = 1e-4
     config.data.num_examples = 4096
-    config.data.seq_len = 256
+    config.data.seq_len = 320
     return config

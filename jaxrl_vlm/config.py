@@ -31,7 +31,7 @@ def base_config(job: str, run_name: str) -> mlc.ConfigDict:
     c.mesh = mlc.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     c.task = mlc.ConfigDict(dict(name="gp", language_only=True, face_cards_as_10=True, ood=False, suits="mixed",
                                  target=24, verify_iter=5, resolution=1200, card_dir=""))
-    c.data = mlc.ConfigDict(dict(num_examples=4096, seq_len=256, seed=0, data_dir=""))
+    c.data = mlc.ConfigDict(dict(num_examples=4096, seq_len=320, seed=0, data_dir=""))
     c.sft = mlc.ConfigDict(dict(steps=100, global_batch_size=16, micro_batches=1, lr=1e-5, warmup_ratio=0.03,
                                 end_lr=0.0, b1=0.9, b2=0.98, eps=1e-7, weight_decay=0.0, max_grad_norm=1.0,
                                 trainable="all"))

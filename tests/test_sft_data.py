@@ -14,7 +14,9 @@ def test_loss_mask_covers_exactly_the_assistant_replies(smollm2_tokenizer):
         {"role": "user", "content": "You failed this trial because illegal characters."},
         {"role": "assistant", "content": "second reply"},
     ]
-    ids, mask = tokenize_conversation(tok, conversation)
+    tokenized = tokenize_conversation(tok, conversation)
+    ids, mask = tokenized.input_ids, tokenized.loss_mask
+    assert tokenized.image is None
     supervised = tok.decode(ids[mask].tolist())
     assert supervised == "first reply<|im_end|>\nsecond reply<|im_end|>\n"
     assert tok.decode(ids.tolist()) == tok.apply_chat_template(conversation, tokenize=False)
@@ -79,3 +81,5 @@ def test_padding_and_bad_arguments():
         _batcher(_examples(3))
     with pytest.raises(ValueError, match="outside"):
         _batcher(_examples(8)).restore((0, 5))
+    with pytest.raises(ValueError, match="exceed data.seq_len=1"):
+        next(_batcher(_examples(8), seq_len=1))

@@ -7,7 +7,7 @@ import pytest
 
 from jaxrl_vlm.evaluation import job
 from jaxrl_vlm.training.sft import train_sft
-from tests.tiny_models import save_tiny_gp_mllama
+from tiny_models import save_tiny_gp_mllama
 
 
 def vl_config(tmp_path, checkpoint):

@@ -32,13 +32,18 @@ class SFTBatch(NamedTuple):
 
 
 def pad_examples(examples: Sequence[TokenizedConversation], seq_len: int, pad_id: int) -> SFTBatch:
-    """Right-pad (truncate past seq_len) a list of tokenized conversations into one SFTBatch."""
+    """Right-pad a list of tokenized conversations into one SFTBatch; a conversation longer than seq_len is an
+    error (truncating it would drop supervised reply tokens)."""
+    too_long = [len(ex.input_ids) for ex in examples if len(ex.input_ids) > seq_len]
+    if too_long:
+        raise ValueError(f"{len(too_long)} conversation(s) of up to {max(too_long)} tokens exceed data.seq_len={seq_len}; "
+                         "raise --config.data.seq_len")
     n = len(examples)
     ids = np.full((n, seq_len), pad_id, dtype=np.int32)
     attention = np.zeros((n, seq_len), dtype=bool)
     loss = np.zeros((n, seq_len), dtype=bool)
     for i, ex in enumerate(examples):
-        t = min(len(ex.input_ids), seq_len)
+        t = len(ex.input_ids)
         ids[i, :t] = ex.input_ids[:t]
         attention[i, :t] = True
         loss[i, :t] = ex.loss_mask[:t]
