@@ -262,3 +262,20 @@ def test_score_responses_on_device_wrapper():
     with pytest.raises(ValueError, match="reply axis 1"):
         score_bytes(jnp.zeros((1, 8), jnp.uint8), jnp.zeros((1,), jnp.int32), jnp.ones((1, 4), jnp.int32), True,
                     True, device_solution_table(24))
+
+
+def test_vmap_over_groups_equals_flat_batch():
+    replies = ['"formula": "1*2*3*4"', '"formula": "1+2+3+4"', '{"formula": "9+99999999999+99999999999"}',
+               '"cards": [A, 2, 3, 4]\n"formula": "7+7+8"']
+    reply, reply_len = encode_replies(replies, 64)
+    ranks = np.array([HAND] * 4, np.int32)
+    lang = np.array([True, True, True, False])
+    table = device_solution_table(24)
+    grouped = jax.vmap(score_bytes, in_axes=(0, 0, 0, None, 0, None))(
+        jnp.asarray(reply).reshape(2, 2, -1), jnp.asarray(reply_len).reshape(2, 2), jnp.asarray(ranks).reshape(2, 2, 4),
+        True, jnp.asarray(lang).reshape(2, 2), table)
+    for i, reply_text in enumerate(replies):
+        expected = score_response(reply_text, HAND, face_cards_as_10=True, language_only=bool(lang[i]))
+        g, j = divmod(i, 2)
+        feedback = bytes(np.asarray(grouped.feedback)[g, j, : int(grouped.feedback_len[g, j])]).decode()
+        assert (float(grouped.reward[g, j]), feedback) == expected

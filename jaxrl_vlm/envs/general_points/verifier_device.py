@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrl_vlm.envs.general_points import verifier as host
-from jaxrl_vlm.envs.general_points.solver import MAX_NUMBER, MAX_SOLUTION_LEN, multiset_code, solution_table
+from jaxrl_vlm.envs.general_points.solver import MAX_SOLUTION_LEN, multiset_code, solution_table
 
 JSON_MAX_DEPTH = host.JSON_MAX_DEPTH
 JSON_MAX_INT_DIGITS = host.JSON_MAX_INT_DIGITS
@@ -314,7 +314,8 @@ def _lexer_table() -> tuple[np.ndarray, np.ndarray]:
 _LEX_TABLE, _LEX_CAN_END = _lexer_table()
 _WORD_BYTES = np.isin(np.arange(256), np.frombuffer(
     b"0123456789+-.abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ", dtype=np.uint8))
-_BYTE_KIND = np.zeros(256, dtype=np.int32)  # 0 other/ws, 1 '{', 2 '[', 3 '}', 4 ']', 5 ',', 6 ':', 7 '"', 8 scalar start
+# byte kinds for the parser: 0 other/ws, 1 '{', 2 '[', 3 '}', 4 ']', 5 ',', 6 ':', 7 '"', 8 scalar start
+_BYTE_KIND = np.zeros(256, dtype=np.int32)
 for _c, _k in zip("{[}],:\"", range(1, 8)):
     _BYTE_KIND[ord(_c)] = _k
 for _c in "-0123456789tfnNI":
@@ -396,10 +397,9 @@ def _card_code(length: jax.Array, c0: jax.Array, c1: jax.Array) -> jax.Array:
     return jnp.where(length == 1, one, jnp.where(length == 2, two, 0))
 
 
-def _hand_histogram(codes: jax.Array, mask: jax.Array) -> jax.Array:
-    """int32[B, 14]: counts of codes 0..13 over masked entries."""
-    onehot = (codes[..., None] == jnp.arange(MAX_NUMBER + 1)) & mask[..., None]
-    return onehot.sum(axis=-2, dtype=jnp.int32)
+def _same_cards(codes: jax.Array, ranks: jax.Array) -> jax.Array:
+    """bool[B]: 4 card codes (0 = not a name) are the hand's ranks as a multiset."""
+    return jnp.all(jnp.sort(codes, axis=-1) == jnp.sort(ranks, axis=-1), axis=-1)
 
 
 def _json_fields(reply: jax.Array, reply_len: jax.Array, ranks: jax.Array):
@@ -483,9 +483,9 @@ def _json_fields(reply: jax.Array, reply_len: jax.Array, ranks: jax.Array):
     pair = _take(decoded.astype(jnp.int32) * 256 + _shift_left(decoded, 1, 0), str_start, 0)
     c0, c1 = pair >> 8, pair & 255
     codes = jnp.where(opening, _card_code(str_len, c0, c1), 0)
-    hist = _hand_histogram(codes, element)
-    list_ok = is_list & (element.sum(axis=-1) == 4) & jnp.all(~element | (codes > 0), axis=-1)
-    list_ok = list_ok & jnp.all(hist == _hand_histogram(ranks, jnp.ones_like(ranks, bool)), axis=-1)
+    rank = _cumsum(element)
+    four_codes = jnp.stack([jnp.sum(jnp.where(element & (rank == k + 1), codes, 0), axis=-1) for k in range(4)], -1)
+    list_ok = is_list & (element.sum(axis=-1) == 4) & _same_cards(four_codes, ranks)
     return is_object, (f_has, f_str, f_span), (c_has, c_str, c_span, list_ok), decoded
 
 
@@ -529,9 +529,7 @@ def _cards_string_ok(text: jax.Array, mask: jax.Array, ranks: jax.Array) -> jax.
     c0 = jnp.max(jnp.where(rank_in == 1, text[:, None, :], 0), axis=-1)
     c1 = jnp.max(jnp.where(rank_in == 2, text[:, None, :], 0), axis=-1)
     codes = _card_code(count, c0, c1)
-    hist = _hand_histogram(codes, jnp.ones_like(codes, bool))
-    ok = jnp.all(codes > 0, axis=-1) & jnp.all(hist == _hand_histogram(ranks, jnp.ones_like(ranks, bool)), axis=-1)
-    return four & ok
+    return four & _same_cards(codes, ranks)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -809,7 +807,8 @@ def _render(frags: jax.Array, active: jax.Array, width: int):
     bsz, u = frags.shape
     texts, lengths = _fragment_table()
     text_start = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int32)
-    flat_text = jnp.asarray(np.concatenate([texts[i, : lengths[i]] for i in range(len(lengths))] + [np.zeros(1, np.uint8)]))
+    flat_text = jnp.asarray(np.concatenate([texts[i, : lengths[i]] for i in range(len(lengths))]
+                                           + [np.zeros(1, np.uint8)]))
     rows = jnp.arange(bsz)[:, None]
     pos = _cumsum(active) - 1
     count = active.sum(axis=-1, dtype=jnp.int32)
