@@ -802,6 +802,9 @@ def feedback_width(n: int) -> int:
             + longest([F_CORRECT, F_PARTIAL, F_NO_MATCH]) + n + longest([F_PARTLY_TAIL]) + 1)
 
 
+_NARROW_FEEDBACK = 512
+
+
 def _render(frags: jax.Array, active: jax.Array, width: int):
     """Compact active slots into fragment ids [B, U] and expand them into feedback bytes [B, width]."""
     bsz, u = frags.shape
@@ -818,13 +821,20 @@ def _render(frags: jax.Array, active: jax.Array, width: int):
     total = frag_len.sum(axis=-1)
     # byte f of the feedback is flat_text[base[k] + f] for the fragment k that covers f
     base = jnp.asarray(text_start)[out] - start
-    owner = jnp.full((bsz, width), -1, jnp.int32).at[rows, jnp.where(frag_len > 0, start, width)].max(
-        jnp.broadcast_to(jnp.arange(u, dtype=jnp.int32), (bsz, u)), mode="drop")
-    owner = _scan_last(owner, "max")
-    f_idx = jnp.arange(width, dtype=jnp.int32)
-    inside = f_idx[None] < total[:, None]
-    at = jnp.where(inside, jnp.take_along_axis(base, jnp.maximum(owner, 0), axis=-1) + f_idx[None], len(flat_text) - 1)
-    return out, count, flat_text[at], total
+
+    def expand(w: int) -> jax.Array:
+        owner = jnp.full((bsz, w), -1, jnp.int32).at[rows, jnp.where(frag_len > 0, start, w)].max(
+            jnp.broadcast_to(jnp.arange(u, dtype=jnp.int32), (bsz, u)), mode="drop")
+        owner = _scan_last(owner, "max")
+        f_idx = jnp.arange(w, dtype=jnp.int32)
+        at = jnp.take_along_axis(base, jnp.maximum(owner, 0), axis=-1) + f_idx[None]
+        at = jnp.where(f_idx[None] < total[:, None], at, len(flat_text) - 1)
+        return jnp.pad(flat_text[at], ((0, 0), (0, width - w)))
+
+    # feedback is short in practice: expand into a narrow buffer when the whole batch fits
+    narrow = min(width, _NARROW_FEEDBACK)
+    feedback = jax.lax.cond(jnp.max(total) <= narrow, lambda: expand(narrow), lambda: expand(width))
+    return out, count, feedback, total
 
 
 @jax.jit
@@ -848,8 +858,11 @@ def score_bytes(reply: jax.Array, reply_len: jax.Array, ranks: jax.Array, face_c
     numbers = jnp.where(face[:, None], jnp.minimum(ranks, 10), ranks)
 
     valid = _json_valid(reply, reply_len)
-    is_object, (f_has, f_str, f_span), (c_has, c_str, c_span, list_ok), decoded = _json_fields(
-        reply, reply_len, ranks)
+    fields = functools.partial(_json_fields, reply, reply_len, ranks)
+    # most replies are not JSON documents (the expert format has a trailing comma): skip reading fields then
+    no_fields = lambda: jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), jax.eval_shape(fields))  # noqa: E731
+    is_object, (f_has, f_str, f_span), (c_has, c_str, c_span, list_ok), decoded = jax.lax.cond(
+        jnp.any(valid), fields, no_fields)
     document = valid & is_object
     re_formula = _first_match(reply, reply_len, '"formula": "', ord('"'), ord("\n"))
     re_cards = _first_match(reply, reply_len, '"cards": [', ord("]"), None)
