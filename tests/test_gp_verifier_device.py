@@ -279,3 +279,19 @@ def test_vmap_over_groups_equals_flat_batch():
         g, j = divmod(i, 2)
         feedback = bytes(np.asarray(grouped.feedback)[g, j, : int(grouped.feedback_len[g, j])]).decode()
         assert (float(grouped.reward[g, j]), feedback) == expected
+
+
+def test_bytes_past_reply_len_are_ignored(scorer):
+    replies = [r.encode() for r in FIXED[:B]]
+    reply, reply_len = encode_replies([r.decode() for r in replies], L)
+    garbage = np.random.default_rng(0).integers(0, 256, size=reply.shape).astype(np.uint8)
+    dirty = np.where(np.arange(L)[None] < reply_len[:, None], reply, garbage)
+    ranks = jnp.asarray(np.array([HAND] * len(replies), np.int32))
+    flags = jnp.ones((len(replies),), bool)
+    pad = B - len(replies)
+    args = lambda r: (jnp.asarray(np.pad(r, ((0, pad), (0, 0)))), jnp.asarray(np.pad(reply_len, (0, pad))),  # noqa
+                      jnp.pad(ranks, ((0, pad), (0, 0)), constant_values=1), jnp.pad(flags, (0, pad)),
+                      jnp.pad(flags, (0, pad)), scorer.table)
+    clean, noisy = score_bytes(*args(reply)), score_bytes(*args(dirty))
+    for a, b in zip(clean, noisy):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
