@@ -12,7 +12,8 @@ Design (each stage is a function below):
    document is known valid, the rest is read with vectorised tricks (`_json_fields`): string masks from quote and
    backslash-run parity, depth by cumsum, JSON string unescaping by compaction (each escape emits one byte, `\\uXXXX`
    above ASCII emits the marker 0x80: everything downstream only distinguishes ASCII from non-ASCII), last-wins
-   keys at depth 1, the list elements of `cards` at depth 2.
+   keys at depth 1, the list elements of `cards` at depth 2. That reading is skipped (`lax.cond`) for batches with
+   no JSON document.
 2. Regexes (`_first_match`): `"formula": "(.*?)"` is the first literal hit whose next `"` comes before the next
    newline; `"cards": \\[([^\\]]+)\\]` the first literal hit whose next `]` exists and is not adjacent.
 3. Formula (`_analyse_formula`): byte classes, token starts, the sequence rules (the paren stack is a clamped cumsum:
@@ -31,8 +32,12 @@ Design (each stage is a function below):
    and `, `-prefixed variants of the fragments that can start a later message or list item. A tokenizer can
    tokenize each fragment once and map fragment ids to token ids on the device. The bytes are the fragments' texts
    concatenated: `feedback uint8[B, F]` with F = `feedback_width(L)`, the sum of the longest text each slot can
-   hold, so no feedback for a reply of length <= L can overflow. Inside a caller's jit, unused outputs (e.g. the
-   bytes when only fragments are used) are dropped by XLA.
+   hold, so no feedback for a reply of length <= L can overflow (when the whole batch's feedback fits 512 bytes it
+   is expanded in a narrow buffer and zero-padded). Inside a caller's jit, unused outputs (e.g. the bytes when only
+   fragments are used) are dropped by XLA.
+
+Batch-level `lax.cond`s pick cheaper paths (no JSON, short feedback, few or short invalid numbers); under `vmap` they
+become selects and both sides run, with the same results.
 """
 from __future__ import annotations
 
@@ -145,8 +150,9 @@ def device_solution_table(target: int = 24) -> DeviceSolutionTable:
 class VerifierOutput(NamedTuple):
     """Result of `score_bytes` for a batch of B replies of L bytes.
 
-    reward float32[B]; feedback uint8[B, F] and feedback_len int32[B] (bytes, zero-padded); fragments int32[B, K] and
-    num_fragments int32[B] (ids into `feedback_fragment_texts()`, zero-padded); is_correct bool[B] (reward 5).
+    reward float32[B]; feedback uint8[B, F] and feedback_len int32[B] (ASCII bytes, zero-padded, F =
+    `feedback_width(L)`); fragments int32[B, K] and num_fragments int32[B] (ids into `feedback_fragment_texts()`,
+    zero-padded, K = 3L + 17); is_correct bool[B] (reward 5).
     """
 
     reward: jax.Array
@@ -843,7 +849,7 @@ def score_bytes(reply: jax.Array, reply_len: jax.Array, ranks: jax.Array, face_c
     """Score B replies on the device (spec §4.1-§4.7), byte-exact with `verifier.score_response` on
     `read_reply(reply[b, :reply_len[b]])`.
 
-    reply uint8[B, L] (L >= 16), reply_len int32[B], ranks int32[B, 4] in 1..13, face_cards_as_10 and language_only
+    reply uint8[B, L] (16 <= L <= 32768; bytes past reply_len are ignored), reply_len int32[B], ranks int32[B, 4] in 1..13, face_cards_as_10 and language_only
     bool or bool[B]; table from `device_solution_table(target)`. Returns a `VerifierOutput`.
     """
     bsz, n = reply.shape
