@@ -295,3 +295,9 @@ def test_bytes_past_reply_len_are_ignored(scorer):
     clean, noisy = score_bytes(*args(reply)), score_bytes(*args(dirty))
     for a, b in zip(clean, noisy):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_score_responses_on_device_edge_inputs():
+    assert score_responses_on_device([], np.zeros((0, 4)), face_cards_as_10=True, language_only=True).shape == (0,)
+    with pytest.raises(ValueError, match="ranks has shape"):
+        score_responses_on_device(["x"], [1, 2, 3, 4], face_cards_as_10=True, language_only=True)

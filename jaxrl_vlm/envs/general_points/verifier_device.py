@@ -930,8 +930,13 @@ def score_responses_on_device(responses: list[str], ranks, *, face_cards_as_10, 
     ranks int[B, 4]; face_cards_as_10 and language_only bool or bool[B]. Replies are padded to a power-of-two
     length (`bucket_length`) to bound recompilation.
     """
+    ranks = np.asarray(ranks, dtype=np.int32)
+    if ranks.shape != (len(responses), 4):
+        raise ValueError(f"ranks has shape {ranks.shape}; expected ({len(responses)}, 4) for {len(responses)} replies")
+    if not responses:
+        empty = np.zeros((0,), np.float32)
+        return (empty, []) if with_feedback else empty
     reply, reply_len = encode_replies(responses)
-    ranks = np.asarray(ranks, dtype=np.int32).reshape(len(responses), 4)
     rows = (len(responses),)
     face = np.broadcast_to(np.asarray(face_cards_as_10, bool), rows)
     lang = np.broadcast_to(np.asarray(language_only, bool), rows)
