@@ -301,3 +301,18 @@ def test_score_responses_on_device_edge_inputs():
     assert score_responses_on_device([], np.zeros((0, 4)), face_cards_as_10=True, language_only=True).shape == (0,)
     with pytest.raises(ValueError, match="ranks has shape"):
         score_responses_on_device(["x"], [1, 2, 3, 4], face_cards_as_10=True, language_only=True)
+
+
+def test_json_limits_match_host():
+    from jaxrl_vlm.envs.general_points.verifier import JSON_MAX_DEPTH, JSON_MAX_INT_DIGITS, parse_json_object
+    from jaxrl_vlm.envs.general_points.verifier_device import _json_valid
+
+    docs = ['{"x": ' + "7" * JSON_MAX_INT_DIGITS + "}", '{"x": -' + "7" * JSON_MAX_INT_DIGITS + "}",
+            '{"x": ' + "7" * (JSON_MAX_INT_DIGITS + 1) + "}", '{"x": -' + "7" * (JSON_MAX_INT_DIGITS + 1) + "}",
+            '{"x": ' + "7" * (JSON_MAX_INT_DIGITS + 1) + ".0}", '{"x": ' + "7" * (JSON_MAX_INT_DIGITS + 1) + "e1}",
+            '{"x": ' + "[" * (JSON_MAX_DEPTH - 1) + "]" * (JSON_MAX_DEPTH - 1) + "}",
+            '{"x": ' + "[" * JSON_MAX_DEPTH + "]" * JSON_MAX_DEPTH + "}"]
+    reply, reply_len = encode_replies(docs, 8192)
+    valid = np.asarray(jax.jit(_json_valid)(jnp.asarray(reply), jnp.asarray(reply_len)))
+    assert valid.tolist() == [parse_json_object(d) is not None for d in docs] == [True, True, False, False, True,
+                                                                                   True, True, False]
