@@ -268,12 +268,12 @@ def main() -> None:
         "python_replies": n_py, "python_envs": args.python_envs, "reward_agreement": agree,
         "disagreements_float_deviation": float_deviation,
         "platform": jax.devices()[0].platform, "cpu_count": os.cpu_count(), "machine": platform.machine(),
-        "jax": jax.__version__, "results": rows,
+        "jax": jax.__version__, "load_average_1m_at_end": os.getloadavg()[0], "results": rows,
     }
     os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
     with open(RESULTS, "w") as f:
         json.dump(result, f, indent=2)
-    print(f"wrote {RESULTS}")
+    print(f"load average (1 min) at the end: {os.getloadavg()[0]:.1f}; wrote {RESULTS}")
 
 
 if __name__ == "__main__":
