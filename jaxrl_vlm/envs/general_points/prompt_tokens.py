@@ -46,7 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from jaxrl_vlm.envs.general_points import prompts
+from jaxrl_vlm.envs.general_points import env, prompts
 
 _USER_0, _USER_1, _USER_2 = "<<GP_USER_0>>", "<<GP_USER_1>>", "<<GP_USER_2>>"
 _ASSISTANT_1, _ASSISTANT_2 = "<<GP_ASSISTANT_1>>", "<<GP_ASSISTANT_2>>"
@@ -244,14 +244,17 @@ def build_prompt_codec(
     language_only: bool,
     face_cards_as_10: bool,
     target: int = 24,
-    fragment_texts: Sequence[str] = (),
+    fragment_texts: Sequence[str] | None = None,
     image_token: str | None = None,
     template_kwargs: Mapping[str, Any] | None = None,
 ) -> PromptCodec:
     """Tokenize the static and variable pieces of the GP chat once (host); see the module docstring.
 
-    fragment_texts: the verifier's feedback fragment strings; a feedback is the concatenation of its fragments.
+    fragment_texts: the feedback fragment strings (default: `env.feedback_fragment_texts()`, the ids of the env's
+    `info['fragments']`); a feedback is the concatenation of its fragments.
     """
+    if fragment_texts is None:
+        fragment_texts = env.feedback_fragment_texts()
     layout = chat_layout(tokenizer, language_only=language_only, image_token=image_token, template_kwargs=template_kwargs)
     text = prompts.user_message([1, 1, 1, 1], face_cards_as_10=face_cards_as_10, language_only=language_only,
                                 target=target)
