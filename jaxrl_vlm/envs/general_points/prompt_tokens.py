@@ -291,11 +291,18 @@ def build_prompt_codec(
 
 
 def _assemble_row(starts: jax.Array, lens: jax.Array, bank: jax.Array, extra: jax.Array, width: int, pad_id: int):
-    """Concatenate pieces (start, length) into int32[width]; a start >= len(bank) reads extra[start - len(bank)]."""
+    """Concatenate pieces (start, length) into int32[width]; a start >= len(bank) reads extra[start - len(bank)].
+
+    The piece under each output position is the last piece beginning at or before it: piece ids scattered (max) at
+    their begin positions, then a running max. Pieces beginning together are empty except the last one.
+    """
     ends = jnp.cumsum(lens)
+    begins = ends - lens
     t = jnp.arange(width, dtype=jnp.int32)
-    k = jnp.minimum(jnp.searchsorted(ends, t, side="right"), lens.shape[0] - 1)
-    pos = starts[k] + t - (ends[k] - lens[k])
+    piece_ids = jnp.arange(lens.shape[0], dtype=jnp.int32)
+    owner = jnp.full((width,), -1, jnp.int32).at[jnp.where(begins < width, begins, width)].max(piece_ids, mode="drop")
+    k = jnp.maximum(jax.lax.cummax(owner), 0)
+    pos = starts[k] + t - begins[k]
     n_bank = bank.shape[0]
     from_bank = bank[jnp.clip(pos, 0, n_bank - 1)]
     from_extra = extra[jnp.clip(pos - n_bank, 0, extra.shape[0] - 1)]
