@@ -206,7 +206,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch", type=int, default=4096, help="device batch (>= 1024)")
     parser.add_argument("--reply-bytes", type=int, default=128, help="padded reply length L")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--python-replies", type=int, default=4096, help="replies scored by the Python reference")
     parser.add_argument("--python-envs", type=int, default=40, help="reset+step episodes run by the Python reference")
     args = parser.parse_args()
