@@ -24,12 +24,15 @@ Design (each stage is a function below):
    the longest correct token prefix come from the longest common prefix with the hand's solution strings, a walk of
    at most 15 steps down a prefix trie of all solutions (`DeviceSolutionTable`).
 4. Feedback: the message list is laid out as a fixed sequence of "virtual" fragment slots (each slot a fragment id
-   and an active flag), compacted by cumsum into `fragments int32[B, K]`, K = 5L + 25. Fragment ids index
-   `feedback_fragment_texts()`: fixed message texts, `, `, `.`, `]`, and one fragment per digit/operator/paren
-   character for text copied from the reply (numbers in lists, the partially correct prefix). A tokenizer can
+   and an active flag; one slot per formula byte for the sequence messages, the listed digits and the partially
+   correct prefix, plus a few fixed slots), compacted by cumsum into `fragments int32[B, K]`, K = 3L + 17.
+   Fragment ids index `feedback_fragment_texts()`: the fixed message texts, `.`, `]`, one fragment per
+   digit/operator/paren character for text copied from the reply (numbers in lists, the partially correct prefix),
+   and `, `-prefixed variants of the fragments that can start a later message or list item. A tokenizer can
    tokenize each fragment once and map fragment ids to token ids on the device. The bytes are the fragments' texts
-   concatenated: `feedback uint8[B, F]` with F = the sum of the longest text each slot can hold, so no feedback for
-   a reply of length <= L can overflow.
+   concatenated: `feedback uint8[B, F]` with F = `feedback_width(L)`, the sum of the longest text each slot can
+   hold, so no feedback for a reply of length <= L can overflow. Inside a caller's jit, unused outputs (e.g. the
+   bytes when only fragments are used) are dropped by XLA.
 """
 from __future__ import annotations
 
@@ -48,24 +51,30 @@ JSON_MAX_INT_DIGITS = host.JSON_MAX_INT_DIGITS
 MIN_REPLY_BYTES = 16
 MAX_REPLY_BYTES = 32768  # keeps the doubling-rank pair keys of long numbers inside int32
 _CHAR_FRAGMENTS = "0123456789+-*/()"
+_SEQ_MESSAGES = (host.MSG_AFTER_NUMBER, host.MSG_AFTER_OPERATOR, host.MSG_BEFORE_OPEN, host.MSG_AFTER_CLOSE,
+                 host.MSG_UNMATCHED)
+_HEADS = (host.MSG_INVALID_NUMBERS + "[", host.MSG_TOO_MANY_HEAD + "[", host.MSG_UNUSED + "[")
 _FRAGMENTS = (
     ("",)
     + tuple(_CHAR_FRAGMENTS)
-    + (", ", ".", "]", host.MSG_VISION, host.MSG_ILLEGAL, host.MSG_AFTER_NUMBER, host.MSG_AFTER_OPERATOR,
-       host.MSG_BEFORE_OPEN, host.MSG_AFTER_CLOSE, host.MSG_UNMATCHED, host.MSG_INVALID_NUMBERS + "[",
-       host.MSG_TOO_MANY_HEAD + "[", "]" + host.MSG_TOO_MANY_TAIL, host.MSG_UNUSED + "[", host.MSG_CORRECT,
-       host.MSG_PARTIAL, host.MSG_NO_MATCH, host.MSG_PARTLY_CORRECT_TAIL)
+    + (".", "]", host.MSG_VISION, host.MSG_ILLEGAL) + _SEQ_MESSAGES + _HEADS
+    + ("]" + host.MSG_TOO_MANY_TAIL, host.MSG_CORRECT, host.MSG_PARTIAL, host.MSG_NO_MATCH,
+       host.MSG_PARTLY_CORRECT_TAIL)
+    + tuple(", " + t for t in tuple(_CHAR_FRAGMENTS[:10]) + _SEQ_MESSAGES + _HEADS)  # after an earlier item or message
 )
 _FID = {text: i for i, text in enumerate(_FRAGMENTS)}
-F_PAD, F_SEP, F_PERIOD, F_CLOSE = 0, _FID[", "], _FID["."], _FID["]"]
+F_PERIOD, F_CLOSE = _FID["."], _FID["]"]
 F_CHAR0 = 1
 F_VISION, F_ILLEGAL = _FID[host.MSG_VISION], _FID[host.MSG_ILLEGAL]
-F_SEQ = np.array([_FID[m] for m in (host.MSG_AFTER_NUMBER, host.MSG_AFTER_OPERATOR, host.MSG_BEFORE_OPEN,
-                                    host.MSG_AFTER_CLOSE, host.MSG_UNMATCHED)], dtype=np.int32)
-F_INVALID_HEAD, F_TOO_MANY_HEAD = _FID[host.MSG_INVALID_NUMBERS + "["], _FID[host.MSG_TOO_MANY_HEAD + "["]
-F_TOO_MANY_TAIL, F_UNUSED_HEAD = _FID["]" + host.MSG_TOO_MANY_TAIL], _FID[host.MSG_UNUSED + "["]
+F_SEQ = np.array([_FID[m] for m in _SEQ_MESSAGES], dtype=np.int32)
+F_INVALID_HEAD, F_TOO_MANY_HEAD, F_UNUSED_HEAD = (_FID[h] for h in _HEADS)
+F_TOO_MANY_TAIL = _FID["]" + host.MSG_TOO_MANY_TAIL]
 F_CORRECT, F_PARTIAL, F_NO_MATCH = _FID[host.MSG_CORRECT], _FID[host.MSG_PARTIAL], _FID[host.MSG_NO_MATCH]
 F_PARTLY_TAIL = _FID[host.MSG_PARTLY_CORRECT_TAIL]
+_WITH_SEPARATOR = np.arange(len(_FRAGMENTS), dtype=np.int32)  # fragment id -> id of ", " + its text
+for _text, _i in _FID.items():
+    if ", " + _text in _FID:
+        _WITH_SEPARATOR[_i] = _FID[", " + _text]
 
 
 def feedback_fragment_texts() -> list[str]:
@@ -162,17 +171,48 @@ def _shift_left(x: jax.Array, k: int, fill) -> jax.Array:
     return jnp.concatenate([x[..., k:], pad], axis=-1)
 
 
+_BLOCK = 256
+
+
+def _scan_last(x: jax.Array, kind: str, reverse: bool = False) -> jax.Array:
+    """Inclusive prefix (suffix if reverse) 'sum', 'max' or 'min' along the last axis. Long axes are done in blocks
+    of _BLOCK (XLA's CPU cumulative reductions cost quadratic time in the axis length)."""
+    if x.dtype == jnp.bool_:
+        x = x.astype(jnp.int32)
+    if kind == "sum":
+        op, identity, inner = jnp.add, 0, jax.lax.cumsum
+    elif kind == "max":
+        op, identity, inner = jnp.maximum, jnp.iinfo(x.dtype).min, jax.lax.cummax
+    else:
+        op, identity, inner = jnp.minimum, jnp.iinfo(x.dtype).max, jax.lax.cummin
+    n = x.shape[-1]
+    if n <= _BLOCK:
+        return inner(x, axis=x.ndim - 1, reverse=reverse)
+    if reverse:
+        return jnp.flip(_scan_last(jnp.flip(x, axis=-1), kind), axis=-1)
+    pad = (-n) % _BLOCK
+    y = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, pad)], constant_values=identity)
+    y = inner(y.reshape(x.shape[:-1] + (-1, _BLOCK)), axis=x.ndim)
+    before = _shift_right(_scan_last(y[..., -1], kind), identity)
+    return op(y, before[..., None]).reshape(x.shape[:-1] + (-1,))[..., :n]
+
+
+def _cumsum(x: jax.Array) -> jax.Array:
+    """Inclusive int32 prefix sum along the last axis."""
+    return _scan_last(x.astype(jnp.int32), "sum")
+
+
 def _last_index(mask: jax.Array) -> jax.Array:
     """int32: largest index <= p where mask holds (-1 if none)."""
     idx = jnp.arange(mask.shape[-1], dtype=jnp.int32)
-    return jax.lax.cummax(jnp.where(mask, idx, -1), axis=mask.ndim - 1)
+    return _scan_last(jnp.where(mask, idx, -1), "max")
 
 
 def _next_index(mask: jax.Array) -> jax.Array:
     """int32: smallest index >= p where mask holds (length if none)."""
     n = mask.shape[-1]
     idx = jnp.arange(n, dtype=jnp.int32)
-    return jax.lax.cummin(jnp.where(mask, idx, n), axis=mask.ndim - 1, reverse=True)
+    return _scan_last(jnp.where(mask, idx, n), "min", reverse=True)
 
 
 def _take(x: jax.Array, idx: jax.Array, fill=0) -> jax.Array:
@@ -372,14 +412,14 @@ def _json_fields(reply: jax.Array, reply_len: jax.Array, ranks: jax.Array):
     last_non_bs = _last_index(~is_bs)
     run_before = idx[None] - 1 - _shift_right(last_non_bs, -1)  # backslashes right before p
     quote = (reply == ord('"')) & live & (run_before % 2 == 0)
-    parity = jnp.cumsum(quote, axis=-1) % 2 == 1
+    parity = _cumsum(quote) % 2 == 1
     opening = quote & parity
     closing = quote & ~parity
     content = parity & ~quote & live
     outside = live & ~content & ~quote
     openers = outside & ((reply == ord("{")) | (reply == ord("[")))
     closers = outside & ((reply == ord("}")) | (reply == ord("]")))
-    depth_before = jnp.cumsum(openers.astype(jnp.int32) - closers.astype(jnp.int32), axis=-1) - openers + closers
+    depth_before = _cumsum(openers.astype(jnp.int32) - closers.astype(jnp.int32)) - openers + closers
     ws = (reply == 32) | (reply == 9) | (reply == 10) | (reply == 13)
     significant = live & ~content & ~(outside & ws)
     prev_sig = _take(reply, _shift_right(_last_index(significant), -1), 0)
@@ -405,18 +445,18 @@ def _json_fields(reply: jax.Array, reply_len: jax.Array, ranks: jax.Array):
                                    dtype=np.uint8))
     escaped = jnp.where(u_esc, jnp.where(hexval < 0x80, hexval, 0x80).astype(jnp.uint8), simple[follower])
     decoded_byte = jnp.where(esc, escaped, reply)
-    dpos = jnp.cumsum(emit, axis=-1, dtype=jnp.int32) - emit
+    dpos = _cumsum(emit) - emit
     decoded = jnp.zeros((bsz, n), jnp.uint8).at[jnp.arange(bsz)[:, None], jnp.where(emit, dpos, n)].set(
         decoded_byte, mode="drop")
     close_of = _next_index(closing)  # closing quote at or after p
-    str_start = _take(dpos, idx[None] + 1, 0)  # decoded start of a string opening at p
-    str_len = _take(dpos, _take(close_of, idx[None] + 1, n), 0) - str_start
+    str_start = _shift_left(dpos, 1, 0)  # decoded start of a string opening at p
+    str_len = _take(dpos, _shift_left(close_of, 1, n), 0) - str_start
 
     def decoded_equals(word: str) -> jax.Array:
-        hit = opening & (str_len == len(word))
+        starts_word = jnp.ones((bsz, n), bool)
         for k, c in enumerate(word.encode("ascii")):
-            hit = hit & (_take(decoded, str_start + k, 0) == c)
-        return hit
+            starts_word = starts_word & (_shift_left(decoded, k, 0) == c)
+        return opening & (str_len == len(word)) & _take(starts_word, str_start, False)
 
     is_key = opening & (depth_before == 1) & ((prev_sig == ord("{")) | (prev_sig == ord(",")))
 
@@ -440,8 +480,8 @@ def _json_fields(reply: jax.Array, reply_len: jax.Array, ranks: jax.Array):
     word = outside & jnp.asarray(_WORD_BYTES)[reply]
     value_start = opening | openers | (word & ~_shift_right(word, False))
     element = value_start & (depth_before == 2) & (idx[None] > c_v[:, None]) & (idx[None] < close_list[:, None])
-    c0 = _take(decoded, str_start, 0)
-    c1 = _take(decoded, str_start + 1, 0)
+    pair = _take(decoded.astype(jnp.int32) * 256 + _shift_left(decoded, 1, 0), str_start, 0)
+    c0, c1 = pair >> 8, pair & 255
     codes = jnp.where(opening, _card_code(str_len, c0, c1), 0)
     hist = _hand_histogram(codes, element)
     list_ok = is_list & (element.sum(axis=-1) == 4) & jnp.all(~element | (codes > 0), axis=-1)
@@ -481,10 +521,10 @@ def _cards_string_ok(text: jax.Array, mask: jax.Array, ranks: jax.Array) -> jax.
     comma = mask & (text == ord(","))
     dropped = (text == ord("[")) | (text == ord("]")) | (text == ord("'")) | (text == ord('"')) | (text == 32)
     kept = mask & ~comma & ~dropped
-    item = jnp.cumsum(comma, axis=-1)
+    item = _cumsum(comma)
     four = comma.sum(axis=-1) == 3
     in_item = kept[:, None, :] & (item[:, None, :] == jnp.arange(4)[None, :, None])  # [B, 4, L]
-    rank_in = jnp.cumsum(in_item, axis=-1) * in_item
+    rank_in = _cumsum(in_item) * in_item
     count = in_item.sum(axis=-1)
     c0 = jnp.max(jnp.where(rank_in == 1, text[:, None, :], 0), axis=-1)
     c1 = jnp.max(jnp.where(rank_in == 2, text[:, None, :], 0), axis=-1)
@@ -513,23 +553,21 @@ def _kmr_ranks(symbols: jax.Array, levels: int, needed: jax.Array) -> jax.Array:
         key = prev * (n + 300) + later
         order = jnp.argsort(key, axis=-1)
         sorted_key = jnp.take_along_axis(key, order, axis=-1)
-        new = jnp.cumsum(sorted_key != _shift_right(sorted_key, -1), axis=-1, dtype=jnp.int32)
+        new = _cumsum(sorted_key != _shift_right(sorted_key, -1))
         return ranks.at[k].set(jnp.zeros_like(key).at[rows, order].set(new))
 
     ranks = jnp.zeros((levels, bsz, n), jnp.int32).at[0].set(symbols)
     return jax.lax.fori_loop(1, needed + 1, level, ranks)
 
 
-def _invalid_number_firsts(fb: jax.Array, z: jax.Array, canon_len: jax.Array, invalid: jax.Array) -> jax.Array:
-    """bool[B, L]: the invalid-number token starts that are the first with their canonical digit string."""
+def _invalid_number_firsts(fb: jax.Array, z: jax.Array, canon_len: jax.Array, value: jax.Array,
+                           invalid: jax.Array) -> jax.Array:
+    """bool[B, L]: the invalid-number token starts that are the first with their canonical digit string (value:
+    the number at token starts whose canonical length is at most 9)."""
     bsz, n = fb.shape
     idx = jnp.arange(n, dtype=jnp.int32)
     d = fb.astype(jnp.int32)
     small = canon_len <= 9
-    value = jnp.zeros((bsz, n), jnp.int32)
-    for k in range(9):
-        dk = _take(d, z + k, ord("0")) - ord("0")
-        value = jnp.where(k < canon_len, value * 10 + dk, value)
     levels = max(1, int(np.ceil(np.log2(n))) + 1)
 
     level = jnp.clip(31 - jax.lax.clz(jnp.maximum(canon_len, 1)), 0, levels - 1)
@@ -561,7 +599,7 @@ def _invalid_number_firsts(fb: jax.Array, z: jax.Array, canon_len: jax.Array, in
     def dedupe_pairwise(_):
         # the (at most _FEW) invalid tokens of each row, compacted, compared pairwise
         rows = jnp.arange(bsz)[:, None]
-        slot = jnp.where(invalid, jnp.cumsum(invalid, axis=-1) - 1, _FEW)
+        slot = jnp.where(invalid, _cumsum(invalid) - 1, _FEW)
         gather = jnp.zeros((bsz, _FEW), jnp.int32).at[rows, slot].set(jnp.broadcast_to(idx, (bsz, n)), mode="drop")
         used = jnp.arange(_FEW)[None] < invalid.sum(axis=-1, keepdims=True)
         keys = [jnp.take_along_axis(k, gather, axis=-1) for k in (canon_len, key_a, key_b)]
@@ -642,10 +680,10 @@ def _analyse_formula(fb, flen, missing, numbers, table):
     v_lp = lp & ~after_open
     v_rp = rp & ~after_value
     step = (lp & after_open).astype(jnp.int32) - (rp & after_value).astype(jnp.int32)
-    s = jnp.cumsum(step, axis=-1)
-    low_before = jnp.minimum(0, _shift_right(jax.lax.cummin(s, axis=1), 0))
+    s = _cumsum(step)
+    low_before = jnp.minimum(0, _shift_right(_scan_last(s, "min"), 0))
     v_unmatched = rp & after_value & (s < low_before)
-    depth = s - jnp.minimum(0, jax.lax.cummin(s, axis=1))
+    depth = s - jnp.minimum(0, _scan_last(s, "min"))
     seq_frag = jnp.select([v_num, v_op, v_lp, v_rp, v_unmatched], list(F_SEQ), 0)
     seq_msg = seq_frag > 0
 
@@ -653,9 +691,13 @@ def _analyse_formula(fb, flen, missing, numbers, table):
     end = _next_index(~dig)
     z = jnp.minimum(_next_index(~dig | (fb != ord("0"))), end - 1)
     canon_len = end - z
-    d0 = _take(fb, z, ord("0")).astype(jnp.int32) - ord("0")
-    d1 = _take(fb, z + 1, ord("0")).astype(jnp.int32) - ord("0")
-    small_value = jnp.where(canon_len == 1, d0, jnp.where(canon_len == 2, d0 * 10 + d1, -1))
+    # value of the (up to 9) digits from each position to its run end, by Horner's rule over shifts
+    digit = jnp.where(dig, fb.astype(jnp.int32) - ord("0"), 0)
+    horner = jnp.zeros((bsz, n), jnp.int32)
+    for k in range(9):
+        horner = jnp.where(idx[None] + k < end, horner * 10 + _shift_left(digit, k, 0), horner)
+    value = _take(horner, z, 0)
+    small_value = jnp.where(canon_len <= 2, value, -1)
     leading_zero = num_start & (end - idx[None] > 1) & (fb == ord("0"))
     match = num_start[..., None] & (small_value[..., None] == numbers[:, None, :])  # [B, L, 4]
     in_hand = jnp.any(match, axis=-1)
@@ -664,10 +706,10 @@ def _analyse_formula(fb, flen, missing, numbers, table):
     held = (numbers[:, :, None] == numbers[:, None, :]).sum(axis=-1)
     any_invalid = jnp.any(invalid, axis=-1)
     overused = used > held
-    first_use = jnp.any(match & (jnp.cumsum(match, axis=1) == 1), axis=-1)
+    first_use = jnp.any(match & (jnp.swapaxes(_cumsum(jnp.swapaxes(match, 1, 2)), 1, 2) == 1), axis=-1)
     listed_over = num_start & first_use & jnp.any(match & overused[:, None, :], axis=-1)
     any_over = jnp.any(overused, axis=-1)
-    listed_inv = _invalid_number_firsts(fb, z, canon_len, invalid)
+    listed_inv = _invalid_number_firsts(fb, z, canon_len, value, invalid)
     listed = jnp.where(any_invalid[:, None], listed_inv, listed_over)
     number_msg = any_invalid | any_over
     first_slot = ~jnp.any((numbers[:, :, None] == numbers[:, None, :]) & (idx[None, :4, None] > idx[None, None, :4]),
@@ -680,8 +722,8 @@ def _analyse_formula(fb, flen, missing, numbers, table):
     reward = -3.0 * n_seq - 2.0 * number_msg - 2.0 * unused_msg
 
     # value of a complete formula: 4 numbers, 3 operators
-    num_rank = jnp.cumsum(num_start, axis=-1) - 1
-    op_rank = jnp.cumsum(is_op, axis=-1) - 1
+    num_rank = _cumsum(num_start) - 1
+    op_rank = _cumsum(is_op) - 1
     values = [jnp.sum(jnp.where(num_start & (num_rank == k), small_value, 0), axis=-1) for k in range(4)]
     op_code = jnp.select([fb == ord("+"), fb == ord("-"), fb == ord("*")], [0, 1, 2], 3)
     precedence = (op_code >= 2).astype(jnp.int32)
@@ -714,51 +756,39 @@ def _analyse_formula(fb, flen, missing, numbers, table):
     reward = jnp.where(illegal, -3.0, jnp.where(penalty, reward, jnp.where(
         correct, 5.0, jnp.where(partial, 1.0, -1.0))))
 
-    # virtual fragment slots, in feedback order
+    # virtual fragment slots, in feedback order; a message (or list item) after another one takes the variant of
+    # its first fragment that starts with ", "
+    with_sep = jnp.asarray(_WITH_SEPARATOR)
     char_frag = jnp.asarray(_BYTE_TO_FRAGMENT)[fb]
-    z_of_run = _take(z, _last_index(num_start), 0)
-    listed_of_run = _take(listed, _last_index(num_start), False)
-    listed_digit = dig & listed_of_run & (idx[None] >= z_of_run)
-    listed_first = listed & (jnp.cumsum(listed, axis=-1) == 1)
-    hand_tens = numbers >= 10
-    slots = []  # (fragment id [B, k], active [B, k], starts a message [B, k] or None)
-
-    def add(frag, active, message=None):
-        frag = jnp.broadcast_to(jnp.asarray(frag, jnp.int32), active.shape)
-        slots.append((frag, active, message))
-
-    col = lambda x: x[:, None]  # noqa: E731
-    add(col(jnp.full((bsz,), F_ILLEGAL)), col(illegal))
-    seq_sep = jnp.stack([jnp.full((bsz, n), F_SEP), seq_frag], axis=-1).reshape(bsz, 2 * n)
-    seq_on = jnp.stack([normal[:, None] & seq_msg] * 2, axis=-1).reshape(bsz, 2 * n)
-    seq_start = jnp.stack([seq_msg, jnp.zeros_like(seq_msg)], axis=-1).reshape(bsz, 2 * n)
-    slots.append((seq_sep, seq_on, seq_start))
+    run_start = _last_index(num_start)
+    listed_digit = dig & _take(listed, run_start, False) & (idx[None] >= _take(z, run_start, 0))
+    item_start = listed_digit & (idx[None] == _take(z, run_start, 0))
+    later_item = item_start & (_cumsum(item_start) > 1)
+    later_seq = seq_msg & (_cumsum(seq_msg) > 1)
     nm = normal & number_msg
-    add(col(jnp.full((bsz,), F_SEP)), col(nm), col(nm))
-    add(col(jnp.where(any_invalid, F_INVALID_HEAD, F_TOO_MANY_HEAD)), col(nm))
-    item_frag = jnp.stack([jnp.full((bsz, n), F_SEP), char_frag], axis=-1).reshape(bsz, 2 * n)
-    item_on = jnp.stack([listed & ~listed_first, listed_digit], axis=-1).reshape(bsz, 2 * n) & col(nm)
-    slots.append((item_frag, item_on, None))
-    add(col(jnp.where(any_invalid, F_CLOSE, F_TOO_MANY_TAIL)), col(nm))
     um = normal & unused_msg
-    add(col(jnp.full((bsz,), F_SEP)), col(um), col(um))
-    add(col(jnp.full((bsz,), F_UNUSED_HEAD)), col(um))
-    unused_first = unused & (jnp.cumsum(unused, axis=-1) == 1)
-    hand_frag = jnp.stack([jnp.full((bsz, 4), F_SEP), F_CHAR0 + numbers // 10, F_CHAR0 + numbers % 10], axis=-1)
-    hand_on = jnp.stack([unused & ~unused_first, unused & hand_tens, unused], axis=-1)
-    slots.append((hand_frag.reshape(bsz, 12), hand_on.reshape(bsz, 12) & col(um), None))
-    add(col(jnp.full((bsz,), F_CLOSE)), col(um))
+    unused_later = unused & (_cumsum(unused) > 1)
+    first_digit = jnp.where(numbers >= 10, numbers // 10, numbers % 10) + F_CHAR0
     fixed_on = outcome & ((final_fixed != F_NO_MATCH) | (prefix_len == 0))
-    add(col(jnp.full((bsz,), F_SEP)), col(outcome), col(outcome))
-    add(col(final_fixed), col(fixed_on))
-    add(char_frag, (idx[None] < prefix_len[:, None]) & col(outcome & ~fixed_on))
-    add(col(jnp.full((bsz,), F_PARTLY_TAIL)), col(outcome & ~fixed_on))
-    frags = jnp.concatenate([f for f, _, _ in slots], axis=-1)
-    active = jnp.concatenate([a for _, a, _ in slots], axis=-1)
-    starts = jnp.concatenate([m if m is not None else jnp.zeros_like(a) for _, a, m in slots], axis=-1)
-    message_number = jnp.cumsum(starts & active, axis=-1)
-    is_sep = starts & (frags == F_SEP)
-    active = active & ~(is_sep & (message_number == 1))
+    col = lambda x: x[:, None]  # noqa: E731
+    slots = [
+        (col(jnp.full((bsz,), F_ILLEGAL)), col(illegal)),
+        (jnp.where(later_seq, with_sep[seq_frag], seq_frag), normal[:, None] & seq_msg),
+        (col(jnp.where(n_seq > 0, with_sep[jnp.where(any_invalid, F_INVALID_HEAD, F_TOO_MANY_HEAD)],
+                       jnp.where(any_invalid, F_INVALID_HEAD, F_TOO_MANY_HEAD))), col(nm)),
+        (jnp.where(later_item, with_sep[char_frag], char_frag), listed_digit & col(nm)),
+        (col(jnp.where(any_invalid, F_CLOSE, F_TOO_MANY_TAIL)), col(nm)),
+        (col(jnp.where((n_seq > 0) | number_msg, with_sep[F_UNUSED_HEAD], F_UNUSED_HEAD)), col(um)),
+        (jnp.stack([jnp.where(unused_later, with_sep[first_digit], first_digit), F_CHAR0 + numbers % 10],
+                   axis=-1).reshape(bsz, 8),
+         jnp.stack([unused, unused & (numbers >= 10)], axis=-1).reshape(bsz, 8) & col(um)),
+        (col(jnp.full((bsz,), F_CLOSE)), col(um)),
+        (col(final_fixed), col(fixed_on)),
+        (char_frag, (idx[None] < prefix_len[:, None]) & col(outcome & ~fixed_on)),
+        (col(jnp.full((bsz,), F_PARTLY_TAIL)), col(outcome & ~fixed_on)),
+    ]
+    frags = jnp.concatenate([jnp.broadcast_to(f, a.shape).astype(jnp.int32) for f, a in slots], axis=-1)
+    active = jnp.concatenate([a for _, a in slots], axis=-1)
     return _FormulaResult(reward, frags, active, correct & outcome)
 
 
@@ -766,14 +796,12 @@ def feedback_width(n: int) -> int:
     """Bytes of `VerifierOutput.feedback` for replies of n bytes: the sum, over the virtual fragment slots, of the
     longest text each slot can hold (formulas have at most n bytes), so no feedback can overflow it."""
     _, lengths = _fragment_table()
-    seq = max(lengths[f] for f in F_SEQ)
-    heads = max(lengths[F_INVALID_HEAD], lengths[F_TOO_MANY_HEAD])
-    tails = max(lengths[F_CLOSE], lengths[F_TOO_MANY_TAIL])
-    fixed = max(lengths[F_CORRECT], lengths[F_PARTIAL], lengths[F_NO_MATCH])
-    return int(lengths[F_VISION] + lengths[F_ILLEGAL] + n * (2 + seq)
-               + 2 + heads + n * 3 + tails
-               + 2 + lengths[F_UNUSED_HEAD] + 4 * 4 + 1
-               + 2 + fixed + n + lengths[F_PARTLY_TAIL] + 1)
+    longest = lambda ids: max(int(lengths[i]) for i in ids)  # noqa: E731
+    sep = 2
+    return (longest([F_VISION]) + longest([F_ILLEGAL]) + n * (sep + longest(F_SEQ))
+            + sep + longest([F_INVALID_HEAD, F_TOO_MANY_HEAD]) + n * (sep + 1) + longest([F_CLOSE, F_TOO_MANY_TAIL])
+            + sep + longest([F_UNUSED_HEAD]) + 4 * (sep + 2) + 1
+            + longest([F_CORRECT, F_PARTIAL, F_NO_MATCH]) + n + longest([F_PARTLY_TAIL]) + 1)
 
 
 def _render(frags: jax.Array, active: jax.Array, width: int):
@@ -783,17 +811,17 @@ def _render(frags: jax.Array, active: jax.Array, width: int):
     text_start = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int32)
     flat_text = jnp.asarray(np.concatenate([texts[i, : lengths[i]] for i in range(len(lengths))] + [np.zeros(1, np.uint8)]))
     rows = jnp.arange(bsz)[:, None]
-    pos = jnp.cumsum(active, axis=-1, dtype=jnp.int32) - 1
+    pos = _cumsum(active) - 1
     count = active.sum(axis=-1, dtype=jnp.int32)
     out = jnp.zeros((bsz, u), jnp.int32).at[rows, jnp.where(active, pos, u)].set(frags, mode="drop")
     frag_len = jnp.asarray(lengths)[out]
-    start = jnp.cumsum(frag_len, axis=-1) - frag_len
+    start = _cumsum(frag_len) - frag_len
     total = frag_len.sum(axis=-1)
     # byte f of the feedback is flat_text[base[k] + f] for the fragment k that covers f
     base = jnp.asarray(text_start)[out] - start
     owner = jnp.full((bsz, width), -1, jnp.int32).at[rows, jnp.where(frag_len > 0, start, width)].max(
         jnp.broadcast_to(jnp.arange(u, dtype=jnp.int32), (bsz, u)), mode="drop")
-    owner = jax.lax.cummax(owner, axis=1)
+    owner = _scan_last(owner, "max")
     f_idx = jnp.arange(width, dtype=jnp.int32)
     inside = f_idx[None] < total[:, None]
     at = jnp.where(inside, jnp.take_along_axis(base, jnp.maximum(owner, 0), axis=-1) + f_idx[None], len(flat_text) - 1)
@@ -827,21 +855,20 @@ def score_bytes(reply: jax.Array, reply_len: jax.Array, ranks: jax.Array, face_c
     re_formula = _first_match(reply, reply_len, '"formula": "', ord('"'), ord("\n"))
     re_cards = _first_match(reply, reply_len, '"cards": [', ord("]"), None)
 
-    # vision
+    # vision: one card string (JSON string value or regex capture), or the JSON list
     json_cards = document & c_has
-    text, mask = _window(decoded, c_span.start, c_span.length, n)
-    json_string_ok = _cards_string_ok(text, mask, ranks)
-    text, mask = _window(reply, re_cards.start, re_cards.length, n)
-    regex_ok = re_cards.found & _cards_string_ok(text, mask, ranks)
-    vision_ok = jnp.where(json_cards, jnp.where(c_str, json_string_ok, list_ok), regex_ok)
+    source = jnp.where(json_cards[:, None], decoded, reply)
+    text, mask = _window(source, jnp.where(json_cards, c_span.start, re_cards.start),
+                         jnp.where(json_cards, c_span.length, re_cards.length), n)
+    string_ok = _cards_string_ok(text, mask, ranks)
+    vision_ok = jnp.where(json_cards, jnp.where(c_str, string_ok, list_ok), re_cards.found & string_ok)
     vision_fail = ~lang & ~vision_ok
 
     # formula source, cut at the first '='
     json_formula = document & f_has
-    fb_json, _ = _window(decoded, f_span.start, f_span.length, n)
-    fb_re, _ = _window(reply, re_formula.start, re_formula.length, n)
-    fb = jnp.where(json_formula[:, None], fb_json, fb_re)
+    source = jnp.where(json_formula[:, None], decoded, reply)
     flen = jnp.where(json_formula, f_span.length, re_formula.length)
+    fb, _ = _window(source, jnp.where(json_formula, f_span.start, re_formula.start), flen, n)
     missing = jnp.where(json_formula, ~f_str, ~re_formula.found)
     flen = jnp.where(missing, 0, flen)
     idx = jnp.arange(n, dtype=jnp.int32)
@@ -887,9 +914,11 @@ def score_responses_on_device(responses: list[str], ranks, *, face_cards_as_10, 
     """
     reply, reply_len = encode_replies(responses)
     ranks = np.asarray(ranks, dtype=np.int32).reshape(len(responses), 4)
-    out = score_bytes(jnp.asarray(reply), jnp.asarray(reply_len), jnp.asarray(ranks),
-                      jnp.asarray(face_cards_as_10, bool), jnp.asarray(language_only, bool),
-                      device_solution_table(target))
+    rows = (len(responses),)
+    face = np.broadcast_to(np.asarray(face_cards_as_10, bool), rows)
+    lang = np.broadcast_to(np.asarray(language_only, bool), rows)
+    out = score_bytes(jnp.asarray(reply), jnp.asarray(reply_len), jnp.asarray(ranks), jnp.asarray(face),
+                      jnp.asarray(lang), device_solution_table(target))
     rewards = np.asarray(out.reward)
     if not with_feedback:
         return rewards
