@@ -72,3 +72,30 @@ def test_rejects_non_byte_level_tokenizer():
         token_byte_table(word_level)
     with pytest.raises(ValueError, match="special_tokens"):
         token_byte_table(word_level, special_tokens="skip")
+
+
+def test_feedback_fragments_to_tokens_decode_to_the_feedback(tokenizer):
+    import jax.numpy as jnp
+
+    from jaxrl_vlm.envs.general_points.token_bytes import fragment_token_table, fragments_to_tokens
+    from jaxrl_vlm.envs.general_points.verifier import score_response
+    from jaxrl_vlm.envs.general_points.verifier_device import (
+        device_solution_table,
+        encode_replies,
+        feedback_fragment_texts,
+        score_bytes,
+    )
+
+    replies = ['"formula": "1*2*3*4"', '"formula": "))+7+77+7"', '"formula": "(1+3)*(2+4"', '"formula": "4*4"',
+               '"formula": "1+2+3+4"', "no formula", '"cards": [A, 2, 3, 5]']
+    rows = 64  # the shape the device verifier tests compile, so a full test run compiles it once
+    reply, reply_len = encode_replies(replies + [""] * (rows - len(replies)), 256)
+    lang = jnp.asarray([True] * 6 + [False] * (rows - 6))
+    out = score_bytes(jnp.asarray(reply), jnp.asarray(reply_len), jnp.asarray([[1, 2, 3, 4]] * rows),
+                      jnp.ones((rows,), bool), lang, device_solution_table(24))
+    table = fragment_token_table(tokenizer, feedback_fragment_texts())
+    tokens, lengths = fragments_to_tokens(out.fragments, out.num_fragments, table)
+    tokens, lengths = np.asarray(tokens), np.asarray(lengths)
+    for i, text in enumerate(replies):
+        feedback = score_response(text, [1, 2, 3, 4], face_cards_as_10=True, language_only=i < 6)[1]
+        assert _decode(tokenizer, tokens[i, : lengths[i]].tolist(), skip=False) == feedback

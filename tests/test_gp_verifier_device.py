@@ -262,3 +262,57 @@ def test_score_responses_on_device_wrapper():
     with pytest.raises(ValueError, match="reply axis 1"):
         score_bytes(jnp.zeros((1, 8), jnp.uint8), jnp.zeros((1,), jnp.int32), jnp.ones((1, 4), jnp.int32), True,
                     True, device_solution_table(24))
+
+
+def test_vmap_over_groups_equals_flat_batch():
+    replies = ['"formula": "1*2*3*4"', '"formula": "1+2+3+4"', '{"formula": "9+99999999999+99999999999"}',
+               '"cards": [A, 2, 3, 4]\n"formula": "7+7+8"']
+    reply, reply_len = encode_replies(replies, 64)
+    ranks = np.array([HAND] * 4, np.int32)
+    lang = np.array([True, True, True, False])
+    table = device_solution_table(24)
+    grouped = jax.vmap(score_bytes, in_axes=(0, 0, 0, None, 0, None))(
+        jnp.asarray(reply).reshape(2, 2, -1), jnp.asarray(reply_len).reshape(2, 2), jnp.asarray(ranks).reshape(2, 2, 4),
+        True, jnp.asarray(lang).reshape(2, 2), table)
+    for i, reply_text in enumerate(replies):
+        expected = score_response(reply_text, HAND, face_cards_as_10=True, language_only=bool(lang[i]))
+        g, j = divmod(i, 2)
+        feedback = bytes(np.asarray(grouped.feedback)[g, j, : int(grouped.feedback_len[g, j])]).decode()
+        assert (float(grouped.reward[g, j]), feedback) == expected
+
+
+def test_bytes_past_reply_len_are_ignored(scorer):
+    replies = [r.encode() for r in FIXED[:B]]
+    reply, reply_len = encode_replies([r.decode() for r in replies], L)
+    garbage = np.random.default_rng(0).integers(0, 256, size=reply.shape).astype(np.uint8)
+    dirty = np.where(np.arange(L)[None] < reply_len[:, None], reply, garbage)
+    ranks = jnp.asarray(np.array([HAND] * len(replies), np.int32))
+    flags = jnp.ones((len(replies),), bool)
+    pad = B - len(replies)
+    args = lambda r: (jnp.asarray(np.pad(r, ((0, pad), (0, 0)))), jnp.asarray(np.pad(reply_len, (0, pad))),  # noqa
+                      jnp.pad(ranks, ((0, pad), (0, 0)), constant_values=1), jnp.pad(flags, (0, pad)),
+                      jnp.pad(flags, (0, pad)), scorer.table)
+    clean, noisy = score_bytes(*args(reply)), score_bytes(*args(dirty))
+    for a, b in zip(clean, noisy):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_score_responses_on_device_edge_inputs():
+    assert score_responses_on_device([], np.zeros((0, 4)), face_cards_as_10=True, language_only=True).shape == (0,)
+    with pytest.raises(ValueError, match="ranks has shape"):
+        score_responses_on_device(["x"], [1, 2, 3, 4], face_cards_as_10=True, language_only=True)
+
+
+def test_json_limits_match_host():
+    from jaxrl_vlm.envs.general_points.verifier import JSON_MAX_DEPTH, JSON_MAX_INT_DIGITS, parse_json_object
+    from jaxrl_vlm.envs.general_points.verifier_device import _json_valid
+
+    docs = ['{"x": ' + "7" * JSON_MAX_INT_DIGITS + "}", '{"x": -' + "7" * JSON_MAX_INT_DIGITS + "}",
+            '{"x": ' + "7" * (JSON_MAX_INT_DIGITS + 1) + "}", '{"x": -' + "7" * (JSON_MAX_INT_DIGITS + 1) + "}",
+            '{"x": ' + "7" * (JSON_MAX_INT_DIGITS + 1) + ".0}", '{"x": ' + "7" * (JSON_MAX_INT_DIGITS + 1) + "e1}",
+            '{"x": ' + "[" * (JSON_MAX_DEPTH - 1) + "]" * (JSON_MAX_DEPTH - 1) + "}",
+            '{"x": ' + "[" * JSON_MAX_DEPTH + "]" * JSON_MAX_DEPTH + "}"]
+    reply, reply_len = encode_replies(docs, 8192)
+    valid = np.asarray(jax.jit(_json_valid)(jnp.asarray(reply), jnp.asarray(reply_len)))
+    assert valid.tolist() == [parse_json_object(d) is not None for d in docs] == [True, True, False, False, True,
+                                                                                   True, True, False]

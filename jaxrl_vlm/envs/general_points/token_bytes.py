@@ -1,4 +1,4 @@
-"""Token ids -> reply bytes on the device, for byte-level BPE tokenizers (GPT-2 / Llama-3 / SmolLM2 style).
+"""Token ids <-> verifier bytes on the device, for byte-level BPE tokenizers (GPT-2 / Llama-3 / SmolLM2 style).
 
 A byte-level BPE token is a string over the 256 "byte characters" of GPT-2's `bytes_to_unicode` map; its bytes are
 the inverse map of its characters. `token_byte_table` turns a Hugging Face tokenizer into `uint8[V, Kmax]` + lengths
@@ -10,6 +10,11 @@ Added tokens are decoded like every other token (the tokenizers ByteLevel decode
 the byte map; a character outside the map stands for its own UTF-8 bytes). Special tokens (`<|im_end|>`, ...) are
 either their text (`special_tokens="text"`, like `decode(skip_special_tokens=False)`) or empty (`"empty"`, like
 `skip_special_tokens=True`). Ids outside the table give no bytes.
+
+The other direction, for the verifier's feedback: `fragment_token_table` tokenizes each text of
+`verifier_device.feedback_fragment_texts()` once, and `fragments_to_tokens` turns the verifier's fragment ids into
+token ids on the device. Their decode is the feedback text exactly, but the ids can differ from tokenizing the whole
+feedback string at once (BPE merges do not cross fragment boundaries).
 """
 from __future__ import annotations
 
@@ -72,18 +77,48 @@ def token_byte_table(tokenizer, special_tokens: str = "text") -> TokenByteTable:
     return TokenByteTable(table, np.array([len(r) for r in rows], dtype=np.int32))
 
 
+def _concat_rows(ids: jax.Array, lengths: jax.Array, rows: jax.Array, row_lengths: jax.Array):
+    """Concatenate rows[ids[b, t]][:row_lengths[...]] for t < lengths[b]: ([B, T*W] zero-padded, int32[B])."""
+    bsz, t = ids.shape
+    vocab, width = rows.shape
+    ids = ids.astype(jnp.int32)
+    live = (jnp.arange(t)[None] < lengths[:, None]) & (ids >= 0) & (ids < vocab)
+    safe = jnp.where(live, ids, 0)
+    item_len = jnp.where(live, row_lengths[safe], 0)
+    start = jnp.cumsum(item_len, axis=-1) - item_len
+    k = jnp.arange(width)
+    pos = jnp.where(k[None, None] < item_len[..., None], start[..., None] + k[None, None], t * width)
+    out = jnp.zeros((bsz, t * width), rows.dtype).at[jnp.arange(bsz)[:, None], pos.reshape(bsz, -1)].set(
+        rows[safe].reshape(bsz, -1), mode="drop")
+    return out, item_len.sum(axis=-1).astype(jnp.int32)
+
+
 @jax.jit
 def tokens_to_bytes(token_ids: jax.Array, lengths: jax.Array, table: TokenByteTable) -> tuple[jax.Array, jax.Array]:
     """Concatenated bytes of token_ids int32[B, T] (the first lengths[b] of row b) as (uint8[B, T*Kmax], int32[B])."""
-    bsz, t = token_ids.shape
-    vocab, width = table.bytes.shape
-    ids = token_ids.astype(jnp.int32)
-    live = (jnp.arange(t)[None] < lengths[:, None]) & (ids >= 0) & (ids < vocab)
-    safe = jnp.where(live, ids, 0)
-    tok_len = jnp.where(live, jnp.asarray(table.lengths)[safe], 0)
-    start = jnp.cumsum(tok_len, axis=-1) - tok_len
-    k = jnp.arange(width)
-    pos = jnp.where(k[None, None] < tok_len[..., None], start[..., None] + k[None, None], t * width)
-    out = jnp.zeros((bsz, t * width), jnp.uint8).at[jnp.arange(bsz)[:, None], pos.reshape(bsz, -1)].set(
-        jnp.asarray(table.bytes)[safe].reshape(bsz, -1), mode="drop")
-    return out, tok_len.sum(axis=-1).astype(jnp.int32)
+    return _concat_rows(token_ids, lengths, jnp.asarray(table.bytes), jnp.asarray(table.lengths))
+
+
+class FragmentTokenTable(NamedTuple):
+    """tokens: int32[NF, Tmax] token ids of each feedback fragment (zero-padded); lengths: int32[NF]."""
+
+    tokens: np.ndarray | jax.Array
+    lengths: np.ndarray | jax.Array
+
+
+def fragment_token_table(tokenizer, texts: list[str]) -> FragmentTokenTable:
+    """Token ids of each fragment text (e.g. `feedback_fragment_texts()`), without special tokens."""
+    encoded = [tokenizer.encode(text, add_special_tokens=False) if text else [] for text in texts]
+    width = max(1, max(len(e) for e in encoded))
+    tokens = np.zeros((len(texts), width), dtype=np.int32)
+    for i, e in enumerate(encoded):
+        tokens[i, : len(e)] = e
+    return FragmentTokenTable(tokens, np.array([len(e) for e in encoded], dtype=np.int32))
+
+
+@jax.jit
+def fragments_to_tokens(fragments: jax.Array, num_fragments: jax.Array,
+                        table: FragmentTokenTable) -> tuple[jax.Array, jax.Array]:
+    """Token ids of the verifier's feedback: fragments int32[B, K] (first num_fragments[b] of row b) ->
+    (int32[B, K*Tmax] zero-padded, int32[B] lengths)."""
+    return _concat_rows(fragments, num_fragments, jnp.asarray(table.tokens), jnp.asarray(table.lengths))

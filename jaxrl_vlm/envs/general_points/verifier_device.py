@@ -12,7 +12,8 @@ Design (each stage is a function below):
    document is known valid, the rest is read with vectorised tricks (`_json_fields`): string masks from quote and
    backslash-run parity, depth by cumsum, JSON string unescaping by compaction (each escape emits one byte, `\\uXXXX`
    above ASCII emits the marker 0x80: everything downstream only distinguishes ASCII from non-ASCII), last-wins
-   keys at depth 1, the list elements of `cards` at depth 2.
+   keys at depth 1, the list elements of `cards` at depth 2. That reading is skipped (`lax.cond`) for batches with
+   no JSON document.
 2. Regexes (`_first_match`): `"formula": "(.*?)"` is the first literal hit whose next `"` comes before the next
    newline; `"cards": \\[([^\\]]+)\\]` the first literal hit whose next `]` exists and is not adjacent.
 3. Formula (`_analyse_formula`): byte classes, token starts, the sequence rules (the paren stack is a clamped cumsum:
@@ -31,8 +32,12 @@ Design (each stage is a function below):
    and `, `-prefixed variants of the fragments that can start a later message or list item. A tokenizer can
    tokenize each fragment once and map fragment ids to token ids on the device. The bytes are the fragments' texts
    concatenated: `feedback uint8[B, F]` with F = `feedback_width(L)`, the sum of the longest text each slot can
-   hold, so no feedback for a reply of length <= L can overflow. Inside a caller's jit, unused outputs (e.g. the
-   bytes when only fragments are used) are dropped by XLA.
+   hold, so no feedback for a reply of length <= L can overflow (when the whole batch's feedback fits 512 bytes it
+   is expanded in a narrow buffer and zero-padded). Inside a caller's jit, unused outputs (e.g. the bytes when only
+   fragments are used) are dropped by XLA.
+
+Batch-level `lax.cond`s pick cheaper paths (no JSON, short feedback, few or short invalid numbers); under `vmap` they
+become selects and both sides run, with the same results.
 """
 from __future__ import annotations
 
@@ -44,7 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrl_vlm.envs.general_points import verifier as host
-from jaxrl_vlm.envs.general_points.solver import MAX_NUMBER, MAX_SOLUTION_LEN, multiset_code, solution_table
+from jaxrl_vlm.envs.general_points.solver import MAX_SOLUTION_LEN, multiset_code, solution_table
 
 JSON_MAX_DEPTH = host.JSON_MAX_DEPTH
 JSON_MAX_INT_DIGITS = host.JSON_MAX_INT_DIGITS
@@ -145,8 +150,9 @@ def device_solution_table(target: int = 24) -> DeviceSolutionTable:
 class VerifierOutput(NamedTuple):
     """Result of `score_bytes` for a batch of B replies of L bytes.
 
-    reward float32[B]; feedback uint8[B, F] and feedback_len int32[B] (bytes, zero-padded); fragments int32[B, K] and
-    num_fragments int32[B] (ids into `feedback_fragment_texts()`, zero-padded); is_correct bool[B] (reward 5).
+    reward float32[B]; feedback uint8[B, F] and feedback_len int32[B] (ASCII bytes, zero-padded, F =
+    `feedback_width(L)`); fragments int32[B, K] and num_fragments int32[B] (ids into `feedback_fragment_texts()`,
+    zero-padded, K = 3L + 17); is_correct bool[B] (reward 5).
     """
 
     reward: jax.Array
@@ -314,7 +320,8 @@ def _lexer_table() -> tuple[np.ndarray, np.ndarray]:
 _LEX_TABLE, _LEX_CAN_END = _lexer_table()
 _WORD_BYTES = np.isin(np.arange(256), np.frombuffer(
     b"0123456789+-.abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ", dtype=np.uint8))
-_BYTE_KIND = np.zeros(256, dtype=np.int32)  # 0 other/ws, 1 '{', 2 '[', 3 '}', 4 ']', 5 ',', 6 ':', 7 '"', 8 scalar start
+# byte kinds for the parser: 0 other/ws, 1 '{', 2 '[', 3 '}', 4 ']', 5 ',', 6 ':', 7 '"', 8 scalar start
+_BYTE_KIND = np.zeros(256, dtype=np.int32)
 for _c, _k in zip("{[}],:\"", range(1, 8)):
     _BYTE_KIND[ord(_c)] = _k
 for _c in "-0123456789tfnNI":
@@ -396,10 +403,9 @@ def _card_code(length: jax.Array, c0: jax.Array, c1: jax.Array) -> jax.Array:
     return jnp.where(length == 1, one, jnp.where(length == 2, two, 0))
 
 
-def _hand_histogram(codes: jax.Array, mask: jax.Array) -> jax.Array:
-    """int32[B, 14]: counts of codes 0..13 over masked entries."""
-    onehot = (codes[..., None] == jnp.arange(MAX_NUMBER + 1)) & mask[..., None]
-    return onehot.sum(axis=-2, dtype=jnp.int32)
+def _same_cards(codes: jax.Array, ranks: jax.Array) -> jax.Array:
+    """bool[B]: 4 card codes (0 = not a name) are the hand's ranks as a multiset."""
+    return jnp.all(jnp.sort(codes, axis=-1) == jnp.sort(ranks, axis=-1), axis=-1)
 
 
 def _json_fields(reply: jax.Array, reply_len: jax.Array, ranks: jax.Array):
@@ -483,9 +489,9 @@ def _json_fields(reply: jax.Array, reply_len: jax.Array, ranks: jax.Array):
     pair = _take(decoded.astype(jnp.int32) * 256 + _shift_left(decoded, 1, 0), str_start, 0)
     c0, c1 = pair >> 8, pair & 255
     codes = jnp.where(opening, _card_code(str_len, c0, c1), 0)
-    hist = _hand_histogram(codes, element)
-    list_ok = is_list & (element.sum(axis=-1) == 4) & jnp.all(~element | (codes > 0), axis=-1)
-    list_ok = list_ok & jnp.all(hist == _hand_histogram(ranks, jnp.ones_like(ranks, bool)), axis=-1)
+    rank = _cumsum(element)
+    four_codes = jnp.stack([jnp.sum(jnp.where(element & (rank == k + 1), codes, 0), axis=-1) for k in range(4)], -1)
+    list_ok = is_list & (element.sum(axis=-1) == 4) & _same_cards(four_codes, ranks)
     return is_object, (f_has, f_str, f_span), (c_has, c_str, c_span, list_ok), decoded
 
 
@@ -529,9 +535,7 @@ def _cards_string_ok(text: jax.Array, mask: jax.Array, ranks: jax.Array) -> jax.
     c0 = jnp.max(jnp.where(rank_in == 1, text[:, None, :], 0), axis=-1)
     c1 = jnp.max(jnp.where(rank_in == 2, text[:, None, :], 0), axis=-1)
     codes = _card_code(count, c0, c1)
-    hist = _hand_histogram(codes, jnp.ones_like(codes, bool))
-    ok = jnp.all(codes > 0, axis=-1) & jnp.all(hist == _hand_histogram(ranks, jnp.ones_like(ranks, bool)), axis=-1)
-    return four & ok
+    return four & _same_cards(codes, ranks)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -804,12 +808,16 @@ def feedback_width(n: int) -> int:
             + longest([F_CORRECT, F_PARTIAL, F_NO_MATCH]) + n + longest([F_PARTLY_TAIL]) + 1)
 
 
+_NARROW_FEEDBACK = 512
+
+
 def _render(frags: jax.Array, active: jax.Array, width: int):
     """Compact active slots into fragment ids [B, U] and expand them into feedback bytes [B, width]."""
     bsz, u = frags.shape
     texts, lengths = _fragment_table()
     text_start = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int32)
-    flat_text = jnp.asarray(np.concatenate([texts[i, : lengths[i]] for i in range(len(lengths))] + [np.zeros(1, np.uint8)]))
+    flat_text = jnp.asarray(np.concatenate([texts[i, : lengths[i]] for i in range(len(lengths))]
+                                           + [np.zeros(1, np.uint8)]))
     rows = jnp.arange(bsz)[:, None]
     pos = _cumsum(active) - 1
     count = active.sum(axis=-1, dtype=jnp.int32)
@@ -819,13 +827,20 @@ def _render(frags: jax.Array, active: jax.Array, width: int):
     total = frag_len.sum(axis=-1)
     # byte f of the feedback is flat_text[base[k] + f] for the fragment k that covers f
     base = jnp.asarray(text_start)[out] - start
-    owner = jnp.full((bsz, width), -1, jnp.int32).at[rows, jnp.where(frag_len > 0, start, width)].max(
-        jnp.broadcast_to(jnp.arange(u, dtype=jnp.int32), (bsz, u)), mode="drop")
-    owner = _scan_last(owner, "max")
-    f_idx = jnp.arange(width, dtype=jnp.int32)
-    inside = f_idx[None] < total[:, None]
-    at = jnp.where(inside, jnp.take_along_axis(base, jnp.maximum(owner, 0), axis=-1) + f_idx[None], len(flat_text) - 1)
-    return out, count, flat_text[at], total
+
+    def expand(w: int) -> jax.Array:
+        owner = jnp.full((bsz, w), -1, jnp.int32).at[rows, jnp.where(frag_len > 0, start, w)].max(
+            jnp.broadcast_to(jnp.arange(u, dtype=jnp.int32), (bsz, u)), mode="drop")
+        owner = _scan_last(owner, "max")
+        f_idx = jnp.arange(w, dtype=jnp.int32)
+        at = jnp.take_along_axis(base, jnp.maximum(owner, 0), axis=-1) + f_idx[None]
+        at = jnp.where(f_idx[None] < total[:, None], at, len(flat_text) - 1)
+        return jnp.pad(flat_text[at], ((0, 0), (0, width - w)))
+
+    # feedback is short in practice: expand into a narrow buffer when the whole batch fits
+    narrow = min(width, _NARROW_FEEDBACK)
+    feedback = jax.lax.cond(jnp.max(total) <= narrow, lambda: expand(narrow), lambda: expand(width))
+    return out, count, feedback, total
 
 
 @jax.jit
@@ -834,7 +849,7 @@ def score_bytes(reply: jax.Array, reply_len: jax.Array, ranks: jax.Array, face_c
     """Score B replies on the device (spec §4.1-§4.7), byte-exact with `verifier.score_response` on
     `read_reply(reply[b, :reply_len[b]])`.
 
-    reply uint8[B, L] (L >= 16), reply_len int32[B], ranks int32[B, 4] in 1..13, face_cards_as_10 and language_only
+    reply uint8[B, L] (16 <= L <= 32768; bytes past reply_len are ignored), reply_len int32[B], ranks int32[B, 4] in 1..13, face_cards_as_10 and language_only
     bool or bool[B]; table from `device_solution_table(target)`. Returns a `VerifierOutput`.
     """
     bsz, n = reply.shape
@@ -849,8 +864,11 @@ def score_bytes(reply: jax.Array, reply_len: jax.Array, ranks: jax.Array, face_c
     numbers = jnp.where(face[:, None], jnp.minimum(ranks, 10), ranks)
 
     valid = _json_valid(reply, reply_len)
-    is_object, (f_has, f_str, f_span), (c_has, c_str, c_span, list_ok), decoded = _json_fields(
-        reply, reply_len, ranks)
+    fields = functools.partial(_json_fields, reply, reply_len, ranks)
+    # most replies are not JSON documents (the expert format has a trailing comma): skip reading fields then
+    no_fields = lambda: jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), jax.eval_shape(fields))  # noqa: E731
+    is_object, (f_has, f_str, f_span), (c_has, c_str, c_span, list_ok), decoded = jax.lax.cond(
+        jnp.any(valid), fields, no_fields)
     document = valid & is_object
     re_formula = _first_match(reply, reply_len, '"formula": "', ord('"'), ord("\n"))
     re_cards = _first_match(reply, reply_len, '"cards": [', ord("]"), None)
@@ -912,8 +930,13 @@ def score_responses_on_device(responses: list[str], ranks, *, face_cards_as_10, 
     ranks int[B, 4]; face_cards_as_10 and language_only bool or bool[B]. Replies are padded to a power-of-two
     length (`bucket_length`) to bound recompilation.
     """
+    ranks = np.asarray(ranks, dtype=np.int32)
+    if ranks.shape != (len(responses), 4):
+        raise ValueError(f"ranks has shape {ranks.shape}; expected ({len(responses)}, 4) for {len(responses)} replies")
+    if not responses:
+        empty = np.zeros((0,), np.float32)
+        return (empty, []) if with_feedback else empty
     reply, reply_len = encode_replies(responses)
-    ranks = np.asarray(ranks, dtype=np.int32).reshape(len(responses), 4)
     rows = (len(responses),)
     face = np.broadcast_to(np.asarray(face_cards_as_10, bool), rows)
     lang = np.broadcast_to(np.asarray(language_only, bool), rows)
