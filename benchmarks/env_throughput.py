@@ -206,7 +206,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch", type=int, default=4096, help="device batch (>= 1024)")
     parser.add_argument("--reply-bytes", type=int, default=128, help="padded reply length L")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--python-replies", type=int, default=4096, help="replies scored by the Python reference")
     parser.add_argument("--python-envs", type=int, default=40, help="reset+step episodes run by the Python reference")
     args = parser.parse_args()
@@ -268,12 +268,12 @@ def main() -> None:
         "python_replies": n_py, "python_envs": args.python_envs, "reward_agreement": agree,
         "disagreements_float_deviation": float_deviation,
         "platform": jax.devices()[0].platform, "cpu_count": os.cpu_count(), "machine": platform.machine(),
-        "jax": jax.__version__, "results": rows,
+        "jax": jax.__version__, "load_average_1m_at_end": os.getloadavg()[0], "results": rows,
     }
     os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
     with open(RESULTS, "w") as f:
         json.dump(result, f, indent=2)
-    print(f"wrote {RESULTS}")
+    print(f"load average (1 min) at the end: {os.getloadavg()[0]:.1f}; wrote {RESULTS}")
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from jaxrl_vlm.envs.general_points import prompts
+from jaxrl_vlm.envs.general_points import env, prompts
 
 _USER_0, _USER_1, _USER_2 = "<<GP_USER_0>>", "<<GP_USER_1>>", "<<GP_USER_2>>"
 _ASSISTANT_1, _ASSISTANT_2 = "<<GP_ASSISTANT_1>>", "<<GP_ASSISTANT_2>>"
@@ -244,14 +244,17 @@ def build_prompt_codec(
     language_only: bool,
     face_cards_as_10: bool,
     target: int = 24,
-    fragment_texts: Sequence[str] = (),
+    fragment_texts: Sequence[str] | None = None,
     image_token: str | None = None,
     template_kwargs: Mapping[str, Any] | None = None,
 ) -> PromptCodec:
     """Tokenize the static and variable pieces of the GP chat once (host); see the module docstring.
 
-    fragment_texts: the verifier's feedback fragment strings; a feedback is the concatenation of its fragments.
+    fragment_texts: the feedback fragment strings (default: `env.feedback_fragment_texts()`, the ids of the env's
+    `info['fragments']`); a feedback is the concatenation of its fragments.
     """
+    if fragment_texts is None:
+        fragment_texts = env.feedback_fragment_texts()
     layout = chat_layout(tokenizer, language_only=language_only, image_token=image_token, template_kwargs=template_kwargs)
     text = prompts.user_message([1, 1, 1, 1], face_cards_as_10=face_cards_as_10, language_only=language_only,
                                 target=target)
@@ -288,11 +291,18 @@ def build_prompt_codec(
 
 
 def _assemble_row(starts: jax.Array, lens: jax.Array, bank: jax.Array, extra: jax.Array, width: int, pad_id: int):
-    """Concatenate pieces (start, length) into int32[width]; a start >= len(bank) reads extra[start - len(bank)]."""
+    """Concatenate pieces (start, length) into int32[width]; a start >= len(bank) reads extra[start - len(bank)].
+
+    The piece under each output position is the last piece beginning at or before it: piece ids scattered (max) at
+    their begin positions, then a running max. Pieces beginning together are empty except the last one.
+    """
     ends = jnp.cumsum(lens)
+    begins = ends - lens
     t = jnp.arange(width, dtype=jnp.int32)
-    k = jnp.minimum(jnp.searchsorted(ends, t, side="right"), lens.shape[0] - 1)
-    pos = starts[k] + t - (ends[k] - lens[k])
+    piece_ids = jnp.arange(lens.shape[0], dtype=jnp.int32)
+    owner = jnp.full((width,), -1, jnp.int32).at[jnp.where(begins < width, begins, width)].max(piece_ids, mode="drop")
+    k = jnp.maximum(jax.lax.cummax(owner), 0)
+    pos = starts[k] + t - begins[k]
     n_bank = bank.shape[0]
     from_bank = bank[jnp.clip(pos, 0, n_bank - 1)]
     from_extra = extra[jnp.clip(pos - n_bank, 0, extra.shape[0] - 1)]
