@@ -24,3 +24,13 @@ def initialize() -> None:
                                    process_id=int(os.environ["JAX_PROCESS_ID"]))
     else:
         jax.distributed.initialize()
+
+
+def start_job(config) -> None:
+    """What every entry point does first: validate the config (before any compilation), then join the other
+    processes of a multi-host run when config.distributed is set."""
+    from jaxrl_vlm import config as config_lib
+
+    config_lib.validate(config)
+    if config.distributed:
+        initialize()

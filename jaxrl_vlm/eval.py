@@ -4,7 +4,7 @@ from __future__ import annotations
 from absl import app
 from ml_collections import config_flags
 
-from jaxrl_vlm import config as config_lib
+from jaxrl_vlm.distributed import start_job
 from jaxrl_vlm.evaluation import job
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Job config file (configs/*.py).", lock_config=True)
@@ -15,11 +15,7 @@ def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
     config = _CONFIG.value
-    config_lib.validate(config)
-    if config.distributed:
-        from jaxrl_vlm import distributed
-
-        distributed.initialize()
+    start_job(config)
     job.run_eval(config)
 
 

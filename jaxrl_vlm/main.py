@@ -7,7 +7,7 @@ import jax
 from absl import app
 from ml_collections import config_flags
 
-from jaxrl_vlm import config as config_lib
+from jaxrl_vlm.distributed import start_job
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Job config file (configs/*.py).", lock_config=True)
 
@@ -35,11 +35,7 @@ def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
     config = _CONFIG.value
-    config_lib.validate(config)
-    if config.distributed:
-        from jaxrl_vlm import distributed
-
-        distributed.initialize()
+    start_job(config)
     if config.job == "sft":
         run_sft_job(config)
     elif config.job == "eval":

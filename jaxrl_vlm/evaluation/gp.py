@@ -15,6 +15,7 @@ from typing import Any, Mapping, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm.auto import tqdm
 
 from jaxrl_vlm.envs.general_points import env as gp_env
 from jaxrl_vlm.envs.general_points import prompt_tokens
@@ -22,7 +23,6 @@ from jaxrl_vlm.envs.general_points.cards import CANVAS_SIZE, card_atlas, render_
 from jaxrl_vlm.envs.general_points.token_bytes import token_byte_table, tokens_to_bytes
 from jaxrl_vlm.envs.general_points.verifier_device import feedback_fragment_texts
 from jaxrl_vlm.models import api as models_api
-from jaxrl_vlm.training.sft import model_with_params
 
 WIDTH_ROUNDING = 64
 
@@ -120,9 +120,12 @@ class GPEvaluator:
                                         suits=spec.suits, verify_iter=verify_iter if spec.revise else 1,
                                         language_only=self.language_only)
         codec = self._codec(spec.face_cards_as_10)
-        model = self.model if params is None else model_with_params(self.model, params)
+        model = self.model if params is None else models_api.with_params(self.model, params)
         successes, rewards, replies, misread, overflow = 0, [], 0, 0, 0
         key = jax.random.key(seed)
+        turns = verify_iter if spec.revise else 1
+        progress = tqdm(total=-(-episodes // batch_size) * turns, desc=f"eval {split}", unit="turn",
+                        dynamic_ncols=True, disable=jax.process_index() != 0)
         for start in range(0, episodes, batch_size):
             n = min(batch_size, episodes - start)
             key, reset_key = jax.random.split(key)
@@ -130,7 +133,6 @@ class GPEvaluator:
             conv = _first_prompt(codec, state.ranks, _round_up(_prompt_width(codec, state.ranks)))
             images = None if self.language_only else np.asarray(
                 render_hands(state.ranks, state.suits, self.atlas, resolution=self.resolution))
-            turns = verify_iter if spec.revise else 1
             for turn in range(turns):
                 ids = np.asarray(conv.ids)
                 vision = {} if images is None else model.vision_inputs([[image] for image in images], ids)
@@ -145,13 +147,16 @@ class GPEvaluator:
                 rewards.extend(reward[active[:n]].tolist())
                 replies += int(active[:n].sum())
                 misread += int((active[:n] & (reward == -1.5)).sum())
+                progress.update(1)
                 if turn + 1 == turns or bool(np.asarray(state.done).all()):
                     break
                 width = _round_up(conv.ids.shape[1] + max_new_tokens + 256)
-                conv = _revision(codec, conv, jnp.asarray(tokens), jnp.asarray(reply_len), info["fragments"],
-                                 info["num_fragments"], width)
+                conv = _crop_left_padding(_revision(codec, conv, jnp.asarray(tokens), jnp.asarray(reply_len),
+                                                    info["fragments"], info["num_fragments"], width))
                 overflow += int(np.asarray(conv.overflow)[:n].sum())
             successes += int(np.asarray(state.success)[:n].sum())
+            progress.update(turns - 1 - turn)
+        progress.close()
         result: dict[str, Any] = {"split": split, "episodes": episodes, "replies": replies,
                                   "mean_reward": float(np.mean(rewards)) if rewards else float("nan"),
                                   "context_overflow": overflow}
@@ -167,6 +172,13 @@ class GPEvaluator:
 def _prompt_width(codec, ranks) -> int:
     probe = _first_prompt(codec, ranks, 4096)
     return int(np.asarray(probe.lengths).max())
+
+
+def _crop_left_padding(conv: prompt_tokens.TokenBatch) -> prompt_tokens.TokenBatch:
+    """Drop leading all-padding columns of a left-padded batch, keeping a width that is a multiple of 64 (few shapes,
+    few compilations) so each turn's prefill costs what the conversations need, not the worst-case bound."""
+    width = min(conv.ids.shape[1], _round_up(int(np.asarray(conv.lengths).max())))
+    return prompt_tokens.TokenBatch(conv.ids[:, conv.ids.shape[1] - width:], conv.lengths, conv.overflow)
 
 
 def _mask(conv) -> np.ndarray:

@@ -132,6 +132,14 @@ register_architecture(["LlamaForCausalLM", "llama"], _load_llama)
 register_architecture(["MllamaForConditionalGeneration", "mllama"], mllama_port.load_model)
 
 
+def with_params(model: Any, params: Any) -> Any:
+    """A shallow copy of a loaded model object carrying other params (same config, mesh and functions)."""
+    clone = object.__new__(type(model))
+    clone.__dict__.update(model.__dict__)
+    clone.params = params
+    return clone
+
+
 def sample(model: Any, input_ids: Any, attention_mask: Any, *, max_new_tokens: int, temperature: float = 0.0,
            top_p: float = 1.0, seed: int = 0, capacity: int | None = None, **vision: Any) -> sampler.SampleOutput:
     """Sample continuations of left-padded prompts; returns tokens [B,N], log-probs [B,N], lengths [B] and the

@@ -111,14 +111,6 @@ def _global_batch(batch: SFTBatch, mesh: Mesh, model: Any) -> dict[str, jax.Arra
     return {name: jax.make_array_from_process_local_data(sharding, np.asarray(value)) for name, value in arrays.items()}
 
 
-def model_with_params(model: Any, params: Any) -> Any:
-    """A shallow copy of a loaded model object carrying other params (same config, mesh and functions)."""
-    clone = object.__new__(type(model))
-    clone.__dict__.update(model.__dict__)
-    clone.params = params
-    return clone
-
-
 def place_on_mesh(tree: Any, mesh: Mesh) -> Any:
     """Leaves already sharded over `mesh` stay; others (e.g. optimizer step counters) are replicated over it."""
     replicated = NamedSharding(mesh, PartitionSpec())
@@ -233,6 +225,6 @@ def train_sft(config: mlc.ConfigDict, *, model: Any = None, tokenizer: Any = Non
     summary: dict[str, Any] = {"steps": end, "loss": last_loss, "checkpoints": checkpointer.directory}
     if end == sft.steps and config.checkpoint.export_hf and hasattr(model, "export"):
         export_dir = os.path.join(config.out_dir, "hf_export")
-        model_with_params(model, state.params).export(export_dir)
+        models_api.with_params(model, state.params).export(export_dir)
         summary["hf_export"] = export_dir
     return summary, state
