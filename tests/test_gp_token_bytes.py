@@ -57,6 +57,9 @@ def test_token_sequences_match_decode(tokenizer, special):
         expected = _decode(tokenizer, ids[row, : lengths[row]].tolist(), skip=special == "empty")
         assert read_reply(bytes(out[row, : out_len[row]])) == expected
         assert not out[row, out_len[row]:].any()
+    cut, cut_len = tokens_to_bytes(jnp.asarray(ids), jnp.asarray(lengths), table, width=40)
+    assert cut.shape == (rows, 40) and np.array_equal(np.asarray(cut_len), out_len)
+    assert np.array_equal(np.asarray(cut), out[:, :40])
     short = tokenizer.encode(text)
     out, out_len = tokens_to_bytes(jnp.asarray([short]), jnp.asarray([len(short)]), table)
     assert bytes(np.asarray(out)[0, : int(out_len[0])]) == text.encode()

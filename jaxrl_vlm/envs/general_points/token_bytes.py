@@ -77,26 +77,34 @@ def token_byte_table(tokenizer, special_tokens: str = "text") -> TokenByteTable:
     return TokenByteTable(table, np.array([len(r) for r in rows], dtype=np.int32))
 
 
-def _concat_rows(ids: jax.Array, lengths: jax.Array, rows: jax.Array, row_lengths: jax.Array):
-    """Concatenate rows[ids[b, t]][:row_lengths[...]] for t < lengths[b]: ([B, T*W] zero-padded, int32[B])."""
+def _concat_rows(ids: jax.Array, lengths: jax.Array, rows: jax.Array, row_lengths: jax.Array,
+                 width: int | None = None):
+    """Concatenate rows[ids[b, t]][:row_lengths[...]] for t < lengths[b]: ([B, width or T*W] zero-padded, items
+    past width dropped; int32[B] total length, not clipped)."""
     bsz, t = ids.shape
-    vocab, width = rows.shape
+    vocab, row_width = rows.shape
+    width = t * row_width if width is None else width
     ids = ids.astype(jnp.int32)
     live = (jnp.arange(t)[None] < lengths[:, None]) & (ids >= 0) & (ids < vocab)
     safe = jnp.where(live, ids, 0)
     item_len = jnp.where(live, row_lengths[safe], 0)
     start = jnp.cumsum(item_len, axis=-1) - item_len
-    k = jnp.arange(width)
-    pos = jnp.where(k[None, None] < item_len[..., None], start[..., None] + k[None, None], t * width)
-    out = jnp.zeros((bsz, t * width), rows.dtype).at[jnp.arange(bsz)[:, None], pos.reshape(bsz, -1)].set(
+    k = jnp.arange(row_width)
+    pos = jnp.where(k[None, None] < item_len[..., None], start[..., None] + k[None, None], width)
+    out = jnp.zeros((bsz, width), rows.dtype).at[jnp.arange(bsz)[:, None], pos.reshape(bsz, -1)].set(
         rows[safe].reshape(bsz, -1), mode="drop")
     return out, item_len.sum(axis=-1).astype(jnp.int32)
 
 
-@jax.jit
-def tokens_to_bytes(token_ids: jax.Array, lengths: jax.Array, table: TokenByteTable) -> tuple[jax.Array, jax.Array]:
-    """Concatenated bytes of token_ids int32[B, T] (the first lengths[b] of row b) as (uint8[B, T*Kmax], int32[B])."""
-    return _concat_rows(token_ids, lengths, jnp.asarray(table.bytes), jnp.asarray(table.lengths))
+@functools.partial(jax.jit, static_argnames=("width",))
+def tokens_to_bytes(token_ids: jax.Array, lengths: jax.Array, table: TokenByteTable,
+                    width: int | None = None) -> tuple[jax.Array, jax.Array]:
+    """Concatenated bytes of token_ids int32[B, T] (the first lengths[b] of row b): (uint8[B, W], int32[B]).
+
+    W = width if given (static; bytes past it are dropped) else T*Kmax. The returned length is the full byte count,
+    so `length > width` tells that a reply was cut (`score_bytes` then reads its first W bytes).
+    """
+    return _concat_rows(token_ids, lengths, jnp.asarray(table.bytes), jnp.asarray(table.lengths), width)
 
 
 class FragmentTokenTable(NamedTuple):

@@ -100,7 +100,7 @@ for _i, _c in enumerate(_CHAR_FRAGMENTS):
     _BYTE_TO_FRAGMENT[ord(_c)] = F_CHAR0 + _i
 
 
-_SYMBOLS = "0123456789+-*/()"
+_SYMBOLS = _CHAR_FRAGMENTS  # the trie alphabet
 _BYTE_TO_SYMBOL = np.full(256, -1, dtype=np.int32)
 for _i, _c in enumerate(_SYMBOLS):
     _BYTE_TO_SYMBOL[ord(_c)] = _i
@@ -656,6 +656,8 @@ def _evaluate(values, ops, keys):
 
 
 class _FormulaResult(NamedTuple):
+    """Reward of the formula stage and its feedback as virtual fragment slots."""
+
     reward: jax.Array
     units: jax.Array  # int32[B, U] fragment ids of the virtual slots
     active: jax.Array  # bool[B, U]
