@@ -29,7 +29,7 @@ and last remaining tokens are replaced by the pre-tokenized stripped text of tha
 Whitespace is judged per token from `decode([id])`. Known limitation: a boundary token whose bytes are not complete
 UTF-8 (byte-level BPE pieces of a multi-byte character) is left untouched, so if the first/last token of a reply is
 such a piece with a leading/trailing space, or a multi-byte Unicode space is split over byte tokens at an end, the
-device ids keep whitespace that the template would trim. Reply ids past the tokenizer's vocabulary are not trimmed.
+device ids keep whitespace that the template would trim. Reply ids past the tokenizer's vocabulary count as content.
 
 Reply ids must exclude the stop token (the template writes its own end-of-turn marker). The VL prompt is the user
 content [image, text]: with a multimodal template (content as a list of parts) the template places its image
@@ -383,17 +383,24 @@ def _reply_pieces(codec: PromptCodec, reply: jax.Array, reply_len: jax.Array, of
         return (jnp.array([n_bank + offset], jnp.int32), reply_len[None].astype(jnp.int32),
                 jnp.zeros((2 * _MAX_STRIP_PIECE,), jnp.int32))
     i = jnp.arange(width)
-    reply = jnp.clip(reply, 0, codec.whitespace_only.shape[0] - 1)  # ids past the tokenizer's vocabulary
-    content = (i < reply_len) & ~codec.whitespace_only[reply]
+    vocab = codec.whitespace_only.shape[0]
+    known = (reply >= 0) & (reply < vocab)  # ids past the tokenizer's vocabulary count as content, kept as they are
+    safe = jnp.where(known, reply, 0)
+    content = (i < reply_len) & ~(known & codec.whitespace_only[safe])
     first = jnp.min(jnp.where(content, i, width))
     last = jnp.max(jnp.where(content, i, -1))
     single = first == last
-    first_tok = reply[jnp.clip(first, 0, width - 1)]
-    last_tok = reply[jnp.clip(last, 0, width - 1)]
-    head_ids = jnp.where(single, codec.strip_ids[first_tok], codec.lstrip_ids[first_tok])
-    head_len = jnp.where(single, codec.strip_len[first_tok], codec.lstrip_len[first_tok])
-    tail_ids = codec.rstrip_ids[last_tok]
-    tail_len = jnp.where(single, 0, codec.rstrip_len[last_tok])
+
+    def stripped(pos, ids_table, len_table):
+        pos = jnp.clip(pos, 0, width - 1)
+        as_is = jnp.zeros((_MAX_STRIP_PIECE,), jnp.int32).at[0].set(reply[pos].astype(jnp.int32))
+        return (jnp.where(known[pos], ids_table[safe[pos]], as_is), jnp.where(known[pos], len_table[safe[pos]], 1))
+
+    head_ids, head_len = stripped(first, codec.lstrip_ids, codec.lstrip_len)
+    both_ids, both_len = stripped(first, codec.strip_ids, codec.strip_len)
+    head_ids, head_len = jnp.where(single, both_ids, head_ids), jnp.where(single, both_len, head_len)
+    tail_ids, tail_len = stripped(last, codec.rstrip_ids, codec.rstrip_len)
+    tail_len = jnp.where(single, 0, tail_len)
     empty = last < first
     head_len = jnp.where(empty, 0, head_len)
     tail_len = jnp.where(empty, 0, tail_len)
