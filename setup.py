@@ -28,6 +28,7 @@ DEV = [
     "hypothesis>=6.100",
     "torch==2.13.0",
     "accelerate>=1.0",
+    "quicktok-v1>=0.4",
 ]
 
 setup(

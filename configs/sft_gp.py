@@ -11,14 +11,14 @@ from jaxrl_vlm.config import base_config
 def get_config():
     """Config of an SFT run on GP-L."""
     config = base_config(job="sft", run_name="sft_gp")
-    config.sft.steps = 24
+    config.sft.steps = 16
     config.sft.global_batch_size = 8
     config.sft.lr = 5e-5
     config.sft.warmup_ratio = 0.1
     config.checkpoint.every = 8
     config.data.num_examples = 1024
     config.data.seq_len = 320
-    config.eval.episodes = 16
-    config.eval.batch_size = 16
+    config.eval.episodes = 8
+    config.eval.batch_size = 8
     config.eval.max_new_tokens = 64
     return config

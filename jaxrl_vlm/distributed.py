@@ -27,10 +27,13 @@ def initialize() -> None:
 
 
 def start_job(config) -> None:
-    """What every entry point does first: validate the config (before any compilation), then join the other
-    processes of a multi-host run when config.distributed is set."""
+    """What every entry point does first: quiet library INFO logs, validate the config (before any compilation),
+    then join the other processes of a multi-host run when config.distributed is set."""
+    from absl import logging
+
     from jaxrl_vlm import config as config_lib
 
+    logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
     config_lib.validate(config)
     if config.distributed:
         initialize()

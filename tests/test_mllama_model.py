@@ -263,3 +263,15 @@ def test_init_params_match_param_shapes_and_dtype(model):
     assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(expected, is_leaf=is_shape)
     for leaf, shape in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(expected, is_leaf=is_shape)):
         assert leaf.shape == shape and leaf.dtype == np.dtype("bfloat16")
+
+
+def test_export_round_trip_loads_in_transformers(checkpoint, model, padded_image_batch, tmp_path):
+    """Our params -> HF directory -> transformers -> the same logits as the original transformers model."""
+    _, hf_model = checkpoint
+    files = model.export(str(tmp_path / "export"), max_shard_bytes=60_000)
+    assert "model.safetensors.index.json" in files
+    reloaded = transformers.MllamaForConditionalGeneration.from_pretrained(str(tmp_path / "export")).eval()
+    input_ids, attention_mask, vision = padded_image_batch
+    expected = _hf_logits(hf_model, input_ids, attention_mask, vision)
+    got = _hf_logits(reloaded, input_ids, attention_mask, vision)
+    np.testing.assert_allclose(got, expected, atol=1e-6)

@@ -51,6 +51,7 @@ def test_sft_and_eval_on_tiny_mllama(tmp_path):
         if isinstance(model.params["vision"]["patch_embed"], dict) else np.asarray(model.params["vision"]["patch_embed"])
     summary, state = train_sft(config, model=model, tokenizer=tokenizer)
     assert summary["steps"] == 2 and np.isfinite(summary["loss"])
+    assert os.path.isfile(os.path.join(summary["hf_export"], "config.json"))
     vision_after = state.params["vision"]["patch_embed"]
     if isinstance(vision_before, dict):
         for key, value in vision_before.items():

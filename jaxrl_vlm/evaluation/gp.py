@@ -21,7 +21,6 @@ from jaxrl_vlm.envs.general_points import env as gp_env
 from jaxrl_vlm.envs.general_points import prompt_tokens
 from jaxrl_vlm.envs.general_points.cards import CANVAS_SIZE, card_atlas, render_hands
 from jaxrl_vlm.envs.general_points.token_bytes import token_byte_table, tokens_to_bytes
-from jaxrl_vlm.envs.general_points.verifier_device import feedback_fragment_texts
 from jaxrl_vlm.models import api as models_api
 
 WIDTH_ROUNDING = 64
@@ -103,7 +102,8 @@ class GPEvaluator:
         if face_cards_as_10 not in self._codecs:
             self._codecs[face_cards_as_10] = prompt_tokens.build_prompt_codec(
                 self.tokenizer, language_only=self.language_only, face_cards_as_10=face_cards_as_10,
-                target=self.target, fragment_texts=feedback_fragment_texts(), template_kwargs=self.template_kwargs)
+                target=self.target, fragment_texts=gp_env.feedback_fragment_texts(),
+                template_kwargs=self.template_kwargs)
         return self._codecs[face_cards_as_10]
 
     def evaluate(self, split: str, *, episodes: int, batch_size: int, max_new_tokens: int,

@@ -13,6 +13,7 @@ transformers 5's `save_pretrained` also writes. Errors name tensors in the forme
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 from typing import Any
@@ -28,8 +29,8 @@ from jaxrl_vlm.models.config import dtype_from_name
 from jaxrl_vlm.models.image_processing import PREPROCESSOR_CONFIG_NAME, MllamaImageProcessorConfig, preprocess
 from jaxrl_vlm.models.mllama import MllamaConfig
 from jaxrl_vlm.models.port.llama import read_config_json
-from jaxrl_vlm.models.port.safetensors_io import CheckpointReader
-from jaxrl_vlm.models.port.tensors import KeyRule, TensorReader, load_tree
+from jaxrl_vlm.models.port.safetensors_io import CheckpointReader, write_checkpoint
+from jaxrl_vlm.models.port.tensors import KeyRule, TensorReader, iter_hf_tensors, load_tree
 from jaxrl_vlm.models.sharding import MeshRules, put_global, to_host
 
 LEGACY_PREFIXES = (
@@ -191,6 +192,38 @@ def load_hf_directory(directory: str, dtype: str = "float32", compute_dtype: str
     return config, load_params(CheckpointReader(directory), config, mesh)
 
 
+_STACKED_TEXT = re.compile(r"(text_self|text_cross)\.(\d+)\.(.+)")
+
+
+def export_hf_directory(params: dict[str, Any], config: MllamaConfig, directory: str,
+                        max_shard_bytes: int | None = None, dtype: str | None = None) -> list[str]:
+    """Write params as an HF `MllamaForConditionalGeneration` directory (config.json + safetensors, transformers 5
+    names) that transformers loads. Every process must call it (leaves are gathered); only process 0 writes.
+    Returns the file names written."""
+    out_dtype = np.dtype(dtype_from_name(dtype or config.text.param_dtype))
+    hf_layer = {("text_cross", j): layer for j, layer in enumerate(config.cross_attention_layers)}
+    hf_layer.update({("text_self", j): layer for j, layer in enumerate(config.self_attention_layers)})
+
+    def tensors():
+        for name, array in iter_hf_tensors(params, MLLAMA_KEY_TABLE, out_dtype):
+            stacked = _STACKED_TEXT.fullmatch(name)
+            if stacked:
+                layer = hf_layer[(stacked.group(1), int(stacked.group(2)))]
+                name = f"model.language_model.layers.{layer}.{stacked.group(3)}"
+            yield name, array
+
+    if jax.process_index() != 0:
+        for _ in tensors():
+            pass
+        return []
+    files = write_checkpoint(directory, tensors(), max_shard_bytes)
+    hf_config = config.to_hf_dict()
+    hf_config["torch_dtype"] = dtype or config.text.param_dtype
+    with open(os.path.join(directory, "config.json"), "w") as f:
+        json.dump(hf_config, f, indent=1)
+    return files + ["config.json"]
+
+
 _text_logits = jax.jit(mllama.text_logits, static_argnames=("config", "mesh_rules"))
 _encode_images = jax.jit(mllama.encode_images, static_argnames=("config",))
 VISION_INPUTS = ("pixel_values", "aspect_ratio_ids", "aspect_ratio_mask", "cross_attention_mask")
@@ -267,6 +300,10 @@ class MllamaModel:
         out = _text_logits(self.params, self.put_batch(np.asarray(input_ids, np.int32)),
                            self.put_batch(np.asarray(attention_mask, bool)), self.config, cross, self.mesh_rules)
         return to_host(out)
+
+    def export(self, directory: str, *, max_shard_bytes: int | None = None, dtype: str | None = None) -> list[str]:
+        """Write an HF `MllamaForConditionalGeneration` directory (config.json + safetensors); returns the files."""
+        return export_hf_directory(self.params, self.config, directory, max_shard_bytes, dtype)
 
 
 def load_model(directory: str, hf_config: dict[str, Any], dtype: str, mesh: Mesh | None) -> MllamaModel:
