@@ -34,7 +34,7 @@ def base_config(job: str, run_name: str) -> mlc.ConfigDict:
     c.data = mlc.ConfigDict(dict(num_examples=4096, seq_len=320, seed=0, data_dir=""))
     c.sft = mlc.ConfigDict(dict(steps=100, global_batch_size=16, micro_batches=1, lr=1e-5, warmup_ratio=0.03,
                                 end_lr=0.0, b1=0.9, b2=0.98, eps=1e-7, weight_decay=0.0, max_grad_norm=1.0,
-                                trainable="all"))
+                                trainable="all", remat=True))
     c.checkpoint = mlc.ConfigDict(dict(every=50, keep=3, resume=True, async_save=True, export_hf=True))
     c.eval = mlc.ConfigDict(dict(every=0, episodes=234, batch_size=64, max_new_tokens=256, temperature=0.0,
                                  splits="in_dist,rule_ood", checkpoint=""))

@@ -125,3 +125,21 @@ def test_main_runs_sft_with_evaluation_and_eval_reads_checkpoints(tmp_path, tiny
     bad = subprocess.run([sys.executable, "-m", "jaxrl_vlm.main", "--config=configs/sft_gp.py", "--config.sft.nope=1"],
                          capture_output=True, text=True, env=env, timeout=600)
     assert bad.returncode != 0 and "nope" in bad.stderr
+
+
+def test_remat_gives_the_same_gradients(tiny_checkpoint):
+    """Gradient checkpointing changes memory, not results."""
+    from jaxrl_vlm.models import api
+    from jaxrl_vlm.training.sft import make_apply_fn
+    from jaxrl_vlm.training.sft_step import token_losses
+
+    model = api.load(tiny_checkpoint)
+    ids = np.random.default_rng(0).integers(3, 480, size=(2, 24)).astype(np.int32)
+    mask = np.ones((2, 24), bool)
+    grads = []
+    for remat in (False, True):
+        apply = make_apply_fn(model, "float32", "float32", remat)
+        loss = lambda p: token_losses(apply(p, ids, mask), ids, mask)[0]
+        grads.append(jax.jit(jax.grad(loss))(model.params))
+    for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-6)

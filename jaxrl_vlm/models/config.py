@@ -34,7 +34,8 @@ class LlamaConfig:
 
     `rope_scaling` is a tuple of (key, value) pairs (hashable) or None; `eos_token_ids` a tuple of ids.
     `param_dtype` is the storage dtype of the weights, `compute_dtype` the dtype of matmul inputs
-    (norms, softmax and logits are always computed in float32).
+    (norms, softmax and logits are always computed in float32). `remat`: recompute each decoder layer's activations
+    in the backward pass (gradient checkpointing) instead of keeping them, for training.
     """
 
     vocab_size: int
@@ -54,6 +55,7 @@ class LlamaConfig:
     pad_token_id: int | None = None
     param_dtype: str = "float32"
     compute_dtype: str = "float32"
+    remat: bool = False
 
     def __post_init__(self) -> None:
         if self.num_heads % self.num_kv_heads:

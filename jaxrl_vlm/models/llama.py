@@ -91,7 +91,7 @@ def hidden_states(params: Params, input_ids: jax.Array, token_mask: jax.Array, c
         def body(h, layer):
             h, _ = decoder_layer(layer, h, positions, mask, inv_freq, config)
             return _constrain(h, mesh_rules), None
-        x, _ = jax.lax.scan(body, x, params["layers"])
+        x, _ = jax.lax.scan(jax.checkpoint(body) if config.remat else body, x, params["layers"])
         new_cache = None
     else:
         positions = positions_from_mask(token_mask, cache.next_pos)

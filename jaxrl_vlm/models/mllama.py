@@ -358,7 +358,7 @@ def hidden_states(params: Params, input_ids: jax.Array, token_mask: jax.Array, c
             def body(h, layer):
                 h, _ = decoder_layer(layer, h, positions, mask, inv_freq, t_cfg)
                 return _constrain(h, mesh_rules), None
-            x, _ = jax.lax.scan(body, x, layers)
+            x, _ = jax.lax.scan(jax.checkpoint(body) if t_cfg.remat else body, x, layers)
         else:
             def body(h, xs):
                 layer, k, v = xs

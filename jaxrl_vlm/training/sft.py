@@ -8,6 +8,7 @@ data position, so a killed run resumes on exactly the batches and the loss curve
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import io
 import os
@@ -122,13 +123,16 @@ def place_on_mesh(tree: Any, mesh: Mesh) -> Any:
     return jax.tree_util.tree_map(place, tree)
 
 
-def make_apply_fn(model: Any, param_dtype: str, compute_dtype: str) -> Callable[..., jax.Array]:
+def make_apply_fn(model: Any, param_dtype: str, compute_dtype: str, remat: bool) -> Callable[..., jax.Array]:
     """apply(params, input_ids, attention_mask, **vision) -> f32 logits for a loaded Llama or Mllama model whose params
-    are stored in param_dtype, computing in compute_dtype (e.g. fp32 master weights with bf16 compute)."""
+    are stored in param_dtype, computing in compute_dtype (e.g. fp32 master weights with bf16 compute); remat
+    recomputes each decoder layer in the backward pass (gradient checkpointing, as the reference trains)."""
     config = model.config.with_dtypes(param_dtype, compute_dtype)
     if isinstance(model, models_api.LlamaModel):
+        config = dataclasses.replace(config, remat=remat)
         return functools.partial(llama.forward, config=config, mesh_rules=model.mesh_rules)
     if isinstance(model, MllamaModel):
+        config = dataclasses.replace(config, text=dataclasses.replace(config.text, remat=remat))
         return functools.partial(mllama.forward, config=config, mesh_rules=model.mesh_rules)
     raise NotImplementedError(f"SFT supports Llama and Mllama models, got {type(model).__name__}")
 
@@ -188,7 +192,7 @@ def train_sft(config: mlc.ConfigDict, *, model: Any = None, tokenizer: Any = Non
     tx, schedule = build_optimizer(config, model.params)
     state = place_on_mesh(init_train_state(model.params, tx), mesh)
     shardings = jax.tree_util.tree_map(lambda x: x.sharding, state)
-    apply_fn = make_apply_fn(model, config.model.param_dtype, config.model.dtype)
+    apply_fn = make_apply_fn(model, config.model.param_dtype, config.model.dtype, sft.remat)
     step_fn = jax.jit(make_sft_step(apply_fn, tx, micro_batches=sft.micro_batches), donate_argnums=0,
                       out_shardings=(shardings, None))
 
