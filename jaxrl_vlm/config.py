@@ -27,7 +27,7 @@ def base_config(job: str, run_name: str) -> mlc.ConfigDict:
     c.out_dir = os.path.join("runs", run_name)
     c.seed = 0
     c.distributed = False
-    c.model = mlc.ConfigDict(dict(path=EMBEDDED_MODEL, dtype="float32", param_dtype="float32", init_checkpoint=""))
+    c.model = mlc.ConfigDict(dict(path=EMBEDDED_MODEL, dtype="float32", param_dtype="float32"))
     c.mesh = mlc.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     c.task = mlc.ConfigDict(dict(name="gp", language_only=True, face_cards_as_10=True, ood=False, suits="mixed",
                                  target=24, verify_iter=5, resolution=1200, card_dir=""))
@@ -76,8 +76,6 @@ def validate(config: mlc.ConfigDict) -> None:
     resolve_model_path(config.model.path)
     for key in ("dtype", "param_dtype"):
         _check(config.model[key] in DTYPES, f"model.{key}", config.model[key], f"one of {DTYPES}")
-    if config.model.init_checkpoint and not os.path.exists(config.model.init_checkpoint):
-        raise FileNotFoundError(f"config.model.init_checkpoint {config.model.init_checkpoint!r} does not exist")
     for axis in ("data", "fsdp", "tensor"):
         size = config.mesh[axis]
         _check(isinstance(size, int) and (size >= 1 or (axis == "data" and size == -1)), f"mesh.{axis}", size,
