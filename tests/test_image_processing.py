@@ -3,11 +3,10 @@ import json
 
 import numpy as np
 import pytest
+import transformers
 from PIL import Image
 
 from jaxrl_vlm.models import image_processing as ip
-
-transformers = pytest.importorskip("transformers")
 
 # (height, width): square, wide, tall, tiny, large, extreme panorama, odd sizes.
 SIZES = [(224, 224), (100, 380), (500, 130), (5, 7), (900, 1300), (30, 2000), (333, 217)]

@@ -9,8 +9,8 @@ import jax
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+import torch
+import transformers
 from transformers.models.mllama.processing_mllama import (  # noqa: E402
     convert_sparse_cross_attention_mask_to_dense, get_cross_attention_token_mask)
 
