@@ -24,6 +24,7 @@ from jaxrl_vlm.envs.general_points.token_bytes import token_byte_table, tokens_t
 from jaxrl_vlm.models import api as models_api
 
 WIDTH_ROUNDING = 64
+FIRST_PROMPT_WIDTH = 4096  # assembled at this width, then cropped to the batch's longest prompt
 
 
 class GPSplit(NamedTuple):
@@ -130,7 +131,7 @@ class GPEvaluator:
             n = min(batch_size, episodes - start)
             key, reset_key = jax.random.split(key)
             _, state = gp_env.reset_batch(reset_key, env_params, batch_size)
-            conv = _first_prompt(codec, state.ranks, _round_up(_prompt_width(codec, state.ranks)))
+            conv = _crop_left_padding(_first_prompt(codec, state.ranks, FIRST_PROMPT_WIDTH))
             images = None if self.language_only else np.asarray(
                 render_hands(state.ranks, state.suits, self.atlas, resolution=self.resolution))
             for turn in range(turns):
@@ -167,11 +168,6 @@ class GPEvaluator:
             p = 1.0 - misread / max(replies, 1)
             result.update(recognition_accuracy=p, stderr=binomial_stderr(p, replies))
         return result
-
-
-def _prompt_width(codec, ranks) -> int:
-    probe = _first_prompt(codec, ranks, 4096)
-    return int(np.asarray(probe.lengths).max())
 
 
 def _crop_left_padding(conv: prompt_tokens.TokenBatch) -> prompt_tokens.TokenBatch:
