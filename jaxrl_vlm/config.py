@@ -13,9 +13,6 @@ import ml_collections as mlc
 JOBS = ("sft", "eval", "ppo")
 DTYPES = ("float32", "bfloat16")
 TRAINABLE = ("all", "freeze_vision", "freeze_vision_and_projector")
-SUIT_SETS = ("mixed", "black", "red")
-GP_SPLITS_L = ("in_dist", "rule_ood")
-GP_SPLITS_VL = ("in_dist", "rule_ood", "visual_ood", "recognition")
 EMBEDDED_MODEL = "embedded:smollm2"
 
 
@@ -57,7 +54,9 @@ def resolve_model_path(path: str) -> str:
 
 def eval_splits(config: mlc.ConfigDict) -> list[str]:
     """The evaluation splits named by config.eval.splits (comma-separated), checked against the task's modality."""
-    allowed = GP_SPLITS_L if config.task.language_only else GP_SPLITS_VL
+    from jaxrl_vlm.evaluation.gp import gp_splits
+
+    allowed = tuple(gp_splits(config.task.language_only))
     splits = [s.strip() for s in config.eval.splits.split(",") if s.strip()]
     bad = [s for s in splits if s not in allowed]
     if bad or not splits:
@@ -80,9 +79,11 @@ def validate(config: mlc.ConfigDict) -> None:
         size = config.mesh[axis]
         _check(isinstance(size, int) and (size >= 1 or (axis == "data" and size == -1)), f"mesh.{axis}", size,
                "a positive int (data may be -1: all remaining devices)")
+    from jaxrl_vlm.envs.general_points.sampling import SUIT_SETS
+
     task = config.task
     _check(task.name == "gp", "task.name", task.name, "'gp'")
-    _check(task.suits in SUIT_SETS, "task.suits", task.suits, f"one of {SUIT_SETS}")
+    _check(task.suits in SUIT_SETS, "task.suits", task.suits, f"one of {tuple(SUIT_SETS)}")
     _check(isinstance(task.target, int) and task.target > 0, "task.target", task.target, "a positive int")
     _check(isinstance(task.verify_iter, int) and task.verify_iter >= 1, "task.verify_iter", task.verify_iter, ">= 1")
     if task.card_dir and not os.path.isdir(task.card_dir):
