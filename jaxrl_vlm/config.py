@@ -14,6 +14,7 @@ JOBS = ("sft", "eval", "ppo")
 DTYPES = ("float32", "bfloat16")
 TRAINABLE = ("all", "freeze_vision", "freeze_vision_and_projector")
 EMBEDDED_MODEL = "embedded:smollm2"
+PPO_INIT_BASE = "model.path"  # ppo.init value: start PPO from model.path itself (no SFT warm start)
 
 
 def base_config(job: str, run_name: str) -> mlc.ConfigDict:
@@ -32,6 +33,11 @@ def base_config(job: str, run_name: str) -> mlc.ConfigDict:
     c.sft = mlc.ConfigDict(dict(steps=100, global_batch_size=16, micro_batches=1, lr=1e-5, warmup_ratio=0.03,
                                 end_lr=0.0, b1=0.9, b2=0.98, eps=1e-7, weight_decay=0.0, max_grad_norm=1.0,
                                 trainable="all", remat=True))
+    c.ppo = mlc.ConfigDict(dict(init="", updates=20, episodes=8, epochs=4, minibatches=2, micro_batches=1,
+                                lr=1e-6, end_lr=1e-9, lr_max_steps=100, b1=0.9, b2=0.999, eps=1e-7, weight_decay=0.0,
+                                max_grad_norm=1.0, clip=0.1, value_coef=0.5, gamma=0.9, lam=0.95, temperature=0.2,
+                                top_p=0.9, max_new_tokens=512, feedback_tokens=96, thought_coef=0.5, kl_coef=0.0,
+                                entropy_coef=0.0, remat=True))
     c.checkpoint = mlc.ConfigDict(dict(every=50, keep=3, resume=True, async_save=True, export_hf=True))
     c.eval = mlc.ConfigDict(dict(every=0, episodes=234, batch_size=64, max_new_tokens=256, temperature=0.0,
                                  splits="in_dist,rule_ood", checkpoint=""))
@@ -69,6 +75,25 @@ def _check(condition: bool, key: str, value, expected: str) -> None:
         raise ValueError(f"config.{key}={value!r} is invalid: expected {expected}")
 
 
+def _validate_ppo(config: mlc.ConfigDict) -> None:
+    ppo = config.ppo
+    if ppo.init not in ("", PPO_INIT_BASE) and not os.path.exists(ppo.init):
+        raise FileNotFoundError(f"config.ppo.init {ppo.init!r} does not exist (an SFT run's checkpoints/ folder, an HF "
+                                f"directory or a .gguf file; '' = SFT warm start, {PPO_INIT_BASE!r} = model.path)")
+    for key in ("updates", "episodes", "epochs", "minibatches", "micro_batches", "max_new_tokens",
+                "feedback_tokens", "lr_max_steps"):
+        _check(isinstance(ppo[key], int) and ppo[key] >= 1, f"ppo.{key}", ppo[key], "an int >= 1")
+    parts = ppo.minibatches * ppo.micro_batches
+    _check(ppo.episodes % parts == 0, "ppo.episodes", ppo.episodes,
+           f"a multiple of ppo.minibatches x ppo.micro_batches = {parts}")
+    _check(ppo.temperature > 0, "ppo.temperature", ppo.temperature, "> 0 (rollouts sample)")
+    _check(0 < ppo.top_p <= 1, "ppo.top_p", ppo.top_p, "in (0, 1]")
+    for key in ("gamma", "lam"):
+        _check(0 <= ppo[key] <= 1, f"ppo.{key}", ppo[key], "in [0, 1]")
+    for key in ("clip", "value_coef", "kl_coef", "entropy_coef", "lr", "max_grad_norm"):
+        _check(ppo[key] >= 0, f"ppo.{key}", ppo[key], ">= 0")
+
+
 def validate(config: mlc.ConfigDict) -> None:
     """Raise ValueError/FileNotFoundError naming the key for any bad value or missing file."""
     _check(config.job in JOBS, "job", config.job, f"one of {JOBS}")
@@ -97,6 +122,7 @@ def validate(config: mlc.ConfigDict) -> None:
            f"a divisor of sft.global_batch_size={sft.global_batch_size}")
     _check(0 <= sft.warmup_ratio <= 1, "sft.warmup_ratio", sft.warmup_ratio, "in [0, 1]")
     _check(sft.trainable in TRAINABLE, "sft.trainable", sft.trainable, f"one of {TRAINABLE}")
+    _validate_ppo(config)
     _check(config.checkpoint.keep >= 1, "checkpoint.keep", config.checkpoint.keep, ">= 1")
     _check(config.checkpoint.every >= 1, "checkpoint.every", config.checkpoint.every, ">= 1")
     eval_splits(config)

@@ -30,6 +30,41 @@ def run_sft_job(config) -> dict:
     return results
 
 
+def run_ppo_job(config) -> dict:
+    """PPO from an SFT warm start (or ppo.init), with ID/OOD evaluation before, during and after; writes
+    results.json, success_vs_gflops.png, checkpoints and (checkpoint.export_hf) hf_export/."""
+    from jaxrl_vlm import config as config_lib
+    from jaxrl_vlm.evaluation import job
+    from jaxrl_vlm.evaluation.plots import plot_success_vs_compute
+    from jaxrl_vlm.models import api as models_api
+    from jaxrl_vlm.training.ppo_train import train_ppo
+    from jaxrl_vlm.training.sft import build_mesh, train_sft
+
+    init = config.ppo.init
+    mesh = build_mesh(config.mesh)
+    model, tokenizer = job.load_checkpoint(config, None if init in ("", config_lib.PPO_INIT_BASE) else init, mesh)
+    init_tokens = 0
+    if init == "":
+        warm = config.copy_and_resolve_references()
+        warm.out_dir = os.path.join(config.out_dir, "sft_warm_start")
+        warm.checkpoint.export_hf = False
+        summary, sft_state = train_sft(warm, model=model, tokenizer=tokenizer)
+        model.params, init_tokens = sft_state.params, summary["tokens"]
+    out = train_ppo(config, model, tokenizer, init_tokens=init_tokens)
+    before, after = out["history"][0], out["history"][-1]
+    results = {"before_ppo": before, "after_ppo": after, "history": out["history"], "compute": out["compute"]}
+    if jax.process_index() == 0:
+        print(job.format_table({"before PPO": before["results"], "after PPO": after["results"]}))
+        print(f"training compute: {before['gflops']:.4g} GFLOPs before PPO, {after['gflops']:.4g} after")
+        job.write_results(os.path.join(config.out_dir, "results.json"), results)
+        plot = plot_success_vs_compute(out["history"], os.path.join(config.out_dir, "success_vs_gflops.png"),
+                                       title=f"PPO {config.run_name}")
+        print(f"results: {os.path.join(config.out_dir, 'results.json')}; plot: {plot}")
+    if config.checkpoint.export_hf and hasattr(model, "export"):
+        models_api.with_params(model, out["params"]).export(os.path.join(config.out_dir, "hf_export"))
+    return results
+
+
 def main(argv) -> None:
     """Validate the config (before any compilation) and run its job."""
     if len(argv) > 1:
@@ -43,7 +78,7 @@ def main(argv) -> None:
 
         run_eval(config)
     else:
-        raise NotImplementedError(f"config.job={config.job!r} is not implemented yet (PPO lands with issue 5)")
+        run_ppo_job(config)
 
 
 if __name__ == "__main__":

@@ -15,15 +15,20 @@ from jaxrl_vlm.models.tokenizer import load_tokenizer
 
 
 def load_for_eval(config: mlc.ConfigDict, mesh=None) -> tuple[Any, Any]:
-    """(model, tokenizer) of config.eval.checkpoint, else of config.model.path.
+    """(model, tokenizer) of config.eval.checkpoint, else of config.model.path (see `load_checkpoint`)."""
+    return load_checkpoint(config, config.eval.checkpoint or None, mesh)
 
-    eval.checkpoint may be an HF directory, a .gguf file, or a run's orbax `checkpoints/` directory (its newest step's
-    params are restored into the architecture of config.model.path).
+
+def load_checkpoint(config: mlc.ConfigDict, target: str | None, mesh=None) -> tuple[Any, Any]:
+    """(model, tokenizer) of `target`, else of config.model.path.
+
+    target may be an HF directory, a .gguf file, or a run's orbax `checkpoints/` directory (SFT or PPO: its newest
+    step's policy params are restored into the architecture of config.model.path).
     """
     from jaxrl_vlm.training.sft import restore_params
 
     base_path = config_lib.resolve_model_path(config.model.path)
-    target = config.eval.checkpoint or base_path
+    target = target or base_path
     if os.path.isdir(target) and not os.path.isfile(os.path.join(target, "config.json")):
         model = models_api.load(base_path, dtype=config.model.param_dtype, mesh=mesh)
         model.params = restore_params(config, model, target)

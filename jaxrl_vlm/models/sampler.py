@@ -95,24 +95,33 @@ def append_tokens(model: DecodeModel, params: Any, cache: KVCache, input_ids: ja
     return model.step(params, input_ids, token_mask, cache, extra)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens"), donate_argnames=("cache",))
+@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "write_stop_tokens"),
+                   donate_argnames=("cache",))
 def decode(model: DecodeModel, params: Any, cache: KVCache, extra: Any, logits: jax.Array, rng: jax.Array,
            temperature: jax.Array, top_p: jax.Array, eos_ids: jax.Array, pad_id: jax.Array,
-           max_new_tokens: int) -> tuple[jax.Array, jax.Array, jax.Array, KVCache, jax.Array, jax.Array]:
+           max_new_tokens: int, active: jax.Array | None = None, write_stop_tokens: bool = True
+           ) -> tuple[jax.Array, jax.Array, jax.Array, KVCache, jax.Array, jax.Array]:
     """Sample up to `max_new_tokens` tokens with a `lax.while_loop`, starting from `logits` [B,V] (the prefill's).
 
-    Rows stop after an EOS (any of eos_ids int32[E]); the loop stops when every row has. Returns tokens int32[B,N]
+    Rows stop after an EOS (any of eos_ids int32[E]); the loop stops when every row has. Rows where `active`
+    (bool[B], default all) is False generate nothing (length 0, pending invalid). With write_stop_tokens False, a
+    sampled EOS is never written to the cache (pending invalid), so a chat template's own end-of-turn text can
+    follow the reply. Returns tokens int32[B,N]
     (pad_id after EOS), log-probs float32[B,N], lengths int32[B], the cache, the pending tokens int32[B] and their
     validity bool[B] (see `DecodeState`).
     """
     batch = logits.shape[0]
+    active = jnp.ones((batch,), bool) if active is None else active
     rng, key = jax.random.split(rng)
     first, first_logp = sample_logits(logits, key, temperature, top_p)
+    first = jnp.where(active, first, pad_id)
+    first_logp = jnp.where(active, first_logp, 0.0)
     tokens = jnp.full((batch, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(first)
     logprobs = jnp.zeros((batch, max_new_tokens), jnp.float32).at[:, 0].set(first_logp)
-    done = jnp.isin(first, eos_ids)
-    carry = (jnp.int32(1), cache, tokens, logprobs, done, jnp.ones((batch,), jnp.int32), first,
-             jnp.ones((batch,), bool), rng)
+    done = jnp.isin(first, eos_ids) | ~active
+    writable = (lambda tok, valid: valid) if write_stop_tokens else (lambda tok, valid: valid & ~jnp.isin(tok, eos_ids))
+    carry = (jnp.int32(1), cache, tokens, logprobs, done, active.astype(jnp.int32), first, writable(first, active),
+             rng)
 
     def cond(c):
         return (c[0] < max_new_tokens) & ~jnp.all(c[4])
@@ -127,7 +136,8 @@ def decode(model: DecodeModel, params: Any, cache: KVCache, extra: Any, logits: 
         tokens = jax.lax.dynamic_update_slice(tokens, tok[:, None], (0, i))
         logprobs = jax.lax.dynamic_update_slice(logprobs, logp[:, None], (0, i))
         active = ~done
-        return (i + 1, cache, tokens, logprobs, done | jnp.isin(tok, eos_ids), lengths + active, tok, active, rng)
+        return (i + 1, cache, tokens, logprobs, done | jnp.isin(tok, eos_ids), lengths + active, tok,
+                writable(tok, active), rng)
 
     _, cache, tokens, logprobs, _, lengths, pending, pending_valid, _ = jax.lax.while_loop(cond, body, carry)
     return tokens, logprobs, lengths, cache, pending, pending_valid

@@ -51,6 +51,13 @@ class Checkpointer:
         )
         return restored.state, dict(restored.metadata or {})
 
+    def metadata(self, step: int) -> dict:
+        """The JSON metadata saved at `step` (without reading the arrays)."""
+        if step not in self._manager.all_steps():
+            raise FileNotFoundError(f"no checkpoint for step {step} in {self.directory} (have {self.all_steps()})")
+        restored = self._manager.restore(step, args=ocp.args.Composite(metadata=ocp.args.JsonRestore()))
+        return dict(restored.metadata or {})
+
     def restore_latest(self, abstract_state: Any) -> tuple[int, Any, dict] | None:
         """(step, state, metadata) of the newest checkpoint, or None when the directory has none."""
         step = self.latest_step()

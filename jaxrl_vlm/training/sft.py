@@ -152,18 +152,28 @@ def checkpoint_dir(config: mlc.ConfigDict) -> str:
 
 
 def restore_params(config: mlc.ConfigDict, model: Any, directory: str) -> Any:
-    """Params of the newest SFT checkpoint in `directory`, placed like model.params."""
-    tx, _ = build_optimizer(config, model.params)
-    like = place_on_mesh(init_train_state(model.params, tx), _mesh_of(model))  # the saved layout, on the mesh
+    """Policy params of the newest checkpoint in `directory` (an SFT or a PPO run's), placed like model.params."""
     checkpointer = Checkpointer(directory, async_save=False)
-    restored = checkpointer.restore_latest(like)
-    checkpointer.close()
-    if restored is None:
+    step = checkpointer.latest_step()
+    if step is None:
+        checkpointer.close()
         raise FileNotFoundError(f"no saved step in checkpoint directory {directory!r}")
-    return restored[1].params
+    if "compute" in checkpointer.metadata(step):  # a PPO run: params {'policy', 'value'}
+        from jaxrl_vlm.training.ppo_train import initial_ppo_state
+
+        like, _ = initial_ppo_state(config, model)
+        state, _ = checkpointer.restore(step, like)
+        checkpointer.close()
+        return state.params["policy"]
+    tx, _ = build_optimizer(config, model.params)
+    like = place_on_mesh(init_train_state(model.params, tx), mesh_of(model))  # the saved layout, on the mesh
+    state, _ = checkpointer.restore(step, like)
+    checkpointer.close()
+    return state.params
 
 
-def _mesh_of(model: Any) -> Mesh:
+def mesh_of(model: Any) -> Mesh:
+    """The mesh a loaded model's params live on (a 1-device mesh for unsharded params)."""
     leaf = jax.tree_util.tree_leaves(model.params)[0]
     if isinstance(leaf.sharding, NamedSharding):
         return leaf.sharding.mesh
@@ -172,7 +182,8 @@ def _mesh_of(model: Any) -> Mesh:
 
 def train_sft(config: mlc.ConfigDict, *, model: Any = None, tokenizer: Any = None,
               stop_after_step: int | None = None) -> tuple[dict[str, Any], TrainState]:
-    """Run (or resume) the SFT job of `config`; returns (summary: final loss, steps, paths; the final TrainState).
+    """Run (or resume) the SFT job of `config`; returns (summary: final loss, steps, tokens trained on (non-padding,
+    this host's count x process count), paths; the final TrainState).
 
     model/tokenizer: already loaded ones (default: load config.model.path onto the configured mesh). The model's
     param buffers are donated to the training state. stop_after_step: end the process's work after that global step
@@ -183,7 +194,7 @@ def train_sft(config: mlc.ConfigDict, *, model: Any = None, tokenizer: Any = Non
     model_path = config_lib.resolve_model_path(config.model.path)
     if model is None:
         model = models_api.load(model_path, dtype=config.model.param_dtype, mesh=build_mesh(config.mesh))
-    mesh = _mesh_of(model)
+    mesh = mesh_of(model)
     tokenizer = tokenizer or load_tokenizer(model_path)
     get_example, num_examples = expert_conversations(config, tokenizer)
     batcher = SFTBatcher(get_example, num_examples, global_batch_size=sft.global_batch_size,
@@ -198,11 +209,12 @@ def train_sft(config: mlc.ConfigDict, *, model: Any = None, tokenizer: Any = Non
 
     checkpointer = Checkpointer(checkpoint_dir(config), max_to_keep=config.checkpoint.keep,
                                 async_save=config.checkpoint.async_save)
-    start = 0
+    start, tokens_total = 0, 0
     restored = checkpointer.restore_latest(state) if config.checkpoint.resume else None
     if restored is not None:
         start, state, metadata = restored
         batcher.restore(metadata["batcher"])
+        tokens_total = int(metadata.get("tokens", 0))
     logger = MetricsLogger(config.out_dir, sft.steps, enabled=jax.process_index() == 0,
                            tensorboard=config.log.tensorboard, wandb_project=config.log.wandb_project or None,
                            config=config.to_dict(), desc="sft", initial_step=start)
@@ -212,7 +224,9 @@ def train_sft(config: mlc.ConfigDict, *, model: Any = None, tokenizer: Any = Non
     end = sft.steps if stop_after_step is None else min(sft.steps, stop_after_step)
     for step in range(start, end):
         batch = next(batcher)
-        tokens_seen += int(batch.attention_mask.sum()) * jax.process_count()
+        batch_tokens = int(batch.attention_mask.sum()) * jax.process_count()
+        tokens_seen += batch_tokens
+        tokens_total += batch_tokens
         state, metrics = step_fn(state, _global_batch(batch, mesh, model), jax.random.fold_in(rng, step))
         done = step + 1
         if done % config.log.every == 0 or done == end:
@@ -223,10 +237,11 @@ def train_sft(config: mlc.ConfigDict, *, model: Any = None, tokenizer: Any = Non
                        advance=done - logged)
             tokens_seen, clock, logged = 0, time.perf_counter(), done
         if done % config.checkpoint.every == 0 or done == sft.steps:
-            checkpointer.save(done, state, {"batcher": list(batcher.state)})
+            checkpointer.save(done, state, {"batcher": list(batcher.state), "tokens": tokens_total})
     checkpointer.close()
     logger.close()
-    summary: dict[str, Any] = {"steps": end, "loss": last_loss, "checkpoints": checkpointer.directory}
+    summary: dict[str, Any] = {"steps": end, "loss": last_loss, "tokens": tokens_total,
+                               "checkpoints": checkpointer.directory}
     if end == sft.steps and config.checkpoint.export_hf and hasattr(model, "export"):
         export_dir = os.path.join(config.out_dir, "hf_export")
         models_api.with_params(model, state.params).export(export_dir)

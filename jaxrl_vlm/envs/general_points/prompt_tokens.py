@@ -290,6 +290,13 @@ def build_prompt_codec(
     )
 
 
+def revision_overhead(codec: PromptCodec) -> int:
+    """Tokens a revision turn adds besides the reply and the feedback fragments: assistant tail, feedback prefix and
+    user tail (generation prompt). Host int."""
+    lengths = np.asarray(jax.device_get(codec.piece_len))
+    return int(lengths[[_ASSISTANT_TAIL, _FEEDBACK_PREFIX, _USER_TAIL]].sum())
+
+
 def _assemble_row(starts: jax.Array, lens: jax.Array, bank: jax.Array, extra: jax.Array, width: int, pad_id: int):
     """Concatenate pieces (start, length) into int32[width]; a start >= len(bank) reads extra[start - len(bank)].
 

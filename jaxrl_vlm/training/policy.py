@@ -1,0 +1,84 @@
+"""What PPO needs from a loaded Llama or Mllama model, as pure functions over a params pytree.
+
+`PolicyModel` is hashable (a static jit argument). It gives the final hidden states of a batch of sequences
+(teacher forcing, for scoring replies and values), logits from hidden states, the image encoding of Mllama
+(computed once per batch of conversations, inside the same jit so that training reaches the vision tower), and the
+sampler's `DecodeModel` for the rollout. Params and compute dtypes are chosen here (e.g. fp32 master weights with
+bf16 compute).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+import jax
+
+from jaxrl_vlm.models import llama, mllama
+from jaxrl_vlm.models.api import LlamaModel
+from jaxrl_vlm.models.config import LlamaConfig
+from jaxrl_vlm.models.mllama_port import MllamaModel
+from jaxrl_vlm.models.sharding import MeshRules
+
+VISION_KEYS = ("pixel_values", "aspect_ratio_ids", "aspect_ratio_mask")
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicyModel:
+    """A Llama (config: LlamaConfig) or Mllama (config: MllamaConfig) causal LM seen as a policy."""
+
+    config: Any
+    mesh_rules: MeshRules | None = None
+
+    @property
+    def is_vision(self) -> bool:
+        """Whether the model takes images (Mllama)."""
+        return not isinstance(self.config, LlamaConfig)
+
+    @property
+    def hidden_size(self) -> int:
+        """Width D of the final hidden states."""
+        return (self.config.text if self.is_vision else self.config).hidden_size
+
+    @property
+    def decoder(self) -> Any:
+        """The sampler's `DecodeModel` (KV-cache prefill/decode step) with the same dtypes."""
+        if self.is_vision:
+            return mllama.MllamaDecoder(dataclasses.replace(self.config, text=dataclasses.replace(
+                self.config.text, remat=False)), self.mesh_rules)
+        return llama.LlamaDecoder(dataclasses.replace(self.config, remat=False), self.mesh_rules)
+
+    def encode_images(self, params: Any, vision: Mapping[str, jax.Array] | None,
+                      cross_attention_mask: jax.Array | None = None) -> Any:
+        """Mllama cross-attention state of vision arrays (pixel_values float32[B,M,T,C,S,S], aspect_ratio_ids /
+        aspect_ratio_mask int32) for token rows described by cross_attention_mask int32[B,S,M,T]; None for a text
+        model or without images."""
+        if not self.is_vision or not vision:
+            return None
+        return mllama.encode_images(params, vision["pixel_values"], vision["aspect_ratio_ids"],
+                                    vision["aspect_ratio_mask"], cross_attention_mask, self.config)
+
+    def hidden(self, params: Any, input_ids: jax.Array, token_mask: jax.Array, cross: Any = None) -> jax.Array:
+        """Final hidden states [B,T,D] (compute dtype) of int32[B,T] ids with token_mask bool[B,T], no cache."""
+        if self.is_vision:
+            hidden, _ = mllama.hidden_states(params, input_ids, token_mask, self.config, cross,
+                                             mesh_rules=self.mesh_rules)
+        else:
+            hidden, _ = llama.hidden_states(params, input_ids, token_mask, self.config, mesh_rules=self.mesh_rules)
+        return hidden
+
+    def logits(self, params: Any, hidden: jax.Array) -> jax.Array:
+        """float32 logits [..., V] of hidden states [..., D]."""
+        if self.is_vision:
+            return mllama.lm_logits(params, hidden, self.config)
+        return llama.lm_logits(params, hidden, self.config)
+
+
+def policy_model(model: Any, param_dtype: str, compute_dtype: str, remat: bool = False) -> PolicyModel:
+    """The `PolicyModel` of a loaded `LlamaModel` / `MllamaModel`; remat recomputes decoder layers in backward."""
+    config = model.config.with_dtypes(param_dtype, compute_dtype)
+    if isinstance(model, LlamaModel):
+        return PolicyModel(dataclasses.replace(config, remat=remat), model.mesh_rules)
+    if isinstance(model, MllamaModel):
+        return PolicyModel(dataclasses.replace(config, text=dataclasses.replace(config.text, remat=remat)),
+                           model.mesh_rules)
+    raise NotImplementedError(f"PPO supports Llama and Mllama models, got {type(model).__name__}")
