@@ -15,10 +15,17 @@ DTYPES = ("float32", "bfloat16")
 TRAINABLE = ("all", "freeze_vision", "freeze_vision_and_projector")
 EMBEDDED_MODEL = "embedded:smollm2"
 PPO_INIT_BASE = "model.path"  # ppo.init value: start PPO from model.path itself (no SFT warm start)
+TASKS = ("gp", "virl")
+# The config.task key naming the route directory of each V-IRL split: in-distribution and rule OOD sample the
+# training city's routes; visual OOD runs another city's routes (or the 18-route benchmark) in file order.
+VIRL_ROUTE_KEYS = {"in_distribution": "route_dir", "rule_ood": "route_dir", "visual_ood": "ood_route_dir"}
 
 
 def base_config(job: str, run_name: str) -> mlc.ConfigDict:
-    """The full schema with defaults for the embedded model on GP-L; config files override values."""
+    """The full schema with defaults for the embedded model on GP-L; config files override values.
+
+    task.name: 'gp' (GeneralPoints) or 'virl' (V-IRL navigation; language_only, verify_iter and resolution apply to
+    both; task.route_dir / task.ood_route_dir are V-IRL route directories, see VIRL_ROUTE_KEYS)."""
     c = mlc.ConfigDict()
     c.job = job
     c.run_name = run_name
@@ -28,7 +35,8 @@ def base_config(job: str, run_name: str) -> mlc.ConfigDict:
     c.model = mlc.ConfigDict(dict(path=EMBEDDED_MODEL, dtype="float32", param_dtype="float32"))
     c.mesh = mlc.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     c.task = mlc.ConfigDict(dict(name="gp", language_only=True, face_cards_as_10=True, ood=False, suits="mixed",
-                                 target=24, verify_iter=5, resolution=1200, card_dir=""))
+                                 target=24, verify_iter=5, resolution=1200, card_dir="", route_dir="",
+                                 ood_route_dir=""))
     c.data = mlc.ConfigDict(dict(num_examples=4096, seq_len=320, seed=0, data_dir=""))
     c.sft = mlc.ConfigDict(dict(steps=100, global_batch_size=16, micro_batches=1, lr=1e-5, warmup_ratio=0.03,
                                 end_lr=0.0, b1=0.9, b2=0.98, eps=1e-7, weight_decay=0.0, max_grad_norm=1.0,
@@ -59,10 +67,16 @@ def resolve_model_path(path: str) -> str:
 
 
 def eval_splits(config: mlc.ConfigDict) -> list[str]:
-    """The evaluation splits named by config.eval.splits (comma-separated), checked against the task's modality."""
-    from jaxrl_vlm.evaluation.gp import gp_splits
+    """The evaluation splits named by config.eval.splits (comma-separated), checked against the task (GP: and its
+    modality)."""
+    if config.task.name == "virl":
+        from jaxrl_vlm.envs.virl.evaluation import SPLITS
 
-    allowed = tuple(gp_splits(config.task.language_only))
+        allowed = tuple(SPLITS)
+    else:
+        from jaxrl_vlm.evaluation.gp import gp_splits
+
+        allowed = tuple(gp_splits(config.task.language_only))
     splits = [s.strip() for s in config.eval.splits.split(",") if s.strip()]
     bad = [s for s in splits if s not in allowed]
     if bad or not splits:
@@ -94,6 +108,17 @@ def _validate_ppo(config: mlc.ConfigDict) -> None:
         _check(ppo[key] >= 0, f"ppo.{key}", ppo[key], ">= 0")
 
 
+def _check_route_dir(path: str, key: str, splits: list[str]) -> None:
+    """A V-IRL route directory must hold route_infos.json (street_views/ etc. are checked when it is read)."""
+    if not path:
+        raise ValueError(f"config.{key} is empty: the V-IRL split(s) {splits} need a route directory "
+                         "(route_infos.json, gps_pano_mapping.pkl, street_views/; "
+                         "python -m jaxrl_vlm.envs.virl.make_city writes one)")
+    if not os.path.isfile(os.path.join(path, "route_infos.json")):
+        raise FileNotFoundError(f"config.{key} {path!r} has no route_infos.json (a V-IRL route directory, "
+                                "e.g. from python -m jaxrl_vlm.envs.virl.make_city)")
+
+
 def validate(config: mlc.ConfigDict) -> None:
     """Raise ValueError/FileNotFoundError naming the key for any bad value or missing file."""
     _check(config.job in JOBS, "job", config.job, f"one of {JOBS}")
@@ -107,7 +132,9 @@ def validate(config: mlc.ConfigDict) -> None:
     from jaxrl_vlm.envs.general_points.sampling import SUIT_SETS
 
     task = config.task
-    _check(task.name == "gp", "task.name", task.name, "'gp'")
+    _check(task.name in TASKS, "task.name", task.name, f"one of {TASKS}")
+    _check(task.name == "gp" or config.job == "eval", "task.name", task.name,
+           f"'gp' for job={config.job!r} (V-IRL has the evaluation job; its SFT and PPO jobs are not wired yet)")
     _check(task.suits in SUIT_SETS, "task.suits", task.suits, f"one of {tuple(SUIT_SETS)}")
     _check(isinstance(task.target, int) and task.target > 0, "task.target", task.target, "a positive int")
     _check(isinstance(task.verify_iter, int) and task.verify_iter >= 1, "task.verify_iter", task.verify_iter, ">= 1")
@@ -125,7 +152,10 @@ def validate(config: mlc.ConfigDict) -> None:
     _validate_ppo(config)
     _check(config.checkpoint.keep >= 1, "checkpoint.keep", config.checkpoint.keep, ">= 1")
     _check(config.checkpoint.every >= 1, "checkpoint.every", config.checkpoint.every, ">= 1")
-    eval_splits(config)
+    splits = eval_splits(config)
+    if task.name == "virl":
+        for key in dict.fromkeys(VIRL_ROUTE_KEYS[s] for s in splits):  # in split order
+            _check_route_dir(task[key], f"task.{key}", [s for s in splits if VIRL_ROUTE_KEYS[s] == key])
     _check(config.eval.episodes >= 1, "eval.episodes", config.eval.episodes, ">= 1")
     _check(config.eval.batch_size >= 1, "eval.batch_size", config.eval.batch_size, ">= 1")
     if config.eval.checkpoint and not os.path.exists(config.eval.checkpoint):

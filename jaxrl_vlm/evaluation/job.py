@@ -1,4 +1,5 @@
-"""Evaluation job: any checkpoint on the configured GP splits; a printed table with standard errors and a JSON file."""
+"""Evaluation job: any checkpoint on the configured GP or V-IRL splits; a printed table with standard errors and a
+JSON file."""
 from __future__ import annotations
 
 import json
@@ -37,7 +38,10 @@ def load_checkpoint(config: mlc.ConfigDict, target: str | None, mesh=None) -> tu
 
 
 def evaluate(config: mlc.ConfigDict, model: Any, tokenizer, *, params=None) -> dict[str, dict]:
-    """Results of every configured split (spec generalpoints.md §5) for `params` (default: the model's)."""
+    """Results of every configured split of config.task.name (GP: spec generalpoints.md §5; V-IRL: spec virl.md
+    §1.10) for `params` (default: the model's)."""
+    if config.task.name == "virl":
+        return _evaluate_virl(config, model, tokenizer, params)
     evaluator = GPEvaluator(model, tokenizer, language_only=config.task.language_only, target=config.task.target,
                             resolution=config.task.resolution, card_dir=config.task.card_dir or None)
     ev = config.eval
@@ -47,18 +51,40 @@ def evaluate(config: mlc.ConfigDict, model: Any, tokenizer, *, params=None) -> d
             for split in config_lib.eval_splits(config)}
 
 
+def _evaluate_virl(config: mlc.ConfigDict, model: Any, tokenizer, params) -> dict[str, dict]:
+    """V-IRL results per split; each split reads the route directory config_lib.VIRL_ROUTE_KEYS names."""
+    from jaxrl_vlm.evaluation.virl import VirlModelEvaluator
+
+    task, ev = config.task, config.eval
+    evaluator = VirlModelEvaluator(model, tokenizer, language_only=task.language_only, verify_iter=task.verify_iter,
+                                   resolution=task.resolution)
+    return {split: evaluator.evaluate(split, task[config_lib.VIRL_ROUTE_KEYS[split]], episodes=ev.episodes,
+                                      batch_size=ev.batch_size, max_new_tokens=ev.max_new_tokens,
+                                      temperature=ev.temperature, seed=config.seed, params=params)
+            for split in config_lib.eval_splits(config)}
+
+
+def _table_rows(split: str, r: dict) -> list[tuple[str, float, float]]:
+    """(row label, rate, standard error) of one result: GP success or recognition accuracy; V-IRL success rate and
+    per-step accuracy (row "<split> per-step")."""
+    if "success_rate" in r:
+        return [(split, r["success_rate"], r["success_se"]), (f"{split} per-step", r["per_step_accuracy"],
+                                                              r["per_step_se"])]
+    return [(split, r.get("success", r.get("recognition_accuracy")), r["stderr"])]
+
+
 def format_table(columns: dict[str, dict[str, dict]]) -> str:
-    """A text table: one row per split, one column per evaluated model, cells 'p% ± se%'."""
+    """A text table: one row per split (V-IRL: and one per split's per-step accuracy), one column per evaluated model,
+    cells 'p% ± se%'."""
     names = list(columns)
     splits = list(next(iter(columns.values())))
-    lines = ["split".ljust(14) + "".join(n.rjust(20) for n in names)]
-    for split in splits:
-        cells = []
-        for name in names:
-            r = columns[name][split]
-            p = r.get("success", r.get("recognition_accuracy"))
-            cells.append(f"{100 * p:6.1f}% ± {100 * r['stderr']:4.1f}%".rjust(20))
-        lines.append(split.ljust(14) + "".join(cells))
+    rows = {name: [row for split in splits for row in _table_rows(split, columns[name][split])] for name in names}
+    labels = [label for label, _, _ in rows[names[0]]]
+    width = max([14] + [len(label) + 2 for label in labels])
+    lines = ["split".ljust(width) + "".join(n.rjust(20) for n in names)]
+    for k, label in enumerate(labels):
+        lines.append(label.ljust(width) + "".join(
+            f"{100 * rows[name][k][1]:6.1f}% ± {100 * rows[name][k][2]:4.1f}%".rjust(20) for name in names))
     return "\n".join(lines)
 
 

@@ -45,7 +45,8 @@ class PolicyBatch:
     (`env.feedback_tokens` renders the 'You failed this trial because ...' user turn); pano/heading int32[B] the
     current view (VL renderer input); images uint8[B, 2r+5, 2r+5, 3] the 2x2 view grids when the evaluation
     renders them (VL with a `PanoramaStore`), else None; state: the batched `VirlState` (oracle baselines only);
-    texts: the prompt texts when the evaluation runs without a tokenizer (byte tokens), else None.
+    texts: the prompt texts when the evaluation runs without a tokenizer (byte tokens), else None; episodes int64[B]:
+    each row's episode index in the evaluation batch, the same across calls (policies with per-episode memory).
     """
     prompt_ids: np.ndarray
     prompt_lens: np.ndarray
@@ -55,6 +56,7 @@ class PolicyBatch:
     state: VirlState  # numpy arrays
     images: np.ndarray | None = None
     texts: list[str] | None = None
+    episodes: np.ndarray | None = None
 
 
 PolicyFn = Callable[[PolicyBatch], Sequence[str] | tuple[np.ndarray, np.ndarray]]
@@ -125,7 +127,8 @@ class VirlEvaluator:
                 raise ValueError(f"a prompt has {lens.max()} tokens > max_prompt_tokens={ids.shape[1]}; use a "
                                  f"VirlConfig with max_prompt_tokens >= prompt_length_bound(params)")
             batch = PolicyBatch(ids[active], lens[active], host.feedback[active], host.pano[rows, host.t][active],
-                                host.heading[rows, host.t][active], jax.tree.map(lambda x: x[active], host))
+                                host.heading[rows, host.t][active], jax.tree.map(lambda x: x[active], host),
+                                episodes=active)
             if byte_tokens:
                 batch.texts = [bytes(ids[i, :lens[i]].astype(np.uint8)).decode("utf-8") for i in active]
             if panoramas is not None:  # all rows, so one compilation serves every step
@@ -157,7 +160,8 @@ def evaluate_virl(policy_fn: PolicyFn, route_dir: str | Path, split: str, num_ep
     prompt pieces (no special tokens); without it prompts are UTF-8 byte ids and `PolicyBatch.texts` holds them.
     Per-step accuracy counts every call, retries included (spec §1.8); its
     standard error treats calls as independent trials. With vision and render_images, the policy also gets the
-    2x2 view grids (`PolicyBatch.images`, views of view_size px resized to resolution).
+    2x2 view grids (`PolicyBatch.images`, views of view_size px resized to resolution). Without an `evaluator`, one is
+    built from `config` (default `VirlConfig()`) with max_prompt_tokens set to the route set's prompt bound.
     """
     if split not in SPLITS:
         raise ValueError(f"unknown V-IRL split {split!r}; expected one of {sorted(SPLITS)}")
@@ -167,7 +171,7 @@ def evaluate_virl(policy_fn: PolicyFn, route_dir: str | Path, split: str, num_ep
     route_set, templates = load_templates(route_dir)
     params, _ = build_params(templates, encode or utf8_encode, setting.absolute_action, vision)
     if evaluator is None:
-        config = config or VirlConfig(max_prompt_tokens=prompt_length_bound(params))
+        config = dataclasses.replace(config or VirlConfig(), max_prompt_tokens=prompt_length_bound(params))
         evaluator = VirlEvaluator(config)
     routes = (np.arange(num_episodes) % len(templates) if setting.ordered
               else np.full(num_episodes, -1)).astype(np.int32)
