@@ -1,0 +1,272 @@
+"""Multi-turn GP-L rollout throughput: the on-device rollout (`training.rollout.rollout`, one jit) against a host loop.
+
+Both paths play the same B episodes (the same hands, from one `env.reset_batch`) of GeneralPoints-L in-distribution
+with sequential revision, up to `--turns` replies per episode (an episode ends when a reply scores 5), with the same
+model (the embedded SmolLM2-135M-Instruct, float32), greedy decoding, up to `--max-new-tokens` tokens per reply, on
+the same device, in the same run:
+
+- device: assemble the first prompts on the device (`prompt_tokens.prompt_ids`), then `rollout.rollout` (prefill,
+  decode, token bytes, device verifier, revision suffix from the verifier's fragments, KV cache continued across
+  turns), set up as `ppo_train.train_ppo` does (`GPRolloutSource`, `policy_model(...).decoder`); timed up to the
+  rewards and reply lengths on the host.
+- host: what the reference does per turn, for the episodes not done: render each conversation with
+  `tokenizer.apply_chat_template` (`prompt_tokens.gp_conversation`), tokenize, left-pad, `api.sample` (our JAX
+  KV-cache sampler, re-prefilling the whole conversation), decode the replies with the tokenizer, score them with the
+  Python verifier (`verifier.score_response`), append reply + feedback, repeat.
+
+Greedy decoding on both sides, but the two conversations are not the same token sequences (the device assembles
+pre-tokenized pieces and keeps the sampled reply tokens; the host re-tokenizes the rendered text), so replies can
+differ; each path's generated tokens (incl. stop tokens) and replies played are reported, and tokens/s is generated
+tokens / wall time. Episodes/s is B / wall time. Each path is run once to compile (greedy: the timed runs repeat the
+same replies, so the host loop meets no new shapes; recorded as timed_runs_reproduced_warmup), then timed `--repeats`
+times, alternating; the best time counts. The host loop's time is split into `api.sample` and host work.
+
+Correctness check (asserted): the device rollout's reward for every reply it played equals `score_response` on the
+tokenizer's decoding of that reply.
+
+Usage: PYTHONPATH=. python benchmarks/rollout_throughput.py [--batch 8] [--turns 3] [--max-new-tokens 64]
+[--repeats 3] [--out benchmarks/results/rollout_throughput.json]; prints a table and writes the JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import platform
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxrl_vlm.config import base_config
+from jaxrl_vlm.envs.general_points import env as gp_env
+from jaxrl_vlm.envs.general_points import prompt_tokens, verifier
+from jaxrl_vlm.models import api
+from jaxrl_vlm.models.tokenizer import load_tokenizer
+from jaxrl_vlm.training import rollout as rollout_lib
+from jaxrl_vlm.training.policy import policy_model
+from jaxrl_vlm.training.ppo_train import GPRolloutSource
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "rollout_throughput.json")
+FACE_CARDS_AS_10 = True
+
+
+def decode_reply(tokenizer, tokens: np.ndarray) -> str:
+    """Reply text of int[N] token ids (special tokens dropped, no clean-up: the bytes the device verifier reads)."""
+    return tokenizer.decode([int(t) for t in tokens], skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+
+class DevicePath:
+    """The on-device rollout of B episodes from their hands, set up as `train_ppo` sets it up."""
+
+    def __init__(self, model: Any, tokenizer, *, batch: int, turns: int, max_new_tokens: int, feedback_tokens: int):
+        config = base_config(job="ppo", run_name="rollout_throughput")
+        config.task.verify_iter = turns
+        config.ppo.episodes = batch
+        config.ppo.max_new_tokens = max_new_tokens
+        config.ppo.feedback_tokens = feedback_tokens
+        policy = policy_model(model, "float32", "float32")
+        self.source = GPRolloutSource(config, model, tokenizer, policy)
+        self.decoder = policy.decoder
+        self.model = model
+        self.eos_ids = jnp.asarray(model.eos_token_ids, jnp.int32)
+        self.prompt = jax.jit(functools.partial(prompt_tokens.prompt_ids, width=self.source.shapes.prompt_width,
+                                                pad_id=0, padding_side="left"))
+
+    def hands(self, key: jax.Array) -> tuple[Any, np.ndarray]:
+        """(env states, ranks int[B, 4] on the host) of B fresh episodes."""
+        state, _, _ = self.source.episodes(key)
+        return state, np.asarray(state.ranks)
+
+    def __call__(self, state: Any, key: jax.Array) -> tuple[rollout_lib.Episodes, dict[str, np.ndarray]]:
+        """Roll out the episodes of reset env states; returns the device Episodes and its host summary."""
+        prompt = self.prompt(self.source.codec, state.ranks)
+        episodes = rollout_lib.rollout(self.decoder, self.model.params, self.source.codec, self.source.env_params,
+                                       self.source.byte_table, state, prompt, None, key, jnp.float32(0.0),
+                                       jnp.float32(1.0), self.eos_ids, shapes=self.source.shapes,
+                                       pad_id=self.model.pad_id)
+        reward, reply_len, played, success = jax.device_get(
+            (episodes.reward, episodes.reply_len, episodes.turn_valid, episodes.success))
+        return episodes, {"reward": reward, "reply_len": reply_len, "played": played, "success": success}
+
+
+def host_loop(model: Any, tokenizer, ranks: np.ndarray, *, turns: int, max_new_tokens: int) -> dict[str, Any]:
+    """The reference's loop over turns for hands ranks int[B, 4]: render, tokenize, sample, decode, verify, append.
+
+    Returns replies (list of B lists of str), rewards (B lists of float), generated tokens (incl. stop tokens) and
+    the seconds spent in `api.sample` (the rest is host work: render, tokenize, pad, decode, verify), and the token
+    positions prefilled (padding included).
+    """
+    batch = len(ranks)
+    hands = [[int(r) for r in row] for row in ranks]
+    replies: list[list[str]] = [[] for _ in range(batch)]
+    feedbacks: list[list[str]] = [[] for _ in range(batch)]
+    rewards: list[list[float]] = [[] for _ in range(batch)]
+    done = [False] * batch
+    generated, sample_s, prefilled = 0, 0.0, 0
+    for turn in range(turns):
+        live = [i for i in range(batch) if not done[i]]
+        if not live:
+            break
+        ids = []
+        for i in live:
+            messages = prompt_tokens.gp_conversation(hands[i], replies[i], feedbacks[i],
+                                                     face_cards_as_10=FACE_CARDS_AS_10, language_only=True)
+            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            ids.append(tokenizer(text, add_special_tokens=False)["input_ids"])
+        width = max(map(len, ids))
+        prefilled += len(live) * width
+        input_ids = np.full((len(live), width), model.pad_id, np.int32)
+        mask = np.zeros((len(live), width), bool)
+        for row, x in enumerate(ids):
+            input_ids[row, width - len(x):] = x
+            mask[row, width - len(x):] = True
+        start = time.perf_counter()
+        out = api.sample(model, input_ids, mask, max_new_tokens=max_new_tokens, temperature=0.0, seed=turn)
+        tokens, lengths = np.asarray(out.tokens), np.asarray(out.lengths)
+        sample_s += time.perf_counter() - start
+        generated += int(lengths.sum())
+        for row, i in enumerate(live):
+            reply = decode_reply(tokenizer, tokens[row, :lengths[row]])
+            reward, feedback = verifier.score_response(reply, hands[i], face_cards_as_10=FACE_CARDS_AS_10,
+                                                       language_only=True)
+            replies[i].append(reply)
+            feedbacks[i].append(feedback)
+            rewards[i].append(reward)
+            done[i] = reward == verifier.REWARD_CORRECT
+    return {"replies": replies, "rewards": rewards, "generated_tokens": generated, "sample_seconds": sample_s,
+            "prefill_positions": prefilled}
+
+
+def check_device_rewards(tokenizer, episodes: rollout_lib.Episodes, summary: dict[str, np.ndarray],
+                         ranks: np.ndarray, eos_ids: jax.Array) -> list[list[str]]:
+    """Assert that every played device reward equals the Python verifier on the decoded reply; returns the device
+    replies as text (B lists)."""
+    tokens = np.asarray(episodes.reply_tokens)
+    batch, turns, width = tokens.shape
+    text_len = np.asarray(rollout_lib.reply_text_lengths(jnp.asarray(tokens.reshape(-1, width)),
+                                                         jnp.asarray(summary["reply_len"].reshape(-1)),
+                                                         eos_ids)).reshape(batch, turns)
+    replies: list[list[str]] = [[] for _ in range(batch)]
+    for b in range(batch):
+        for t in range(turns):
+            if not summary["played"][b, t]:
+                continue
+            text = decode_reply(tokenizer, tokens[b, t, :text_len[b, t]])
+            expected, _ = verifier.score_response(text, ranks[b].tolist(), face_cards_as_10=FACE_CARDS_AS_10,
+                                                  language_only=True)
+            got = float(summary["reward"][b, t])
+            if got != expected:
+                raise AssertionError(f"episode {b} turn {t}: device reward {got} != Python verifier {expected} "
+                                     f"for reply {text!r} (ranks {ranks[b].tolist()})")
+            replies[b].append(text)
+    return replies
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--turns", type=int, default=3, help="verify_iter: replies per episode at most")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--feedback-tokens", type=int, default=base_config("ppo", "defaults").ppo.feedback_tokens,
+                        help="ppo.feedback_tokens: feedback width of the device rollout's revision chunk")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=RESULTS)
+    args = parser.parse_args()
+
+    path = api.default_model_path()
+    model = api.load(path)
+    tokenizer = load_tokenizer(path)
+    device = DevicePath(model, tokenizer, batch=args.batch, turns=args.turns, max_new_tokens=args.max_new_tokens,
+                        feedback_tokens=args.feedback_tokens)
+    reset_key, sample_key = jax.random.split(jax.random.key(args.seed))
+    state, ranks = device.hands(reset_key)
+    run_device = lambda: device(state, sample_key)
+    run_host = lambda: host_loop(model, tokenizer, ranks, turns=args.turns, max_new_tokens=args.max_new_tokens)
+
+    start = time.perf_counter()
+    episodes, summary = run_device()
+    device_first_s = time.perf_counter() - start
+    start = time.perf_counter()
+    host = run_host()
+    host_first_s = time.perf_counter() - start
+    device_replies = check_device_rewards(tokenizer, episodes, summary, ranks, device.eos_ids)
+
+    device_s = host_s = host_sample_s = float("inf")
+    reproduced = True
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        _, again = run_device()
+        device_s = min(device_s, time.perf_counter() - start)
+        start = time.perf_counter()
+        host_again = run_host()
+        seconds = time.perf_counter() - start
+        if seconds < host_s:
+            host_s, host_sample_s = seconds, host_again["sample_seconds"]
+        reproduced &= (np.array_equal(again["reply_len"], summary["reply_len"])
+                       and host_again["replies"] == host["replies"])
+    if not reproduced:
+        print("WARNING: a timed run did not reproduce the warm-up run's replies (new shapes may have been compiled "
+              "inside the timing)")
+
+    device_tokens = int(summary["reply_len"][summary["played"]].sum())
+    device_played = int(summary["played"].sum())
+    shapes = device.source.shapes
+    later_turns = int(summary["played"][:, 1:].any(axis=0).sum())
+    device_prefilled = args.batch * (shapes.prompt_width + later_turns * shapes.chunk_width)
+    host_played = sum(map(len, host["rewards"]))
+    same_first = sum(d[0] == h[0] for d, h in zip(device_replies, host["replies"]))
+    same_all = sum(d == h for d, h in zip(device_replies, host["replies"]))
+    rows = {
+        "device_rollout": {
+            "seconds": device_s, "first_call_seconds": device_first_s, "episodes_per_s": args.batch / device_s,
+            "tokens_per_s": device_tokens / device_s, "generated_tokens": device_tokens, "replies": device_played,
+            "prefill_positions": device_prefilled, "successes": int(summary["success"].sum()),
+            "mean_reward": float(summary["reward"][summary["played"]].mean())},
+        "host_loop": {
+            "seconds": host_s, "first_call_seconds": host_first_s, "episodes_per_s": args.batch / host_s,
+            "tokens_per_s": host["generated_tokens"] / host_s, "generated_tokens": host["generated_tokens"],
+            "sample_seconds": host_sample_s, "host_work_seconds": host_s - host_sample_s,
+            "prefill_positions": host["prefill_positions"],
+            "replies": host_played, "successes": sum(verifier.REWARD_CORRECT in r for r in host["rewards"]),
+            "mean_reward": float(np.mean([x for r in host["rewards"] for x in r]))},
+    }
+    ratios = {key: rows["device_rollout"][key] / rows["host_loop"][key] for key in ("episodes_per_s", "tokens_per_s")}
+
+    print(f"GP-L rollout throughput: batch {args.batch}, up to {args.turns} turns, {args.max_new_tokens} new tokens, "
+          f"greedy, {jax.devices()[0].platform} ({os.cpu_count()} cores), best of {args.repeats}")
+    print(f"{'path':15s} {'seconds':>9s} {'episodes/s':>11s} {'tokens/s':>10s} {'tokens':>7s} {'replies':>8s} "
+          f"{'successes':>9s} {'prefilled':>9s} {'compile+run s':>13s}")
+    for name, r in rows.items():
+        print(f"{name:15s} {r['seconds']:9.2f} {r['episodes_per_s']:11.2f} {r['tokens_per_s']:10.1f} "
+              f"{r['generated_tokens']:7d} {r['replies']:8d} {r['successes']:9d} "
+              f"{r['prefill_positions']:9d} {r['first_call_seconds']:13.1f}")
+    print(f"{'device / host':15s} {'':9s} {ratios['episodes_per_s']:10.2f}x {ratios['tokens_per_s']:9.2f}x")
+    print(f"device rewards == Python verifier on all {device_played} device replies; identical replies on both "
+          f"paths: first turn {same_first}/{args.batch} episodes, all turns {same_all}/{args.batch}")
+    print(f"host loop: {host_sample_s:.2f} s in api.sample, {host_s - host_sample_s:.2f} s of host work (render, "
+          f"tokenize, pad, decode, verify)")
+
+    result = {
+        "benchmark": "rollout_throughput", "model": "SmolLM2-135M-Instruct (Q4_1 GGUF dequantised, float32)",
+        "task": "GP-L in_dist", "batch": args.batch, "turns": args.turns, "max_new_tokens": args.max_new_tokens,
+        "feedback_tokens": args.feedback_tokens, "prompt_width": shapes.prompt_width,
+        "chunk_width": shapes.chunk_width, "greedy": True, "repeats": args.repeats, "seed": args.seed,
+        "timed_runs_reproduced_warmup": reproduced,
+        "device_rewards_match_python_verifier": True, "identical_first_replies": same_first,
+        "identical_episodes": same_all, "device": str(jax.devices()[0]), "platform": jax.devices()[0].platform,
+        "cpu_count": os.cpu_count(), "machine": platform.processor() or platform.machine(), "jax": jax.__version__,
+        "load_average_1m_at_end": os.getloadavg()[0], "results": rows, "ratio": ratios,
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=2)
+    print(f"load average (1 min) at the end: {os.getloadavg()[0]:.1f}; wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
