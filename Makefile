@@ -14,7 +14,7 @@ $(VENV)/.installed: setup.py
 install: $(VENV)/.installed
 
 run: $(VENV)/.installed
-	$(PY) -m jaxrl_vlm.main --config=configs/sft_gp.py
+	$(PY) -m jaxrl_vlm.main --config=configs/ppo_gp.py
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q tests

@@ -15,22 +15,22 @@ from jaxrl_vlm.config import base_config
 def get_config():
     """Config of a PPO run on GP-L."""
     config = base_config(job="ppo", run_name="ppo_gp")
-    config.sft.steps = 8
+    config.sft.steps = 6
     config.sft.global_batch_size = 8
     config.sft.lr = 5e-5
     config.sft.warmup_ratio = 0.1
     config.data.num_examples = 1024
     config.data.seq_len = 320
     config.task.verify_iter = 3
-    config.ppo.updates = 4
+    config.ppo.updates = 3
     config.ppo.episodes = 8
     config.ppo.epochs = 2
     config.ppo.minibatches = 2
-    config.ppo.lr = 1e-5
-    config.ppo.lr_max_steps = 8
+    config.ppo.lr = 2e-6
+    config.ppo.lr_max_steps = 6
     config.ppo.max_new_tokens = 64
-    config.checkpoint.every = 2
-    config.eval.every = 2
+    config.checkpoint.every = 1
+    config.eval.every = 0
     config.eval.episodes = 8
     config.eval.batch_size = 8
     config.eval.max_new_tokens = 64

@@ -35,6 +35,7 @@ from jaxrl_vlm.envs.general_points import prompt_tokens
 from jaxrl_vlm.envs.general_points.cards import card_atlas, render_hands
 from jaxrl_vlm.envs.general_points.token_bytes import token_byte_table
 from jaxrl_vlm.evaluation.gp import GPEvaluator
+from jaxrl_vlm.models.sharding import to_host
 from jaxrl_vlm.training import rollout as rollout_lib
 from jaxrl_vlm.training.checkpoint import Checkpointer
 from jaxrl_vlm.training.flops import ComputeMeter, param_count
@@ -217,24 +218,24 @@ def train_ppo(config: mlc.ConfigDict, model: Any, tokenizer, *, init_tokens: int
                                        source.byte_table, env_state, prompt, extra, sample_key,
                                        jnp.float32(ppo.temperature), jnp.float32(ppo.top_p), eos_ids,
                                        shapes=source.shapes, pad_id=model.pad_id)
-        lengths = np.asarray(jax.device_get(jnp.sum(episodes.slot_valid, axis=1)))
+        lengths = to_host(jnp.sum(episodes.slot_valid, axis=1))
         rollout_s = time.perf_counter() - clock
         ids, mask = _compact(episodes.slot_tokens, episodes.slot_valid, width=_round_up(int(lengths.max())),
                              pad_id=model.pad_id)
         batch_vision = None
         if vision is not None:
-            cross = compact_cross_attention_mask(np.asarray(ids), model.config.image_token_index,
-                                                 np.asarray(vision["aspect_ratio_mask"]))
+            cross = compact_cross_attention_mask(to_host(ids), model.config.image_token_index,
+                                                 to_host(vision["aspect_ratio_mask"]))
             batch_vision = {**{k: vision[k] for k in VISION_KEYS}, "cross_attention_mask": model.put_batch(cross)}
         batch = PPOBatch(ids, mask, episodes.reply_tokens, episodes.reply_len, episodes.reply_start,
                          episodes.turn_valid, episodes.reward, batch_vision)
         if reference is not None:
             batch = batch._replace(ref_logp=score_ref(reference, batch))
         state, metrics = update_fn(state, batch, update_key)
-        metrics = jax.device_get(metrics)
+        metrics = jax.tree_util.tree_map(to_host, metrics)
         conversation_tokens = int(lengths.sum())
         meter.add(train=conversation_tokens * ppo.epochs, buffer=2 * conversation_tokens)
-        host = jax.device_get((episodes.success, episodes.turn_valid, episodes.reply_len, episodes.overflow))
+        host = [to_host(x) for x in (episodes.success, episodes.turn_valid, episodes.reply_len, episodes.overflow)]
         done = update + 1
         row = {k: float(v) for k, v in metrics.items()}
         row.update(rollout_success=float(host[0].mean()), episode_turns=float(host[1].sum(1).mean()),
