@@ -25,7 +25,13 @@ def base_config(job: str, run_name: str) -> mlc.ConfigDict:
     """The full schema with defaults for the embedded model on GP-L; config files override values.
 
     task.name: 'gp' (GeneralPoints) or 'virl' (V-IRL navigation; language_only, verify_iter and resolution apply to
-    both; task.route_dir / task.ood_route_dir are V-IRL route directories, see VIRL_ROUTE_KEYS)."""
+    both; task.route_dir / task.ood_route_dir are V-IRL route directories, see VIRL_ROUTE_KEYS).
+    ppo: init ('' = SFT warm start with config.sft, 'model.path', or a checkpoint), updates (rollout + update rounds),
+    episodes (per update, global), epochs x minibatches optimizer steps per update, micro_batches (gradient
+    accumulation within a mini-batch), Adam and cosine settings (lr_max_steps: the cosine period in updates), PPO
+    coefficients (clip, value_coef, gamma, lam, thought_coef, kl_coef, entropy_coef), rollout sampling (temperature,
+    top_p, max_new_tokens) and feedback_tokens (revision-turn feedback budget; a longer feedback ends the episode).
+    eval.every: evaluate every N PPO updates (0: before and after only)."""
     c = mlc.ConfigDict()
     c.job = job
     c.run_name = run_name

@@ -19,7 +19,7 @@ into right-padded conversations for teacher-forced scoring. Turn t's reply start
 compact conversation (the count of tokens before it), so its value is read at `reply_start - 1`, the last prompt
 token, and reply token j is scored by the logits at `reply_start + j - 1`.
 
-Episode ends (a fidelity decision, see training.py): success, or `turns` replies without success. The reference
+Episode ends (a fidelity decision, see ppo.py): success, or `turns` replies without success. The reference
 generates one more reply after the budget and scores it -1 (`step_limit_reached`) whatever it says; we do not
 generate it.
 """
