@@ -9,10 +9,12 @@ the same device, in the same run:
   decode, token bytes, device verifier, revision suffix from the verifier's fragments, KV cache continued across
   turns), set up as `ppo_train.train_ppo` does (`GPRolloutSource`, `policy_model(...).decoder`); timed up to the
   rewards and reply lengths on the host.
-- host: what the reference does per turn, for the episodes not done: render each conversation with
-  `tokenizer.apply_chat_template` (`prompt_tokens.gp_conversation`), tokenize, left-pad, `api.sample` (our JAX
-  KV-cache sampler, re-prefilling the whole conversation), decode the replies with the tokenizer, score them with the
-  Python verifier (`verifier.score_response`), append reply + feedback, repeat.
+- host loops: what the reference does per turn, for the episodes not done: render each conversation with
+  `tokenizer.apply_chat_template` (`prompt_tokens.gp_conversation`), tokenize, left-pad, generate (re-prefilling the
+  whole conversation), decode the replies with the tokenizer, score them with the Python verifier
+  (`verifier.score_response`), append reply + feedback, repeat. Two generators: our JAX KV-cache sampler
+  (`api.sample`: the same model code as the device path, so the ratio isolates the rollout design) and transformers'
+  `generate` on the same weights in torch (the reference's generation; skip with --no-transformers).
 
 Greedy decoding on both sides, but the two conversations are not the same token sequences (the device assembles
 pre-tokenized pieces and keeps the sampled reply tokens; the host re-tokenizes the rendered text), so replies can
@@ -93,11 +95,42 @@ class DevicePath:
         return episodes, {"reward": reward, "reply_len": reply_len, "played": played, "success": success}
 
 
-def host_loop(model: Any, tokenizer, ranks: np.ndarray, *, turns: int, max_new_tokens: int) -> dict[str, Any]:
-    """The reference's loop over turns for hands ranks int[B, 4]: render, tokenize, sample, decode, verify, append.
+def jax_generate(model: Any, max_new_tokens: int):
+    """generate(ids int32[B, T] left-padded, mask bool[B, T], seed) -> (tokens int[B, N], lengths int[B]) with our
+    JAX sampler (greedy)."""
+    def generate(input_ids, mask, seed):
+        out = api.sample(model, input_ids, mask, max_new_tokens=max_new_tokens, temperature=0.0, seed=seed)
+        return np.asarray(out.tokens), np.asarray(out.lengths)
+    return generate
+
+
+def torch_generate(path: str, pad_id: int, max_new_tokens: int):
+    """The same generate signature with transformers' `generate` (greedy, torch CPU, float32) on the same GGUF
+    weights: the reference's generation."""
+    import torch
+    import transformers
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32).eval()
+    eos = model.generation_config.eos_token_id
+    eos = set(eos if isinstance(eos, (list, tuple)) else [eos])
+
+    def generate(input_ids, mask, seed):
+        del seed
+        with torch.no_grad():
+            out = model.generate(input_ids=torch.tensor(input_ids, dtype=torch.long),
+                                 attention_mask=torch.tensor(mask, dtype=torch.long), max_new_tokens=max_new_tokens,
+                                 do_sample=False, pad_token_id=pad_id).numpy()[:, input_ids.shape[1]:]
+        lengths = np.array([next((k + 1 for k, t in enumerate(row) if t in eos), len(row)) for row in out])
+        return out, lengths
+    return generate
+
+
+def host_loop(generate, tokenizer, ranks: np.ndarray, *, turns: int, pad_id: int) -> dict[str, Any]:
+    """The reference's loop over turns for hands ranks int[B, 4]: render, tokenize, generate, decode, verify, append.
 
     Returns replies (list of B lists of str), rewards (B lists of float), generated tokens (incl. stop tokens) and
-    the seconds spent in `api.sample` (the rest is host work: render, tokenize, pad, decode, verify), and the token
+    the seconds spent in `generate` (the rest is host work: render, tokenize, pad, decode, verify), and the token
     positions prefilled (padding included).
     """
     batch = len(ranks)
@@ -119,14 +152,13 @@ def host_loop(model: Any, tokenizer, ranks: np.ndarray, *, turns: int, max_new_t
             ids.append(tokenizer(text, add_special_tokens=False)["input_ids"])
         width = max(map(len, ids))
         prefilled += len(live) * width
-        input_ids = np.full((len(live), width), model.pad_id, np.int32)
+        input_ids = np.full((len(live), width), pad_id, np.int32)
         mask = np.zeros((len(live), width), bool)
         for row, x in enumerate(ids):
             input_ids[row, width - len(x):] = x
             mask[row, width - len(x):] = True
         start = time.perf_counter()
-        out = api.sample(model, input_ids, mask, max_new_tokens=max_new_tokens, temperature=0.0, seed=turn)
-        tokens, lengths = np.asarray(out.tokens), np.asarray(out.lengths)
+        tokens, lengths = generate(input_ids, mask, turn)
         sample_s += time.perf_counter() - start
         generated += int(lengths.sum())
         for row, i in enumerate(live):
@@ -175,6 +207,8 @@ def main() -> None:
     parser.add_argument("--feedback-tokens", type=int, default=base_config("ppo", "defaults").ppo.feedback_tokens,
                         help="ppo.feedback_tokens: feedback width of the device rollout's revision chunk")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-transformers", dest="transformers", action="store_false",
+                        help="skip the host loop with transformers' generate (the reference's generation)")
     parser.add_argument("--out", default=RESULTS)
     args = parser.parse_args()
 
@@ -186,29 +220,38 @@ def main() -> None:
     reset_key, sample_key = jax.random.split(jax.random.key(args.seed))
     state, ranks = device.hands(reset_key)
     run_device = lambda: device(state, sample_key)
-    run_host = lambda: host_loop(model, tokenizer, ranks, turns=args.turns, max_new_tokens=args.max_new_tokens)
+    hosts = {"host_loop_jax": jax_generate(model, args.max_new_tokens)}
+    if args.transformers:
+        hosts["host_loop_transformers"] = torch_generate(path, model.pad_id, args.max_new_tokens)
+    run_host = {name: functools.partial(host_loop, generate, tokenizer, ranks, turns=args.turns, pad_id=model.pad_id)
+                for name, generate in hosts.items()}
 
     start = time.perf_counter()
     episodes, summary = run_device()
     device_first_s = time.perf_counter() - start
-    start = time.perf_counter()
-    host = run_host()
-    host_first_s = time.perf_counter() - start
+    host, host_first_s = {}, {}
+    for name, run in run_host.items():
+        start = time.perf_counter()
+        host[name] = run()
+        host_first_s[name] = time.perf_counter() - start
     device_replies = check_device_rewards(tokenizer, episodes, summary, ranks, device.eos_ids)
 
-    device_s = host_s = host_sample_s = float("inf")
+    device_s = float("inf")
+    host_s = {name: float("inf") for name in run_host}
+    host_sample_s = dict(host_s)
     reproduced = True
     for _ in range(args.repeats):
         start = time.perf_counter()
         _, again = run_device()
         device_s = min(device_s, time.perf_counter() - start)
-        start = time.perf_counter()
-        host_again = run_host()
-        seconds = time.perf_counter() - start
-        if seconds < host_s:
-            host_s, host_sample_s = seconds, host_again["sample_seconds"]
-        reproduced &= (np.array_equal(again["reply_len"], summary["reply_len"])
-                       and host_again["replies"] == host["replies"])
+        reproduced &= np.array_equal(again["reply_len"], summary["reply_len"])
+        for name, run in run_host.items():
+            start = time.perf_counter()
+            host_again = run()
+            seconds = time.perf_counter() - start
+            if seconds < host_s[name]:
+                host_s[name], host_sample_s[name] = seconds, host_again["sample_seconds"]
+            reproduced &= host_again["replies"] == host[name]["replies"]
     if not reproduced:
         print("WARNING: a timed run did not reproduce the warm-up run's replies (new shapes may have been compiled "
               "inside the timing)")
@@ -218,38 +261,41 @@ def main() -> None:
     shapes = device.source.shapes
     later_turns = int(summary["played"][:, 1:].any(axis=0).sum())
     device_prefilled = args.batch * (shapes.prompt_width + later_turns * shapes.chunk_width)
-    host_played = sum(map(len, host["rewards"]))
-    same_first = sum(d[0] == h[0] for d, h in zip(device_replies, host["replies"]))
-    same_all = sum(d == h for d, h in zip(device_replies, host["replies"]))
+    same_first = sum(d[0] == h[0] for d, h in zip(device_replies, host["host_loop_jax"]["replies"]))
+    same_all = sum(d == h for d, h in zip(device_replies, host["host_loop_jax"]["replies"]))
     rows = {
         "device_rollout": {
             "seconds": device_s, "first_call_seconds": device_first_s, "episodes_per_s": args.batch / device_s,
             "tokens_per_s": device_tokens / device_s, "generated_tokens": device_tokens, "replies": device_played,
             "prefill_positions": device_prefilled, "successes": int(summary["success"].sum()),
-            "mean_reward": float(summary["reward"][summary["played"]].mean())},
-        "host_loop": {
-            "seconds": host_s, "first_call_seconds": host_first_s, "episodes_per_s": args.batch / host_s,
-            "tokens_per_s": host["generated_tokens"] / host_s, "generated_tokens": host["generated_tokens"],
-            "sample_seconds": host_sample_s, "host_work_seconds": host_s - host_sample_s,
-            "prefill_positions": host["prefill_positions"],
-            "replies": host_played, "successes": sum(verifier.REWARD_CORRECT in r for r in host["rewards"]),
-            "mean_reward": float(np.mean([x for r in host["rewards"] for x in r]))},
-    }
-    ratios = {key: rows["device_rollout"][key] / rows["host_loop"][key] for key in ("episodes_per_s", "tokens_per_s")}
+            "mean_reward": float(summary["reward"][summary["played"]].mean())}}
+    for name, h in host.items():
+        rows[name] = {
+            "seconds": host_s[name], "first_call_seconds": host_first_s[name], "episodes_per_s": args.batch / host_s[name],
+            "tokens_per_s": h["generated_tokens"] / host_s[name], "generated_tokens": h["generated_tokens"],
+            "sample_seconds": host_sample_s[name], "host_work_seconds": host_s[name] - host_sample_s[name],
+            "prefill_positions": h["prefill_positions"], "replies": sum(map(len, h["rewards"])),
+            "successes": sum(verifier.REWARD_CORRECT in r for r in h["rewards"]),
+            "mean_reward": float(np.mean([x for r in h["rewards"] for x in r]))}
+    ratios = {name: {key: rows["device_rollout"][key] / rows[name][key] for key in ("episodes_per_s", "tokens_per_s")}
+              for name in host}
 
     print(f"GP-L rollout throughput: batch {args.batch}, up to {args.turns} turns, {args.max_new_tokens} new tokens, "
           f"greedy, {jax.devices()[0].platform} ({os.cpu_count()} cores), best of {args.repeats}")
-    print(f"{'path':15s} {'seconds':>9s} {'episodes/s':>11s} {'tokens/s':>10s} {'tokens':>7s} {'replies':>8s} "
+    print(f"{'path':22s} {'seconds':>9s} {'episodes/s':>11s} {'tokens/s':>10s} {'tokens':>7s} {'replies':>8s} "
           f"{'successes':>9s} {'prefilled':>9s} {'compile+run s':>13s}")
     for name, r in rows.items():
-        print(f"{name:15s} {r['seconds']:9.2f} {r['episodes_per_s']:11.2f} {r['tokens_per_s']:10.1f} "
+        print(f"{name:22s} {r['seconds']:9.2f} {r['episodes_per_s']:11.2f} {r['tokens_per_s']:10.1f} "
               f"{r['generated_tokens']:7d} {r['replies']:8d} {r['successes']:9d} "
               f"{r['prefill_positions']:9d} {r['first_call_seconds']:13.1f}")
-    print(f"{'device / host':15s} {'':9s} {ratios['episodes_per_s']:10.2f}x {ratios['tokens_per_s']:9.2f}x")
-    print(f"device rewards == Python verifier on all {device_played} device replies; identical replies on both "
-          f"paths: first turn {same_first}/{args.batch} episodes, all turns {same_all}/{args.batch}")
-    print(f"host loop: {host_sample_s:.2f} s in api.sample, {host_s - host_sample_s:.2f} s of host work (render, "
-          f"tokenize, pad, decode, verify)")
+    for name, ratio in ratios.items():
+        print(f"{'device / ' + name.replace('host_loop_', 'host '):22s} {ratio['episodes_per_s']:6.2f}x episodes/s "
+              f"{ratio['tokens_per_s']:6.2f}x tokens/s")
+    print(f"device rewards == Python verifier on all {device_played} device replies; identical replies on the device "
+          f"and the JAX host loop: first turn {same_first}/{args.batch} episodes, all turns {same_all}/{args.batch}")
+    for name in host:
+        print(f"{name}: {host_sample_s[name]:.2f} s generating, {host_s[name] - host_sample_s[name]:.2f} s of host "
+              f"work (render, tokenize, pad, decode, verify)")
 
     result = {
         "benchmark": "rollout_throughput", "model": "SmolLM2-135M-Instruct (Q4_1 GGUF dequantised, float32)",
