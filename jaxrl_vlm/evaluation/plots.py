@@ -19,12 +19,15 @@ def plot_success_vs_compute(history: Sequence[dict[str, Any]], path: str, title:
     if not history:
         raise ValueError("no evaluation to plot")
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    top = 0.0
     for split in history[0]["results"]:
         xs = [h["gflops"] for h in history]
         ys = [100 * h["results"][split].get("success", h["results"][split].get("recognition_accuracy", 0.0))
               for h in history]
         errs = [100 * h["results"][split]["stderr"] for h in history]
         ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, label=split)
+        top = max([top] + [y + e for y, e in zip(ys, errs)])
+    ax.set_ylim(-1.0, min(100.0, max(10.0, 1.15 * top)) + 1.0)
     ax.set_xlabel("training compute (GFLOPs)")
     ax.set_ylabel("success rate (%)")
     ax.set_title(title or "success vs compute")
