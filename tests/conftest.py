@@ -16,3 +16,17 @@ def smollm2_tokenizer():
     from jaxrl_vlm.models.tokenizer import load_tokenizer
 
     return load_tokenizer(default_model_path())
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, smollm2_tokenizer):
+    """A tiny random LlamaForCausalLM over a ~500-token GP vocabulary, saved with that tokenizer (SmolLM2's chat
+    template): fast training and rollout tests through the real tokenizer and chat-template code paths."""
+    from llama_test_utils import tiny_hf_llama
+    from tiny_models import tiny_gp_tokenizer
+
+    directory = str(tmp_path_factory.mktemp("tiny_llama"))
+    tokenizer = tiny_gp_tokenizer(smollm2_tokenizer.chat_template)
+    tiny_hf_llama(directory, tied=True, vocab_size=512, max_shard_size=None)  # >= len(tokenizer), divisible by 8
+    tokenizer.save_pretrained(directory)
+    return directory

@@ -13,17 +13,7 @@ import pytest
 from jaxrl_vlm import config as config_lib
 from jaxrl_vlm.evaluation import job
 from jaxrl_vlm.training.ppo_train import train_ppo
-from llama_test_utils import tiny_hf_llama
-from tiny_models import save_tiny_gp_mllama, tiny_gp_tokenizer
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory, smollm2_tokenizer):
-    directory = str(tmp_path_factory.mktemp("tiny_llama_ppo_train"))
-    tokenizer = tiny_gp_tokenizer(smollm2_tokenizer.chat_template)
-    tiny_hf_llama(directory, tied=True, vocab_size=512, max_shard_size=None)
-    tokenizer.save_pretrained(directory)
-    return directory
+from tiny_models import save_tiny_gp_mllama
 
 
 def load_config(name):
@@ -63,11 +53,18 @@ def metrics(out_dir):
         return [row for row in map(json.loads, f) if "loss" in row]
 
 
+def with_penalties(config):
+    """The optional KL penalty to the initial policy and entropy bonus, on."""
+    config.ppo.kl_coef = 0.05
+    config.ppo.entropy_coef = 0.01
+    return config
+
+
 def test_kill_and_resume_is_bitwise_equal(tmp_path, tiny_checkpoint):
-    config = small(load_config("ppo_gp"), tmp_path / "straight", tiny_checkpoint)
+    config = with_penalties(small(load_config("ppo_gp"), tmp_path / "straight", tiny_checkpoint))
     model, tokenizer = job.load_checkpoint(config, None)
     straight = train_ppo(config, model, tokenizer)
-    resumed_config = small(load_config("ppo_gp"), tmp_path / "resumed", tiny_checkpoint)
+    resumed_config = with_penalties(small(load_config("ppo_gp"), tmp_path / "resumed", tiny_checkpoint))
     model, tokenizer = job.load_checkpoint(resumed_config, None)
     first = train_ppo(resumed_config, model, tokenizer, stop_after_update=1)
     assert first["updates"] == 1

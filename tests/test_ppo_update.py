@@ -13,17 +13,6 @@ from jaxrl_vlm.training import rollout as rollout_lib
 from jaxrl_vlm.training.policy import policy_model
 from jaxrl_vlm.training.ppo import PPOBatch, advantages_and_returns, make_ppo_update, score_replies
 from jaxrl_vlm.training.ppo_train import GPRolloutSource, action_pattern, initial_ppo_state, ppo_hyper
-from llama_test_utils import tiny_hf_llama
-from tiny_models import tiny_gp_tokenizer
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory, smollm2_tokenizer):
-    directory = str(tmp_path_factory.mktemp("tiny_llama_ppo"))
-    tokenizer = tiny_gp_tokenizer(smollm2_tokenizer.chat_template)
-    tiny_hf_llama(directory, tied=True, vocab_size=512, max_shard_size=None)
-    tokenizer.save_pretrained(directory)
-    return directory
 
 
 def ppo_config(checkpoint, **overrides):

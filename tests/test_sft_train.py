@@ -8,18 +8,6 @@ import pytest
 
 from jaxrl_vlm import config as config_lib
 from jaxrl_vlm.training.sft import train_sft
-from llama_test_utils import tiny_hf_llama
-from tiny_models import tiny_gp_tokenizer
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory, smollm2_tokenizer):
-    """A tiny random LlamaForCausalLM over a ~500-token GP vocabulary, saved with that tokenizer (SmolLM2 template)."""
-    directory = str(tmp_path_factory.mktemp("tiny_llama"))
-    tokenizer = tiny_gp_tokenizer(smollm2_tokenizer.chat_template)
-    tiny_hf_llama(directory, tied=True, vocab_size=512, max_shard_size=None)  # >= len(tokenizer), divisible by 8
-    tokenizer.save_pretrained(directory)
-    return directory
 
 
 @pytest.fixture(scope="module")

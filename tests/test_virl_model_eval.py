@@ -122,16 +122,11 @@ def test_conversation_protocol_matches_the_chat_template(city_dir, smollm2_token
     assert result["per_step_accuracy"] == pytest.approx((result["num_steps"] - retries) / result["num_steps"])
 
 
-def test_eval_entry_point_runs_all_three_virl_splits(tmp_path, city_dir, smollm2_tokenizer):
+def test_eval_entry_point_runs_all_three_virl_splits(tmp_path, city_dir, tiny_checkpoint):
     """`python -m jaxrl_vlm.eval --config=configs/eval_virl.py` on a tiny random Llama and two tiny cities."""
     from jaxrl_vlm.envs.virl.make_city import write_city
-    from llama_test_utils import tiny_hf_llama
-    from tiny_models import tiny_gp_tokenizer
 
-    checkpoint = str(tmp_path / "tiny_llama")
-    tokenizer = tiny_gp_tokenizer(smollm2_tokenizer.chat_template)
-    tiny_hf_llama(checkpoint, tied=True, vocab_size=512, max_shard_size=None)
-    tokenizer.save_pretrained(checkpoint)
+    checkpoint = tiny_checkpoint
     ood_dir = str(tmp_path / "ood_city")
     write_city(ood_dir, seed=1, n_routes=2, styles=["milan"], pano_width=64, grid=(3, 3))
     out_dir = tmp_path / "out"

@@ -47,7 +47,8 @@ from jaxrl_vlm.training.sft import mesh_of, place_on_mesh
 from jaxrl_vlm.training.sft_step import TrainState
 
 ACTION_KEY = ' "formula":'
-WIDTH_ROUNDING = 64
+WIDTH_ROUNDING = 128  # conversation widths of the update are rounded up to this: few shapes, few compilations
+RENDER_CHUNK = 64
 
 
 def action_pattern(tokenizer) -> np.ndarray:
@@ -136,7 +137,10 @@ class GPRolloutSource:
         state, prompt = self._reset(key, self.env_params, self.codec)
         vision = None
         if not self.language_only:
-            images = np.asarray(render_hands(state.ranks, state.suits, self.atlas, resolution=self.resolution))
+            images = np.concatenate([  # in chunks: rendering holds a float copy of each 1200 px canvas
+                np.asarray(render_hands(state.ranks[i:i + RENDER_CHUNK], state.suits[i:i + RENDER_CHUNK], self.atlas,
+                                        resolution=self.resolution))
+                for i in range(0, self.num_episodes, RENDER_CHUNK)])
             vision = self.model.vision_inputs([[image] for image in images], np.asarray(prompt.ids))
         place = lambda tree: jax.tree_util.tree_map(lambda x: self.model.put_batch(np.asarray(x)), tree)
         return place(state), place(prompt), None if vision is None else place(vision)
@@ -162,6 +166,7 @@ def train_ppo(config: mlc.ConfigDict, model: Any, tokenizer, *, init_tokens: int
     """Run (or resume) PPO from the model's params; returns {'history': evaluations, 'final': last evaluation,
     'params': final policy params, 'compute': counters, 'updates': done}.
 
+    The model's param buffers are donated to the training state (the KL reference, when on, is a copy).
     init_tokens: tokens the starting checkpoint was fine-tuned on (D_init of the compute axis).
     stop_after_update: stop after that update as if killed (tests of exact resume).
     """
@@ -170,12 +175,13 @@ def train_ppo(config: mlc.ConfigDict, model: Any, tokenizer, *, init_tokens: int
     source = GPRolloutSource(config, model, tokenizer, policy)
     hyper = ppo_hyper(config)
     steps_per_update = ppo.epochs * ppo.minibatches
+    # a copy: the train state starts from (and donates) the model's own param buffers
+    reference = jax.tree_util.tree_map(jnp.copy, model.params) if ppo.kl_coef > 0 else None
     state, (tx, schedule) = initial_ppo_state(config, model)
     shardings = jax.tree_util.tree_map(lambda x: x.sharding, state)
     pattern = jnp.asarray(action_pattern(tokenizer))
     update_fn = jax.jit(make_ppo_update(policy, tx, hyper, pattern),
                         donate_argnums=0, out_shardings=(shardings, None))
-    reference = model.params if ppo.kl_coef > 0 else None
     score_ref = jax.jit(lambda p, b: score_replies(policy, {"policy": p}, b, pattern, hyper).logp)
     encode_images = _encode_images_fn(policy)
     evaluator = GPEvaluator(model, tokenizer, language_only=config.task.language_only, target=config.task.target,
