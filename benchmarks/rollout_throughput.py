@@ -271,7 +271,8 @@ def main() -> None:
             "mean_reward": float(summary["reward"][summary["played"]].mean())}}
     for name, h in host.items():
         rows[name] = {
-            "seconds": host_s[name], "first_call_seconds": host_first_s[name], "episodes_per_s": args.batch / host_s[name],
+            "seconds": host_s[name], "first_call_seconds": host_first_s[name],
+            "episodes_per_s": args.batch / host_s[name],
             "tokens_per_s": h["generated_tokens"] / host_s[name], "generated_tokens": h["generated_tokens"],
             "sample_seconds": host_sample_s[name], "host_work_seconds": host_s[name] - host_sample_s[name],
             "prefill_positions": h["prefill_positions"], "replies": sum(map(len, h["rewards"])),

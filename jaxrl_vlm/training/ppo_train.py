@@ -226,8 +226,8 @@ def train_ppo(config: mlc.ConfigDict, model: Any, tokenizer, *, init_tokens: int
                                        shapes=source.shapes, pad_id=model.pad_id)
         lengths = to_host(jnp.sum(episodes.slot_valid, axis=1))
         rollout_s = time.perf_counter() - clock
-        ids, mask = _compact(episodes.slot_tokens, episodes.slot_valid, width=_round_up(int(lengths.max())),
-                             pad_id=model.pad_id)
+        width = min(_round_up(int(lengths.max())), source.shapes.capacity)
+        ids, mask = _compact(episodes.slot_tokens, episodes.slot_valid, width=width, pad_id=model.pad_id)
         batch_vision = None
         if vision is not None:
             cross = compact_cross_attention_mask(to_host(ids), model.config.image_token_index,

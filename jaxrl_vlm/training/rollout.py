@@ -66,8 +66,8 @@ class Episodes(NamedTuple):
     one. reply_tokens int32[B, T, N] (pad after the reply), reply_len int32[B, T] (incl. a final stop token),
     reply_start int32[B, T] (tokens before the reply in the compact conversation), sample_logp float32[B, T, N]
     (the sampler's log-probs, at the sampling temperature), reward float32[B, T], turn_valid bool[B, T] (the turn
-    was played), success bool[B], overflow bool[B] (a revision suffix did not fit suffix_width: the episode ended there, as a
-    failure, instead of continuing with a cut-off turn).
+    was played), success bool[B], overflow bool[B] (a revision suffix did not fit suffix_width: the episode ended
+    there, as a failure, instead of continuing with a cut-off turn).
     """
 
     slot_tokens: jax.Array
