@@ -50,7 +50,7 @@ def base_config(job: str, run_name: str) -> mlc.ConfigDict:
     c.ppo = mlc.ConfigDict(dict(init="", updates=20, episodes=8, epochs=4, minibatches=2, micro_batches=1,
                                 lr=1e-6, end_lr=1e-9, lr_max_steps=100, b1=0.9, b2=0.999, eps=1e-7, weight_decay=0.0,
                                 max_grad_norm=1.0, clip=0.1, value_coef=0.5, gamma=0.9, lam=0.95, temperature=0.2,
-                                top_p=0.9, max_new_tokens=512, feedback_tokens=96, thought_coef=0.5, kl_coef=0.0,
+                                top_p=0.9, max_new_tokens=512, feedback_tokens=48, thought_coef=0.5, kl_coef=0.0,
                                 entropy_coef=0.0, remat=True))
     c.checkpoint = mlc.ConfigDict(dict(every=50, keep=3, resume=True, async_save=True, export_hf=True))
     c.eval = mlc.ConfigDict(dict(every=0, episodes=234, batch_size=64, max_new_tokens=256, temperature=0.0,
