@@ -5,8 +5,8 @@
 N: parameters of the policy (value head excluded). D_init: tokens the initial checkpoint was fine-tuned on (the
 SFT warm start). D_sft / D_rl: tokens that went through a training forward and backward pass (PPO: every epoch
 counts its tokens again). D_buffer: tokens that went through inference-only forward passes to fill the rollout
-buffer (the rollout's prefill and decode, and the scoring of old log-probs and values). The paper estimates
-D_buffer = 6 D_rl for GP; we count it.
+buffer (the rollout's prefill and decode, the scoring of old log-probs and values, and the KL reference's scoring
+when the penalty is on). The paper estimates D_buffer = 6 D_rl for GP; we count it.
 """
 from __future__ import annotations
 

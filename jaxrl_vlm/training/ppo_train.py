@@ -240,7 +240,8 @@ def train_ppo(config: mlc.ConfigDict, model: Any, tokenizer, *, init_tokens: int
         state, metrics = update_fn(state, batch, update_key)
         metrics = jax.tree_util.tree_map(to_host, metrics)
         conversation_tokens = int(lengths.sum())
-        meter.add(train=conversation_tokens * ppo.epochs, buffer=2 * conversation_tokens)
+        forward_passes = 2 + (reference is not None)  # rollout, scoring of old log-probs/values, KL reference
+        meter.add(train=conversation_tokens * ppo.epochs, buffer=forward_passes * conversation_tokens)
         host = [to_host(x) for x in (episodes.success, episodes.turn_valid, episodes.reply_len, episodes.overflow)]
         done = update + 1
         row = {k: float(v) for k, v in metrics.items()}
