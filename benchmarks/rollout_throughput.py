@@ -46,7 +46,7 @@ import numpy as np
 from jaxrl_vlm.config import base_config
 from jaxrl_vlm.envs.general_points import env as gp_env
 from jaxrl_vlm.envs.general_points import prompt_tokens, verifier
-from jaxrl_vlm.models import api
+from jaxrl_vlm.models import api, sampler
 from jaxrl_vlm.models.tokenizer import load_tokenizer
 from jaxrl_vlm.training import rollout as rollout_lib
 from jaxrl_vlm.training.policy import policy_model
@@ -179,8 +179,7 @@ def check_device_rewards(tokenizer, episodes: rollout_lib.Episodes, summary: dic
     replies as text (B lists)."""
     tokens = np.asarray(episodes.reply_tokens)
     batch, turns, width = tokens.shape
-    text_len = np.asarray(rollout_lib.reply_text_lengths(jnp.asarray(tokens.reshape(-1, width)),
-                                                         jnp.asarray(summary["reply_len"].reshape(-1)),
+    text_len = np.asarray(sampler.lengths_without_stop(tokens.reshape(-1, width), summary["reply_len"].reshape(-1),
                                                          eos_ids)).reshape(batch, turns)
     replies: list[list[str]] = [[] for _ in range(batch)]
     for b in range(batch):

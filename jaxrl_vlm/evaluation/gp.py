@@ -22,6 +22,7 @@ from jaxrl_vlm.envs.general_points import prompt_tokens
 from jaxrl_vlm.envs.general_points.cards import CANVAS_SIZE, card_atlas, render_hands
 from jaxrl_vlm.envs.general_points.token_bytes import token_byte_table, tokens_to_bytes
 from jaxrl_vlm.models import api as models_api
+from jaxrl_vlm.models.sampler import lengths_without_stop
 
 WIDTH_ROUNDING = 64
 FIRST_PROMPT_WIDTH = 4096  # assembled at this width, then cropped to the batch's longest prompt
@@ -69,12 +70,6 @@ def _revision(codec, prev, reply, reply_len, fragments, num_fragments, width: in
 def _score(state, tokens, reply_len, byte_table, params):
     reply_bytes, byte_len = tokens_to_bytes(tokens, reply_len, byte_table)
     return gp_env.step_batch(state, reply_bytes, byte_len, params)
-
-
-def _reply_lengths(tokens: np.ndarray, lengths: np.ndarray, eos_ids: tuple[int, ...]) -> np.ndarray:
-    """Reply lengths without a final stop token (the chat template writes its own end-of-turn)."""
-    last = tokens[np.arange(len(tokens)), np.maximum(lengths - 1, 0)]
-    return np.where((lengths > 0) & np.isin(last, eos_ids), lengths - 1, lengths).astype(np.int32)
 
 
 class GPEvaluator:
@@ -140,7 +135,7 @@ class GPEvaluator:
                 out = models_api.sample(model, ids, _mask(conv), max_new_tokens=max_new_tokens,
                                         temperature=temperature, seed=seed * 100_003 + start * 11 + turn, **vision)
                 tokens = np.asarray(out.tokens)
-                reply_len = _reply_lengths(tokens, np.asarray(out.lengths), model.eos_token_ids)
+                reply_len = np.asarray(lengths_without_stop(tokens, out.lengths, model.eos_token_ids))
                 active = ~np.asarray(state.done)
                 _, state, reward, _, info = _score(state, jnp.asarray(tokens), jnp.asarray(reply_len),
                                                    self.byte_table, env_params)

@@ -25,8 +25,9 @@ from jaxrl_vlm.envs.virl.evaluation import SPLITS, PolicyBatch, evaluate_virl, r
 from jaxrl_vlm.envs.virl.prompts import FEEDBACK_PREFIX
 from jaxrl_vlm.envs.virl.reader import load_route_set
 from jaxrl_vlm.envs.virl.verifier import BUDGET_EXHAUSTED_MESSAGE, FEEDBACK_MESSAGES
-from jaxrl_vlm.evaluation.gp import _reply_lengths, _round_up
+from jaxrl_vlm.evaluation.gp import _round_up
 from jaxrl_vlm.models import api as models_api
+from jaxrl_vlm.models.sampler import lengths_without_stop
 
 # Verifier message of each PolicyBatch.feedback code 1..4 (0 is "Correct action.", 4 a forced failure).
 FEEDBACK_TEXTS = FEEDBACK_MESSAGES + (BUDGET_EXHAUSTED_MESSAGE,)
@@ -138,7 +139,7 @@ class VirlModelPolicy:
         out = models_api.sample(self.model, input_ids, mask, max_new_tokens=self.max_new_tokens,
                                 temperature=self.temperature, seed=seed, **vision)
         tokens = np.asarray(out.tokens)
-        lengths = _reply_lengths(tokens, np.asarray(out.lengths), self.model.eos_token_ids)
+        lengths = np.asarray(lengths_without_stop(tokens, out.lengths, self.model.eos_token_ids))
         return [self.tokenizer.decode(tokens[i, :lengths[i]].tolist(), skip_special_tokens=True,
                                       clean_up_tokenization_spaces=False) for i in range(len(ids))]
 

@@ -85,6 +85,15 @@ def sample_logits(logits: jax.Array, rng: jax.Array, temperature: jax.Array,
     return tokens, jnp.take_along_axis(logp_all, tokens[:, None], axis=-1)[:, 0]
 
 
+def lengths_without_stop(tokens: Any, lengths: Any, eos_ids: Any) -> jax.Array:
+    """Reply lengths int32[B] without a final stop token (what a verifier reads; a chat template writes its own
+    end-of-turn) from sampled tokens int[B, N] and lengths int[B] that include it; eos_ids: int sequence."""
+    tokens, lengths = jnp.asarray(tokens), jnp.asarray(lengths)
+    last = jnp.take_along_axis(tokens, jnp.maximum(lengths - 1, 0)[:, None], axis=1)[:, 0]
+    stopped = (lengths > 0) & jnp.isin(last, jnp.asarray(eos_ids))
+    return jnp.where(stopped, lengths - 1, lengths).astype(jnp.int32)
+
+
 @functools.partial(jax.jit, static_argnames=("model",), donate_argnames=("cache",))
 def append_tokens(model: DecodeModel, params: Any, cache: KVCache, input_ids: jax.Array, token_mask: jax.Array,
                   extra: Any) -> tuple[jax.Array, KVCache]:

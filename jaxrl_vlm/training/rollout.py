@@ -100,13 +100,6 @@ def revision_suffix(codec: prompt_tokens.PromptCodec, fragments: jax.Array, num_
                                          pad_id=pad_id, padding_side="left")
 
 
-def reply_text_lengths(tokens: jax.Array, lengths: jax.Array, eos_ids: jax.Array) -> jax.Array:
-    """Reply lengths int32[B] without a final stop token (what the verifier reads) from tokens int32[B, N] and
-    lengths int32[B] that include it."""
-    last = jnp.take_along_axis(tokens, jnp.maximum(lengths - 1, 0)[:, None], axis=1)[:, 0]
-    return jnp.where((lengths > 0) & jnp.isin(last, eos_ids), lengths - 1, lengths).astype(jnp.int32)
-
-
 class _Carry(NamedTuple):
     cache: Any
     slot_tokens: jax.Array
@@ -150,7 +143,7 @@ def rollout(decoder: sampler.DecodeModel, params: Any, codec: prompt_tokens.Prom
             decoder, params, cache, extra, logits, key, temperature, top_p, eos_ids, jnp.int32(pad_id), n,
             active=~env_state.done, write_stop_tokens=False)
         slot_tokens = jax.lax.dynamic_update_slice(slot_tokens, tokens, (0, index))
-        text_len = reply_text_lengths(tokens, length, eos_ids)
+        text_len = sampler.lengths_without_stop(tokens, length, eos_ids)
         reply_bytes, byte_len = tokens_to_bytes(tokens, text_len, byte_table)
         played = ~env_state.done
         _, env_state, reward, _, info = gp_env.step_batch(env_state, reply_bytes, byte_len, env_params)
