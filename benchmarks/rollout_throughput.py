@@ -2,7 +2,7 @@
 
 Both paths play the same B episodes (the same hands, from one `env.reset_batch`) of GeneralPoints-L in-distribution
 with sequential revision, up to `--turns` replies per episode (an episode ends when a reply scores 5), with the same
-model (the embedded SmolLM2-135M-Instruct, float32), greedy decoding, up to `--max-new-tokens` tokens per reply, on
+model (the embedded SmolLM2-135M-Instruct, float32 or `--dtype bfloat16` on every path), greedy decoding, up to `--max-new-tokens` tokens per reply, on
 the same device, in the same run:
 
 - device: assemble the first prompts on the device (`prompt_tokens.prompt_ids`), then `rollout.rollout` (prefill,
@@ -27,7 +27,8 @@ Correctness check (asserted): the device rollout's reward for every reply it pla
 tokenizer's decoding of that reply.
 
 Usage: PYTHONPATH=. python benchmarks/rollout_throughput.py [--batch 8] [--turns 3] [--max-new-tokens 64]
-[--repeats 3] [--out benchmarks/results/rollout_throughput.json]; prints a table and writes the JSON.
+[--repeats 3] [--dtype float32] [--out benchmarks/results/rollout_throughput[_bfloat16].json]; prints a table and
+writes the JSON.
 """
 from __future__ import annotations
 
@@ -104,14 +105,14 @@ def jax_generate(model: Any, max_new_tokens: int):
     return generate
 
 
-def torch_generate(path: str, pad_id: int, max_new_tokens: int):
-    """The same generate signature with transformers' `generate` (greedy, torch CPU, float32) on the same GGUF
+def torch_generate(path: str, pad_id: int, max_new_tokens: int, dtype: str):
+    """The same generate signature with transformers' `generate` (greedy, torch CPU, `dtype`) on the same GGUF
     weights: the reference's generation."""
     import torch
     import transformers
 
     model = transformers.AutoModelForCausalLM.from_pretrained(
-        os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32).eval()
+        os.path.dirname(path), gguf_file=os.path.basename(path), dtype=getattr(torch, dtype)).eval()
     eos = model.generation_config.eos_token_id
     eos = set(eos if isinstance(eos, (list, tuple)) else [eos])
 
@@ -208,11 +209,15 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-transformers", dest="transformers", action="store_false",
                         help="skip the host loop with transformers' generate (the reference's generation)")
-    parser.add_argument("--out", default=RESULTS)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                        help="param and compute dtype of every path")
+    parser.add_argument("--out", default=None, help=f"default {RESULTS} (float32), else with a _<dtype> suffix")
     args = parser.parse_args()
+    if args.out is None:
+        args.out = RESULTS if args.dtype == "float32" else RESULTS.replace(".json", f"_{args.dtype}.json")
 
     path = api.default_model_path()
-    model = api.load(path)
+    model = api.load(path, dtype=args.dtype)
     tokenizer = load_tokenizer(path)
     device = DevicePath(model, tokenizer, batch=args.batch, turns=args.turns, max_new_tokens=args.max_new_tokens,
                         feedback_tokens=args.feedback_tokens)
@@ -221,7 +226,7 @@ def main() -> None:
     run_device = lambda: device(state, sample_key)
     hosts = {"host_loop_jax": jax_generate(model, args.max_new_tokens)}
     if args.transformers:
-        hosts["host_loop_transformers"] = torch_generate(path, model.pad_id, args.max_new_tokens)
+        hosts["host_loop_transformers"] = torch_generate(path, model.pad_id, args.max_new_tokens, args.dtype)
     run_host = {name: functools.partial(host_loop, generate, tokenizer, ranks, turns=args.turns, pad_id=model.pad_id)
                 for name, generate in hosts.items()}
 
@@ -298,7 +303,7 @@ def main() -> None:
               f"work (render, tokenize, pad, decode, verify)")
 
     result = {
-        "benchmark": "rollout_throughput", "model": "SmolLM2-135M-Instruct (Q4_1 GGUF dequantised, float32)",
+        "benchmark": "rollout_throughput", "model": f"SmolLM2-135M-Instruct (Q4_1 GGUF dequantised, {args.dtype})",
         "task": "GP-L in_dist", "batch": args.batch, "turns": args.turns, "max_new_tokens": args.max_new_tokens,
         "feedback_tokens": args.feedback_tokens, "prompt_width": shapes.prompt_width,
         "chunk_width": shapes.chunk_width, "greedy": True, "repeats": args.repeats, "seed": args.seed,

@@ -9,7 +9,8 @@ Conventions (B batch, T new tokens, S cache slots, D hidden, H query heads, K kv
   {'attn_norm': [D], 'attn': {'q': [D,H,Dh], 'k': [D,K,Dh], 'v': [D,K,Dh], 'o': [H,Dh,D]},
    'mlp_norm': [D], 'mlp': {'gate': [D,F], 'up': [D,F], 'down': [F,D]}}
 - q/k use Hugging Face's rotate-half RoPE layout, so HF weights load without permutation.
-- norms, softmax and RoPE angles are computed in float32; matmul inputs in `config.compute_dtype`.
+- norms, softmax and RoPE angles are computed in float32; matmul inputs in `config.compute_dtype`, accumulated in
+  float32 (`dense`).
 - a KV cache is a fixed number of slots S; `valid[B,S]` marks slots holding real tokens (left padding and tokens
   after EOS stay invalid), `next_pos[B]` is each row's next position id, `index` the next free slot (shared by rows).
 """
@@ -54,6 +55,61 @@ def init_kv_cache(config: LlamaConfig, batch: int, capacity: int, num_layers: in
         k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
         valid=jnp.zeros((batch, capacity), bool), next_pos=jnp.zeros((batch,), jnp.int32),
         index=jnp.zeros((), jnp.int32))
+
+
+_FLOAT16 = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+
+
+def _as_bits(x: jax.Array) -> jax.Array:
+    return jax.lax.bitcast_convert_type(x, jnp.uint16) if x.dtype in _FLOAT16 else x
+
+
+def _bits_workaround() -> bool:
+    return jax.default_backend() == "cpu"
+
+
+def scan_stacked(body: Any, carry: Any, xs: Any) -> tuple[Any, Any]:
+    """`jax.lax.scan(body, carry, xs)` for inference over stacked layers (not differentiable in xs).
+
+    On XLA:CPU, a 16-bit float dynamic-slice or dynamic-update-slice (what scan does to its xs and ys each
+    iteration) is rewritten to float32 over the whole stacked array: every decode step would convert all the weights
+    and the KV cache. There, 16-bit float leaves of xs and of the per-iteration outputs pass through the loop as
+    uint16 bitcasts. Elsewhere this is plain `lax.scan`.
+    """
+    if not _bits_workaround():
+        return jax.lax.scan(body, carry, xs)
+    x_dtypes = jax.tree_util.tree_map(lambda a: a.dtype, xs)
+    y_dtypes = []
+
+    def from_bits(tree: Any, dtypes: Any) -> Any:
+        return jax.tree_util.tree_map(lambda a, d: jax.lax.bitcast_convert_type(a, d) if a.dtype != d else a,
+                                      tree, dtypes)
+
+    def wrapped(c: Any, x: Any) -> tuple[Any, Any]:
+        c, y = body(c, from_bits(x, x_dtypes))
+        y_dtypes.append(jax.tree_util.tree_map(lambda a: a.dtype, y))
+        return c, jax.tree_util.tree_map(_as_bits, y)
+    carry, ys = jax.lax.scan(wrapped, carry, jax.tree_util.tree_map(_as_bits, xs))
+    return carry, from_bits(ys, y_dtypes[-1])
+
+
+def update_slice(operand: jax.Array, update: jax.Array, start: tuple[Any, ...]) -> jax.Array:
+    """`jax.lax.dynamic_update_slice` (update cast to operand.dtype) for inference; 16-bit floats are written as
+    uint16 bitcasts on XLA:CPU (see `scan_stacked`)."""
+    update = update.astype(operand.dtype)
+    if not (_bits_workaround() and operand.dtype in _FLOAT16):
+        return jax.lax.dynamic_update_slice(operand, update, start)
+    out = jax.lax.dynamic_update_slice(_as_bits(operand), _as_bits(update), start)
+    return jax.lax.bitcast_convert_type(out, operand.dtype)
+
+
+def dense(spec: str, x: jax.Array, w: jax.Array) -> jax.Array:
+    """`jnp.einsum(spec, x, w)` with w cast to x.dtype, accumulated in float32 and returned in x.dtype.
+
+    Float32 accumulation is what bf16 training wants; it is also the form XLA:CPU runs in its fast dot kernels:
+    a bf16 x bf16 dot with a bf16 result falls back to a path about 10x slower there.
+    """
+    return jnp.einsum(spec, x, w.astype(x.dtype), preferred_element_type=jnp.float32).astype(x.dtype)
 
 
 def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
@@ -127,7 +183,7 @@ def gqa_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> 
     scores = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32) / math.sqrt(dh)
     scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+    out = dense("bkgts,bskd->btkgd", probs, v)
     return out.reshape(b, t, h, dh)
 
 
@@ -140,26 +196,25 @@ def self_attention(p: Params, x: jax.Array, positions: jax.Array, mask: jax.Arra
     Returns ([B,T,D], updated (k, v) or None).
     """
     dt = x.dtype
-    q = jnp.einsum("btd,dhe->bthe", x, p["q"].astype(dt))
-    k = jnp.einsum("btd,dhe->bthe", x, p["k"].astype(dt))
-    v = jnp.einsum("btd,dhe->bthe", x, p["v"].astype(dt))
+    q = dense("btd,dhe->bthe", x, p["q"])
+    k = dense("btd,dhe->bthe", x, p["k"])
+    v = dense("btd,dhe->bthe", x, p["v"])
     q = apply_rope(q, positions, inv_freq)
     k = apply_rope(k, positions, inv_freq)
     if kv is not None:
         start = (0, index, 0, 0)
-        k_all = jax.lax.dynamic_update_slice(kv[0], k.astype(kv[0].dtype), start)
-        v_all = jax.lax.dynamic_update_slice(kv[1], v.astype(kv[1].dtype), start)
+        k_all = update_slice(kv[0], k, start)
+        v_all = update_slice(kv[1], v, start)
         kv = (k_all, v_all)
         k, v = k_all.astype(dt), v_all.astype(dt)
     out = gqa_attention(q, k, v, mask)
-    return jnp.einsum("bthe,hed->btd", out, p["o"].astype(dt)), kv
+    return dense("bthe,hed->btd", out, p["o"]), kv
 
 
 def swiglu_mlp(p: Params, x: jax.Array) -> jax.Array:
     """SwiGLU feed-forward: down(silu(x @ gate) * (x @ up)). x: [B,T,D] -> [B,T,D]."""
-    dt = x.dtype
-    gate = jax.nn.silu(x @ p["gate"].astype(dt))
-    return (gate * (x @ p["up"].astype(dt))) @ p["down"].astype(dt)
+    gate = jax.nn.silu(dense("...d,df->...f", x, p["gate"]))
+    return dense("...f,fd->...d", gate * dense("...d,df->...f", x, p["up"]), p["down"])
 
 
 def decoder_layer(p: Params, x: jax.Array, positions: jax.Array, mask: jax.Array, inv_freq: jax.Array,

@@ -16,7 +16,7 @@ import numpy as np
 from jaxrl_vlm.models.config import LlamaConfig, dtype_from_name
 from jaxrl_vlm.models.layers import (KVCache, cache_mask, causal_mask, decoder_layer, init_kv_cache,
                                      layer_logical_axes, layer_param_shapes, positions_from_mask, rms_norm,
-                                     rope_inv_freq)
+                                     rope_inv_freq, scan_stacked)
 from jaxrl_vlm.models.sharding import MeshRules
 
 Params = dict[str, Any]
@@ -102,7 +102,7 @@ def hidden_states(params: Params, input_ids: jax.Array, token_mask: jax.Array, c
             layer, k, v = xs
             h, (k, v) = decoder_layer(layer, h, positions, mask, inv_freq, config, (k, v), cache.index)
             return _constrain(h, mesh_rules), (k, v)
-        x, (k, v) = jax.lax.scan(body, x, (params["layers"], cache.k, cache.v))
+        x, (k, v) = scan_stacked(body, x, (params["layers"], cache.k, cache.v))
         new_cache = KVCache(k=k, v=v, valid=valid,
                             next_pos=cache.next_pos + token_mask.sum(axis=1, dtype=jnp.int32),
                             index=cache.index + t)

@@ -29,9 +29,9 @@ import numpy as np
 from jaxrl_vlm.models import llama
 from jaxrl_vlm.models import mllama_vision as vision_lib
 from jaxrl_vlm.models.config import LlamaConfig, dtype_from_name
-from jaxrl_vlm.models.layers import (KVCache, cache_mask, causal_mask, decoder_layer, gqa_attention, init_kv_cache,
-                                     layer_logical_axes, layer_param_shapes, positions_from_mask, rms_norm,
-                                     rope_inv_freq, swiglu_mlp)
+from jaxrl_vlm.models.layers import (KVCache, cache_mask, causal_mask, decoder_layer, dense, gqa_attention,
+                                     init_kv_cache, layer_logical_axes, layer_param_shapes, positions_from_mask,
+                                     rms_norm, rope_inv_freq, scan_stacked, swiglu_mlp)
 from jaxrl_vlm.models.mllama_vision import MllamaVisionConfig
 from jaxrl_vlm.models.sharding import MeshRules
 
@@ -250,8 +250,8 @@ def compute_cross_kv(params: Params, states: jax.Array, cross_attention_mask: ja
     x = states.astype(dt)
 
     def one_layer(layer: Params) -> tuple[jax.Array, jax.Array]:
-        k = jnp.einsum("bnd,dke->bnke", x, layer["k"].astype(dt))
-        v = jnp.einsum("bnd,dke->bnke", x, layer["v"].astype(dt))
+        k = dense("bnd,dke->bnke", x, layer["k"])
+        v = dense("bnd,dke->bnke", x, layer["v"])
         return rms_norm(k, layer["k_norm"], t.rms_norm_eps), v
 
     k, v = jax.lax.map(one_layer, params["cross_layers"]["attn"])
@@ -294,10 +294,10 @@ def cross_attention_layer(p: Params, x: jax.Array, k: jax.Array, v: jax.Array, a
     """Gated cross-attention decoder layer. x: [B,T,D]; k, v: [B,N,K,Dh]; allowed: bool[B,T,N]; full_row: bool[B,T]."""
     dt = x.dtype
     h = rms_norm(x, p["attn_norm"], config.rms_norm_eps)
-    q = jnp.einsum("btd,dhe->bthe", h, p["attn"]["q"].astype(dt))
+    q = dense("btd,dhe->bthe", h, p["attn"]["q"])
     q = rms_norm(q, p["attn"]["q_norm"], config.rms_norm_eps)
     out = gqa_attention(q, k.astype(dt), v.astype(dt), allowed)
-    h = jnp.einsum("bthe,hed->btd", out, p["attn"]["o"].astype(dt))
+    h = dense("bthe,hed->btd", out, p["attn"]["o"])
     x = x + jnp.tanh(p["attn_gate"].astype(jnp.float32)).astype(dt) * h
     h = swiglu_mlp(p["mlp"], rms_norm(x, p["mlp_norm"], config.rms_norm_eps))
     h = h * full_row[..., None].astype(dt)
@@ -364,7 +364,7 @@ def hidden_states(params: Params, input_ids: jax.Array, token_mask: jax.Array, c
                 layer, k, v = xs
                 h, (k, v) = decoder_layer(layer, h, positions, mask, inv_freq, t_cfg, (k, v), cache.index)
                 return _constrain(h, mesh_rules), (k, v)
-            x, (k, v) = jax.lax.scan(body, x, (layers, cache.k[a:b], cache.v[a:b]))
+            x, (k, v) = scan_stacked(body, x, (layers, cache.k[a:b], cache.v[a:b]))
             new_k.append(k)
             new_v.append(v)
     new_cache = None

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrl_vlm.models.config import dtype_from_name
-from jaxrl_vlm.models.layers import gqa_attention
+from jaxrl_vlm.models.layers import dense, gqa_attention
 
 Params = dict[str, Any]
 
@@ -244,17 +244,17 @@ def encoder_layer(p: Params, x: jax.Array, mask: jax.Array, c: MllamaVisionConfi
     """One pre-LayerNorm encoder layer; gated (global) when `p` has 'attn_gate'. x: [N,S,D]; mask: bool[N,S,S]."""
     dt = x.dtype
     h = layer_norm(x, p["attn_norm"], c.norm_eps)
-    q = jnp.einsum("nsd,dhe->nshe", h, p["attn"]["q"].astype(dt))
-    k = jnp.einsum("nsd,dhe->nshe", h, p["attn"]["k"].astype(dt))
-    v = jnp.einsum("nsd,dhe->nshe", h, p["attn"]["v"].astype(dt))
-    h = jnp.einsum("nshe,hed->nsd", gqa_attention(q, k, v, mask), p["attn"]["o"].astype(dt))
+    q = dense("nsd,dhe->nshe", h, p["attn"]["q"])
+    k = dense("nsd,dhe->nshe", h, p["attn"]["k"])
+    v = dense("nsd,dhe->nshe", h, p["attn"]["v"])
+    h = dense("nshe,hed->nsd", gqa_attention(q, k, v, mask), p["attn"]["o"])
     if "attn_gate" in p:
         h = jnp.tanh(p["attn_gate"].astype(jnp.float32)).astype(dt) * h
     x = x + h
     h = layer_norm(x, p["mlp_norm"], c.norm_eps)
     mlp = p["mlp"]
-    h = activation(c.hidden_act)(h @ mlp["fc1"].astype(dt) + mlp["fc1_bias"].astype(dt))
-    h = h @ mlp["fc2"].astype(dt) + mlp["fc2_bias"].astype(dt)
+    h = activation(c.hidden_act)(dense("...d,df->...f", h, mlp["fc1"]) + mlp["fc1_bias"].astype(dt))
+    h = dense("...f,fd->...d", h, mlp["fc2"]) + mlp["fc2_bias"].astype(dt)
     if "mlp_gate" in p:
         h = jnp.tanh(p["mlp_gate"].astype(jnp.float32)).astype(dt) * h
     return x + h
@@ -327,7 +327,7 @@ def vision_features(params: Params, pixel_values: jax.Array, aspect_ratio_ids: j
     grid = c.image_size // p
     patches = pixel_values.astype(dt).reshape(n * tiles, c.num_channels, grid, p, grid, p)
     patches = patches.transpose(0, 2, 4, 1, 3, 5).reshape(n * tiles, grid * grid, -1)
-    x = patches @ params["patch_embed"].reshape(d, -1).T.astype(dt)
+    x = dense("...k,dk->...d", patches, params["patch_embed"].reshape(d, -1))
     x = x.reshape(n, tiles, grid * grid, d) + _aspect_embed(
         params["pre_tile_embed"], params["pre_tile_gate"], ids, (tiles, 1, d), dt)
     cls = jnp.broadcast_to(params["class_embed"].astype(dt), (n, tiles, 1, d))
@@ -355,5 +355,5 @@ def project(params: Params, features: jax.Array) -> jax.Array:
     """Multimodal projector: features [B,M,T,P,Dv] -> cross-attention states [B, M*T*P, D_text]
     (vision tokens in image, tile, patch order), in the features' dtype."""
     dt = features.dtype
-    out = features @ params["kernel"].astype(dt) + params["bias"].astype(dt)
+    out = dense("...f,fd->...d", features, params["kernel"]) + params["bias"].astype(dt)
     return out.reshape(features.shape[0], -1, out.shape[-1])
