@@ -28,6 +28,9 @@ class ScriptedDecoder:
     eos: int
     gen_prompt: tuple[int, ...]
 
+    def decode_params(self, params):
+        return params
+
     def init_cache(self, batch: int, capacity: int) -> KVCache:
         return KVCache(k=jnp.zeros((1, batch, capacity, 1, 1), jnp.int32), v=jnp.zeros((1, batch, capacity, 1, 1)),
                        valid=jnp.zeros((batch, capacity), bool), next_pos=jnp.zeros((batch,), jnp.int32),

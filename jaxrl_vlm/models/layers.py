@@ -13,6 +13,8 @@ Conventions (B batch, T new tokens, S cache slots, D hidden, H query heads, K kv
   float32 (`dense`).
 - a KV cache is a fixed number of slots S; `valid[B,S]` marks slots holding real tokens (left padding and tokens
   after EOS stay invalid), `next_pos[B]` is each row's next position id, `index` the next free slot (shared by rows).
+  Each layer's keys and values are separate arrays [B,K,S,Dh] (slots next to head_dim), so a decode step writes its
+  token in place and attention reads the layer's cache without slicing or transposing a stacked array.
 """
 from __future__ import annotations
 
@@ -29,13 +31,13 @@ Params = dict[str, Any]
 
 
 class KVCache(NamedTuple):
-    """Self-attention KV cache of a stack of L layers (a pytree).
+    """Self-attention KV cache of L layers (a pytree).
 
-    k, v: [L,B,S,K,Dh] compute dtype; valid: [B,S] bool; next_pos: [B] int32; index: [] int32.
+    k, v: L-tuples of [B,K,S,Dh] arrays (compute dtype); valid: [B,S] bool; next_pos: [B] int32; index: [] int32.
     """
 
-    k: jax.Array
-    v: jax.Array
+    k: tuple[jax.Array, ...]
+    v: tuple[jax.Array, ...]
     valid: jax.Array
     next_pos: jax.Array
     index: jax.Array
@@ -43,61 +45,56 @@ class KVCache(NamedTuple):
     @property
     def capacity(self) -> int:
         """Number of slots S."""
-        return self.k.shape[2]
+        return self.valid.shape[1]
+
+
+CACHE_SLOT_AXIS = 2
 
 
 def init_kv_cache(config: LlamaConfig, batch: int, capacity: int, num_layers: int | None = None) -> KVCache:
     """Empty cache with `capacity` slots for `num_layers` (default config.num_layers) self-attention layers."""
     layers = config.num_layers if num_layers is None else num_layers
-    shape = (layers, batch, capacity, config.num_kv_heads, config.head_dim)
+    shape = (batch, config.num_kv_heads, capacity, config.head_dim)
     dtype = dtype_from_name(config.compute_dtype)
     return KVCache(
-        k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
+        k=tuple(jnp.zeros(shape, dtype) for _ in range(layers)),
+        v=tuple(jnp.zeros(shape, dtype) for _ in range(layers)),
         valid=jnp.zeros((batch, capacity), bool), next_pos=jnp.zeros((batch,), jnp.int32),
         index=jnp.zeros((), jnp.int32))
+
+
+def kv_cache_logical_axes(num_layers: int) -> KVCache:
+    """Logical axes of a `KVCache` of `num_layers` layers."""
+    kv = tuple(("batch", "kv_heads", "cache_seq", "head_dim") for _ in range(num_layers))
+    return KVCache(k=kv, v=kv, valid=("batch", "cache_seq"), next_pos=("batch",), index=())
+
+
+def unstack_layers(stacked: Params, num_layers: int) -> tuple[Params, ...]:
+    """Per-layer param dicts from a dict whose leaves have a leading [L] axis (a tuple is returned unchanged).
+
+    Decoding runs its layers as separate computations over these: indexing a stacked array inside a loop copies the
+    layer's weights at every step on XLA:CPU. The slices are a copy of the layer weights while they are alive.
+    """
+    if isinstance(stacked, tuple):
+        return stacked
+    return tuple(jax.tree_util.tree_map(lambda a, i=i: a[i], stacked) for i in range(num_layers))
 
 
 _FLOAT16 = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 
 
 def _as_bits(x: jax.Array) -> jax.Array:
-    return jax.lax.bitcast_convert_type(x, jnp.uint16) if x.dtype in _FLOAT16 else x
-
-
-def _bits_workaround() -> bool:
-    return jax.default_backend() == "cpu"
-
-
-def scan_stacked(body: Any, carry: Any, xs: Any) -> tuple[Any, Any]:
-    """`jax.lax.scan(body, carry, xs)` for inference over stacked layers (not differentiable in xs).
-
-    On XLA:CPU, a 16-bit float dynamic-slice or dynamic-update-slice (what scan does to its xs and ys each
-    iteration) is rewritten to float32 over the whole stacked array: every decode step would convert all the weights
-    and the KV cache. There, 16-bit float leaves of xs and of the per-iteration outputs pass through the loop as
-    uint16 bitcasts. Elsewhere this is plain `lax.scan`.
-    """
-    if not _bits_workaround():
-        return jax.lax.scan(body, carry, xs)
-    x_dtypes = jax.tree_util.tree_map(lambda a: a.dtype, xs)
-    y_dtypes = []
-
-    def from_bits(tree: Any, dtypes: Any) -> Any:
-        return jax.tree_util.tree_map(lambda a, d: jax.lax.bitcast_convert_type(a, d) if a.dtype != d else a,
-                                      tree, dtypes)
-
-    def wrapped(c: Any, x: Any) -> tuple[Any, Any]:
-        c, y = body(c, from_bits(x, x_dtypes))
-        y_dtypes.append(jax.tree_util.tree_map(lambda a: a.dtype, y))
-        return c, jax.tree_util.tree_map(_as_bits, y)
-    carry, ys = jax.lax.scan(wrapped, carry, jax.tree_util.tree_map(_as_bits, xs))
-    return carry, from_bits(ys, y_dtypes[-1])
+    return jax.lax.bitcast_convert_type(x, jnp.uint16)
 
 
 def update_slice(operand: jax.Array, update: jax.Array, start: tuple[Any, ...]) -> jax.Array:
-    """`jax.lax.dynamic_update_slice` (update cast to operand.dtype) for inference; 16-bit floats are written as
-    uint16 bitcasts on XLA:CPU (see `scan_stacked`)."""
+    """`jax.lax.dynamic_update_slice` (update cast to operand.dtype) for inference (not differentiable).
+
+    On XLA:CPU a 16-bit float dynamic-update-slice is rewritten to float32 over the whole operand (a KV cache write
+    would convert the cache at every decode step); there 16-bit floats are written as uint16 bitcasts.
+    """
     update = update.astype(operand.dtype)
-    if not (_bits_workaround() and operand.dtype in _FLOAT16):
+    if not (jax.default_backend() == "cpu" and operand.dtype in _FLOAT16):
         return jax.lax.dynamic_update_slice(operand, update, start)
     out = jax.lax.dynamic_update_slice(_as_bits(operand), _as_bits(update), start)
     return jax.lax.bitcast_convert_type(out, operand.dtype)
@@ -172,19 +169,28 @@ def cache_mask(valid: jax.Array, index: jax.Array, num_new: int) -> jax.Array:
     return valid[:, None, :] & (slots[None, None, :] <= query_slots[None, :, None])
 
 
-def gqa_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
-    """Grouped-query attention. q: [B,T,H,Dh]; k, v: [B,S,K,Dh]; mask: bool[B,T,S]. Returns [B,T,H,Dh] q.dtype.
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+    """Grouped-query attention. q: [B,T,H,Dh]; k, v: [B,K,S,Dh]; mask: bool[B,T,S]. Returns [B,T,H,Dh] q.dtype.
 
     Fully masked query rows (left padding) give a uniform average instead of NaN; their outputs are never used.
     """
     b, t, h, dh = q.shape
-    kv_heads = k.shape[2]
-    qg = q.reshape(b, t, kv_heads, h // kv_heads, dh)
-    scores = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32) / math.sqrt(dh)
+    kv_heads, slots = k.shape[1], k.shape[2]
+    group = h // kv_heads
+    # [B,K,G*T,Dh] queries: both products are then plain batched matmuls (XLA:CPU has no bf16 kernel for the
+    # operand order the 5-d einsum lowers to).
+    qg = q.reshape(b, t, kv_heads, group, dh).transpose(0, 2, 3, 1, 4).reshape(b, kv_heads, group * t, dh)
+    scores = jnp.einsum("bkqd,bksd->bkqs", qg, k, preferred_element_type=jnp.float32) / math.sqrt(dh)
+    scores = scores.reshape(b, kv_heads, group, t, slots)
     scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = dense("bkgts,bskd->btkgd", probs, v)
-    return out.reshape(b, t, h, dh)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype).reshape(b, kv_heads, group * t, slots)
+    out = dense("bkqs,bksd->bkqd", probs, v).reshape(b, kv_heads, group, t, dh)
+    return out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, dh)
+
+
+def gqa_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+    """`attend` with keys and values laid out [B,S,K,Dh] (as projected)."""
+    return attend(q, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), mask)
 
 
 def self_attention(p: Params, x: jax.Array, positions: jax.Array, mask: jax.Array, inv_freq: jax.Array,
@@ -201,13 +207,12 @@ def self_attention(p: Params, x: jax.Array, positions: jax.Array, mask: jax.Arra
     v = dense("btd,dhe->bthe", x, p["v"])
     q = apply_rope(q, positions, inv_freq)
     k = apply_rope(k, positions, inv_freq)
-    if kv is not None:
-        start = (0, index, 0, 0)
-        k_all = update_slice(kv[0], k, start)
-        v_all = update_slice(kv[1], v, start)
-        kv = (k_all, v_all)
-        k, v = k_all.astype(dt), v_all.astype(dt)
-    out = gqa_attention(q, k, v, mask)
+    if kv is None:
+        out = gqa_attention(q, k, v, mask)
+    else:
+        start = (0, 0, index, 0)
+        kv = (update_slice(kv[0], k.transpose(0, 2, 1, 3), start), update_slice(kv[1], v.transpose(0, 2, 1, 3), start))
+        out = attend(q, kv[0].astype(dt), kv[1].astype(dt), mask)
     return dense("bthe,hed->btd", out, p["o"]), kv
 
 

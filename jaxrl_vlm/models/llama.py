@@ -2,7 +2,9 @@
 
 Params: {'embed': [V,D], 'layers': <one layer's dict with a leading [L] axis>, 'final_norm': [D],
          'lm_head': [D,V] (only when embeddings are untied)}.
-Layers are stacked and run with `lax.scan` (one compiled layer body, whatever the depth).
+Layers are stacked and run with `lax.scan` (one compiled layer body, whatever the depth) when there is no cache
+(training, scoring). With a KV cache (prefill and decode) they run one after another over per-layer param slices
+(`layers.unstack_layers`), each with its own cache arrays, so a decode step neither slices nor copies stacked arrays.
 """
 from __future__ import annotations
 
@@ -15,8 +17,8 @@ import numpy as np
 
 from jaxrl_vlm.models.config import LlamaConfig, dtype_from_name
 from jaxrl_vlm.models.layers import (KVCache, cache_mask, causal_mask, decoder_layer, init_kv_cache,
-                                     layer_logical_axes, layer_param_shapes, positions_from_mask, rms_norm,
-                                     rope_inv_freq, scan_stacked)
+                                     kv_cache_logical_axes, layer_logical_axes, layer_param_shapes,
+                                     positions_from_mask, rms_norm, rope_inv_freq, unstack_layers)
 from jaxrl_vlm.models.sharding import MeshRules
 
 Params = dict[str, Any]
@@ -44,12 +46,6 @@ def param_logical_axes(config: LlamaConfig) -> Params:
     return axes
 
 
-def kv_cache_logical_axes() -> KVCache:
-    """Logical axes of a `KVCache`."""
-    kv = ("layers", "batch", "cache_seq", "kv_heads", "head_dim")
-    return KVCache(k=kv, v=kv, valid=("batch", "cache_seq"), next_pos=("batch",), index=())
-
-
 def init_params(config: LlamaConfig, rng: jax.Array, std: float = 0.02) -> Params:
     """Random params (normal(0, std) matrices, unit norms) in `config.param_dtype`."""
     dtype = dtype_from_name(config.param_dtype)
@@ -75,7 +71,8 @@ def hidden_states(params: Params, input_ids: jax.Array, token_mask: jax.Array, c
 
     input_ids: int[B,T]; token_mask: [B,T] (1 = real token, 0 = padding; left padding for prompts).
     Without a cache: causal self-attention among the T tokens. With a cache: the tokens are written at slots
-    cache.index.. and attend to every valid earlier slot; positions continue from cache.next_pos.
+    cache.index.. and attend to every valid earlier slot; positions continue from cache.next_pos; params['layers']
+    may already be unstacked (`decode_params`).
     `inputs_embeds` [B,T,D] replaces the embedding lookup when given.
     """
     dt = dtype_from_name(config.compute_dtype)
@@ -98,12 +95,13 @@ def hidden_states(params: Params, input_ids: jax.Array, token_mask: jax.Array, c
         valid = jax.lax.dynamic_update_slice(cache.valid, token_mask, (0, cache.index))
         mask = cache_mask(valid, cache.index, t)
 
-        def body(h, xs):
-            layer, k, v = xs
-            h, (k, v) = decoder_layer(layer, h, positions, mask, inv_freq, config, (k, v), cache.index)
-            return _constrain(h, mesh_rules), (k, v)
-        x, (k, v) = scan_stacked(body, x, (params["layers"], cache.k, cache.v))
-        new_cache = KVCache(k=k, v=v, valid=valid,
+        new_k, new_v = [], []
+        for layer, k, v in zip(unstack_layers(params["layers"], config.num_layers), cache.k, cache.v):
+            x, (k, v) = decoder_layer(layer, x, positions, mask, inv_freq, config, (k, v), cache.index)
+            x = _constrain(x, mesh_rules)
+            new_k.append(k)
+            new_v.append(v)
+        new_cache = KVCache(k=tuple(new_k), v=tuple(new_v), valid=valid,
                             next_pos=cache.next_pos + token_mask.sum(axis=1, dtype=jnp.int32),
                             index=cache.index + t)
     return rms_norm(x, params["final_norm"], config.rms_norm_eps), new_cache
@@ -142,6 +140,10 @@ class LlamaDecoder:
     config: LlamaConfig
     mesh_rules: MeshRules | None = None
 
+    def decode_params(self, params: Params) -> Params:
+        """Params with the layers unstacked (`layers.unstack_layers`), for `step` in a decode loop (inside jit)."""
+        return dict(params, layers=unstack_layers(params["layers"], self.config.num_layers))
+
     def step(self, params: Params, input_ids: jax.Array, token_mask: jax.Array, cache: KVCache,
              extra: Any) -> tuple[jax.Array, KVCache]:
         """See `decode_step`."""
@@ -154,7 +156,8 @@ class LlamaDecoder:
             return make()
         shapes = jax.eval_shape(make)
         shardings = jax.tree_util.tree_map(
-            lambda axes, s: self.mesh_rules.sharding(s.shape, axes, "kv_cache"), kv_cache_logical_axes(), shapes,
+            lambda axes, s: self.mesh_rules.sharding(s.shape, axes, "kv_cache"),
+            kv_cache_logical_axes(self.config.num_layers), shapes,
             is_leaf=lambda x: isinstance(x, tuple) and all(isinstance(a, str) for a in x))
         return jax.jit(make, out_shardings=shardings)()
 

@@ -30,8 +30,8 @@ from jaxrl_vlm.models import llama
 from jaxrl_vlm.models import mllama_vision as vision_lib
 from jaxrl_vlm.models.config import LlamaConfig, dtype_from_name
 from jaxrl_vlm.models.layers import (KVCache, cache_mask, causal_mask, decoder_layer, dense, gqa_attention,
-                                     init_kv_cache, layer_logical_axes, layer_param_shapes, positions_from_mask,
-                                     rms_norm, rope_inv_freq, scan_stacked, swiglu_mlp)
+                                     init_kv_cache, kv_cache_logical_axes, layer_logical_axes, layer_param_shapes,
+                                     positions_from_mask, rms_norm, rope_inv_freq, swiglu_mlp, unstack_layers)
 from jaxrl_vlm.models.mllama_vision import MllamaVisionConfig
 from jaxrl_vlm.models.sharding import MeshRules
 
@@ -308,7 +308,10 @@ def _constrain(x: jax.Array, mesh_rules: MeshRules | None) -> jax.Array:
     return x if mesh_rules is None else mesh_rules.constrain(x, llama.ACTIVATION_AXES)
 
 
-def _slice_layers(tree: Params, start: int, stop: int) -> Params:
+def _slice_layers(tree: Params | tuple[Params, ...], start: int, stop: int) -> Params | tuple[Params, ...]:
+    """Layers start..stop-1 of a stacked param dict, or of an unstacked tuple (`MllamaDecoder.decode_params`)."""
+    if isinstance(tree, tuple):
+        return tree[start:stop]
     return jax.tree_util.tree_map(lambda a: a[start:stop], tree)
 
 
@@ -348,8 +351,7 @@ def hidden_states(params: Params, input_ids: jax.Array, token_mask: jax.Array, c
     for kind, a, b in config.segments:
         if kind == "cross":
             if cross is not None:
-                layer = _slice_layers(params["cross_layers"], a, b)
-                layer = jax.tree_util.tree_map(lambda w: w[0], layer)
+                layer = unstack_layers(_slice_layers(params["cross_layers"], a, b), 1)[0]
                 x = _constrain(cross_attention_layer(layer, x, cross.k[a], cross.v[a], allowed, full_row, t_cfg),
                                mesh_rules)
             continue
@@ -360,16 +362,14 @@ def hidden_states(params: Params, input_ids: jax.Array, token_mask: jax.Array, c
                 return _constrain(h, mesh_rules), None
             x, _ = jax.lax.scan(jax.checkpoint(body) if t_cfg.remat else body, x, layers)
         else:
-            def body(h, xs):
-                layer, k, v = xs
-                h, (k, v) = decoder_layer(layer, h, positions, mask, inv_freq, t_cfg, (k, v), cache.index)
-                return _constrain(h, mesh_rules), (k, v)
-            x, (k, v) = scan_stacked(body, x, (layers, cache.k[a:b], cache.v[a:b]))
-            new_k.append(k)
-            new_v.append(v)
+            for layer, k, v in zip(unstack_layers(layers, b - a), cache.k[a:b], cache.v[a:b]):
+                x, (k, v) = decoder_layer(layer, x, positions, mask, inv_freq, t_cfg, (k, v), cache.index)
+                x = _constrain(x, mesh_rules)
+                new_k.append(k)
+                new_v.append(v)
     new_cache = None
     if cache is not None:
-        new_cache = KVCache(k=jnp.concatenate(new_k, axis=0), v=jnp.concatenate(new_v, axis=0), valid=valid,
+        new_cache = KVCache(k=tuple(new_k), v=tuple(new_v), valid=valid,
                             next_pos=cache.next_pos + token_mask.sum(axis=1, dtype=jnp.int32),
                             index=cache.index + num_new)
     return rms_norm(x, params["final_norm"], t_cfg.rms_norm_eps), new_cache
@@ -421,6 +421,12 @@ class MllamaDecoder:
     config: MllamaConfig
     mesh_rules: MeshRules | None = None
 
+    def decode_params(self, params: Params) -> Params:
+        """Params with the self- and cross-attention layers unstacked (`layers.unstack_layers`), for `step` in a
+        decode loop (inside jit)."""
+        return dict(params, layers=unstack_layers(params["layers"], len(self.config.self_attention_layers)),
+                    cross_layers=unstack_layers(params["cross_layers"], len(self.config.cross_attention_layers)))
+
     def step(self, params: Params, input_ids: jax.Array, token_mask: jax.Array, cache: KVCache,
              extra: CrossAttentionState | None) -> tuple[jax.Array, KVCache]:
         """See `decode_step`."""
@@ -433,8 +439,8 @@ class MllamaDecoder:
             return make()
         shapes = jax.eval_shape(make)
         shardings = jax.tree_util.tree_map(
-            lambda axes, s: self.mesh_rules.sharding(s.shape, axes, "kv_cache"), llama.kv_cache_logical_axes(),
-            shapes, is_leaf=_is_axes)
+            lambda axes, s: self.mesh_rules.sharding(s.shape, axes, "kv_cache"),
+            kv_cache_logical_axes(len(self.config.self_attention_layers)), shapes, is_leaf=_is_axes)
         return jax.jit(make, out_shardings=shardings)()
 
 

@@ -3,6 +3,7 @@ both with the cache donated. Greedy (temperature 0), temperature and top-p sampl
 existing cache with appended tokens (multi-turn revision without re-prefilling the conversation).
 
 Model interface (`DecodeModel`): a hashable object with
+  decode_params(params) -> the params in the form `step` runs fastest in a loop (called once per jit, inside it)
   step(params, input_ids[B,T], token_mask[B,T], cache: KVCache, extra) -> (float32 logits [B,V] of column T-1, cache)
   init_cache(batch, capacity) -> KVCache
 `extra` is any pytree threaded unchanged through every step (Mllama: the per-image cross-attention K/V).
@@ -19,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrl_vlm.models.layers import KVCache
+from jaxrl_vlm.models.layers import CACHE_SLOT_AXIS, KVCache
 from jaxrl_vlm.models.sharding import to_host
 
 CAPACITY_ROUNDING = 16
@@ -27,6 +28,8 @@ CAPACITY_ROUNDING = 16
 
 class DecodeModel(Protocol):
     """What the sampler needs from a model (see module docstring)."""
+
+    def decode_params(self, params: Any) -> Any: ...
 
     def step(self, params: Any, input_ids: jax.Array, token_mask: jax.Array, cache: KVCache,
              extra: Any) -> tuple[jax.Array, KVCache]: ...
@@ -101,7 +104,7 @@ def append_tokens(model: DecodeModel, params: Any, cache: KVCache, input_ids: ja
 
     Returns float32 logits [B,V] after the last column and the updated cache.
     """
-    return model.step(params, input_ids, token_mask, cache, extra)
+    return model.step(model.decode_params(params), input_ids, token_mask, cache, extra)
 
 
 @functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "write_stop_tokens"),
@@ -120,6 +123,7 @@ def decode(model: DecodeModel, params: Any, cache: KVCache, extra: Any, logits: 
     validity bool[B] (see `DecodeState`).
     """
     batch = logits.shape[0]
+    params = model.decode_params(params)
     active = jnp.ones((batch,), bool) if active is None else active
     rng, key = jax.random.split(rng)
     first, first_logp = sample_logits(logits, key, temperature, top_p)
@@ -163,8 +167,12 @@ def grow_cache(cache: KVCache, capacity: int) -> KVCache:
         return cache
 
     def pad(c: KVCache) -> KVCache:
-        pad_kv = [(0, 0), (0, 0), (0, extra), (0, 0), (0, 0)]
-        return c._replace(k=jnp.pad(c.k, pad_kv), v=jnp.pad(c.v, pad_kv), valid=jnp.pad(c.valid, [(0, 0), (0, extra)]))
+        def pad_slots(x: jax.Array) -> jax.Array:
+            widths = [(0, 0)] * x.ndim
+            widths[CACHE_SLOT_AXIS] = (0, extra)
+            return jnp.pad(x, widths)
+        return c._replace(k=jax.tree_util.tree_map(pad_slots, c.k), v=jax.tree_util.tree_map(pad_slots, c.v),
+                          valid=jnp.pad(c.valid, [(0, 0), (0, extra)]))
     return jax.jit(pad, out_shardings=jax.tree_util.tree_map(lambda x: x.sharding, cache))(cache)
 
 

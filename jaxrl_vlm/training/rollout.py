@@ -131,6 +131,7 @@ def rollout(decoder: sampler.DecodeModel, params: Any, codec: prompt_tokens.Prom
     if width != shapes.prompt_width:
         raise ValueError(f"prompt width {width} != shapes.prompt_width {shapes.prompt_width}")
     n = shapes.max_new_tokens
+    params = decoder.decode_params(params)
     cache = decoder.init_cache(batch, shapes.capacity)
     slot_tokens = jnp.zeros((batch, shapes.capacity + max(n, shapes.chunk_width)), jnp.int32)
 
