@@ -65,13 +65,14 @@ def decode_reply(tokenizer, tokens: np.ndarray) -> str:
 class DevicePath:
     """The on-device rollout of B episodes from their hands, set up as `train_ppo` sets it up."""
 
-    def __init__(self, model: Any, tokenizer, *, batch: int, turns: int, max_new_tokens: int, feedback_tokens: int):
+    def __init__(self, model: Any, tokenizer, *, batch: int, turns: int, max_new_tokens: int, feedback_tokens: int,
+                 dtype: str):
         config = base_config(job="ppo", run_name="rollout_throughput")
         config.task.verify_iter = turns
         config.ppo.episodes = batch
         config.ppo.max_new_tokens = max_new_tokens
         config.ppo.feedback_tokens = feedback_tokens
-        policy = policy_model(model, "float32", "float32")
+        policy = policy_model(model, dtype, dtype)
         self.source = GPRolloutSource(config, model, tokenizer, policy)
         self.decoder = policy.decoder
         self.model = model
@@ -220,7 +221,7 @@ def main() -> None:
     model = api.load(path, dtype=args.dtype)
     tokenizer = load_tokenizer(path)
     device = DevicePath(model, tokenizer, batch=args.batch, turns=args.turns, max_new_tokens=args.max_new_tokens,
-                        feedback_tokens=args.feedback_tokens)
+                        feedback_tokens=args.feedback_tokens, dtype=args.dtype)
     reset_key, sample_key = jax.random.split(jax.random.key(args.seed))
     state, ranks = device.hands(reset_key)
     run_device = lambda: device(state, sample_key)
