@@ -156,6 +156,17 @@ def decode(model: DecodeModel, params: Any, cache: KVCache, extra: Any, logits: 
     return tokens, logprobs, lengths, cache, pending, pending_valid
 
 
+@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens"), donate_argnames=("cache",))
+def prefill_and_decode(model: DecodeModel, params: Any, cache: KVCache, input_ids: jax.Array, token_mask: jax.Array,
+                       extra: Any, rng: jax.Array, temperature: jax.Array, top_p: jax.Array, eos_ids: jax.Array,
+                       pad_id: jax.Array, max_new_tokens: int
+                       ) -> tuple[jax.Array, jax.Array, jax.Array, KVCache, jax.Array, jax.Array]:
+    """`append_tokens` then `decode` in one jit (the params are prepared by `model.decode_params` once)."""
+    params = model.decode_params(params)
+    logits, cache = model.step(params, input_ids, token_mask, cache, extra)
+    return decode(model, params, cache, extra, logits, rng, temperature, top_p, eos_ids, pad_id, max_new_tokens)
+
+
 def _round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
@@ -183,10 +194,9 @@ def _sample(model: DecodeModel, params: Any, cache: KVCache, input_ids: Any, tok
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if temperature < 0 or not 0 < top_p <= 1:
         raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got temperature={temperature}, top_p={top_p}")
-    logits, cache = append_tokens(model, params, cache, input_ids, token_mask, extra)
     eos = jnp.asarray(list(eos_ids) or [-1], jnp.int32)
-    tokens, logprobs, lengths, cache, pending, pending_valid = decode(
-        model, params, cache, extra, logits, jax.random.PRNGKey(seed), jnp.float32(temperature),
+    tokens, logprobs, lengths, cache, pending, pending_valid = prefill_and_decode(
+        model, params, cache, input_ids, token_mask, extra, jax.random.PRNGKey(seed), jnp.float32(temperature),
         jnp.float32(top_p), eos, jnp.int32(pad_id), max_new_tokens)
     state = DecodeState(cache, pending, pending_valid, extra)
     return SampleOutput(to_host(tokens), to_host(logprobs), to_host(lengths), state)
