@@ -236,6 +236,21 @@ def decoder_layer(p: Params, x: jax.Array, positions: jax.Array, mask: jax.Array
     return x, kv
 
 
+def cached_decoder_layers(layers: tuple[Params, ...], x: jax.Array, cache_k: tuple[jax.Array, ...],
+                          cache_v: tuple[jax.Array, ...], positions: jax.Array, mask: jax.Array, inv_freq: jax.Array,
+                          config: LlamaConfig, index: jax.Array, constrain: Any = lambda h: h
+                          ) -> tuple[jax.Array, tuple[jax.Array, ...], tuple[jax.Array, ...]]:
+    """Run per-layer params (`unstack_layers`) one after another over x [B,T,D] with their caches [B,K,S,Dh]
+    (written at slot `index`); `constrain` is applied to x after each layer. Returns (x, new keys, new values)."""
+    new_k, new_v = [], []
+    for layer, k, v in zip(layers, cache_k, cache_v):
+        x, (k, v) = decoder_layer(layer, x, positions, mask, inv_freq, config, (k, v), index)
+        x = constrain(x)
+        new_k.append(k)
+        new_v.append(v)
+    return x, tuple(new_k), tuple(new_v)
+
+
 def layer_param_shapes(config: LlamaConfig) -> dict[str, Any]:
     """Shapes of one decoder layer's params (same nesting as the params)."""
     d, h, k, dh, f = (config.hidden_size, config.num_heads, config.num_kv_heads, config.head_dim,

@@ -16,8 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrl_vlm.models.config import LlamaConfig, dtype_from_name
-from jaxrl_vlm.models.layers import (KVCache, cache_mask, causal_mask, decoder_layer, init_kv_cache,
-                                     kv_cache_logical_axes, layer_logical_axes, layer_param_shapes,
+from jaxrl_vlm.models.layers import (KVCache, cache_mask, cached_decoder_layers, causal_mask, decoder_layer,
+                                     init_kv_cache, kv_cache_logical_axes, layer_logical_axes, layer_param_shapes,
                                      positions_from_mask, rms_norm, rope_inv_freq, unstack_layers)
 from jaxrl_vlm.models.sharding import MeshRules
 
@@ -95,13 +95,10 @@ def hidden_states(params: Params, input_ids: jax.Array, token_mask: jax.Array, c
         valid = jax.lax.dynamic_update_slice(cache.valid, token_mask, (0, cache.index))
         mask = cache_mask(valid, cache.index, t)
 
-        new_k, new_v = [], []
-        for layer, k, v in zip(unstack_layers(params["layers"], config.num_layers), cache.k, cache.v):
-            x, (k, v) = decoder_layer(layer, x, positions, mask, inv_freq, config, (k, v), cache.index)
-            x = _constrain(x, mesh_rules)
-            new_k.append(k)
-            new_v.append(v)
-        new_cache = KVCache(k=tuple(new_k), v=tuple(new_v), valid=valid,
+        x, k, v = cached_decoder_layers(unstack_layers(params["layers"], config.num_layers), x, cache.k, cache.v,
+                                        positions, mask, inv_freq, config, cache.index,
+                                        lambda h: _constrain(h, mesh_rules))
+        new_cache = KVCache(k=k, v=v, valid=valid,
                             next_pos=cache.next_pos + token_mask.sum(axis=1, dtype=jnp.int32),
                             index=cache.index + t)
     return rms_norm(x, params["final_norm"], config.rms_norm_eps), new_cache

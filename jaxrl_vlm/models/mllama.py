@@ -29,9 +29,10 @@ import numpy as np
 from jaxrl_vlm.models import llama
 from jaxrl_vlm.models import mllama_vision as vision_lib
 from jaxrl_vlm.models.config import LlamaConfig, dtype_from_name
-from jaxrl_vlm.models.layers import (KVCache, cache_mask, causal_mask, decoder_layer, dense, gqa_attention,
-                                     init_kv_cache, kv_cache_logical_axes, layer_logical_axes, layer_param_shapes,
-                                     positions_from_mask, rms_norm, rope_inv_freq, swiglu_mlp, unstack_layers)
+from jaxrl_vlm.models.layers import (KVCache, cache_mask, cached_decoder_layers, causal_mask, decoder_layer, dense,
+                                     gqa_attention, init_kv_cache, kv_cache_logical_axes, layer_logical_axes,
+                                     layer_param_shapes, positions_from_mask, rms_norm, rope_inv_freq, swiglu_mlp,
+                                     unstack_layers)
 from jaxrl_vlm.models.mllama_vision import MllamaVisionConfig
 from jaxrl_vlm.models.sharding import MeshRules
 
@@ -362,11 +363,10 @@ def hidden_states(params: Params, input_ids: jax.Array, token_mask: jax.Array, c
                 return _constrain(h, mesh_rules), None
             x, _ = jax.lax.scan(jax.checkpoint(body) if t_cfg.remat else body, x, layers)
         else:
-            for layer, k, v in zip(unstack_layers(layers, b - a), cache.k[a:b], cache.v[a:b]):
-                x, (k, v) = decoder_layer(layer, x, positions, mask, inv_freq, t_cfg, (k, v), cache.index)
-                x = _constrain(x, mesh_rules)
-                new_k.append(k)
-                new_v.append(v)
+            x, k, v = cached_decoder_layers(unstack_layers(layers, b - a), x, cache.k[a:b], cache.v[a:b], positions,
+                                            mask, inv_freq, t_cfg, cache.index, lambda h: _constrain(h, mesh_rules))
+            new_k.extend(k)
+            new_v.extend(v)
     new_cache = None
     if cache is not None:
         new_cache = KVCache(k=tuple(new_k), v=tuple(new_v), valid=valid,

@@ -163,7 +163,7 @@ def prefill_and_decode(model: DecodeModel, params: Any, cache: KVCache, input_id
                        ) -> tuple[jax.Array, jax.Array, jax.Array, KVCache, jax.Array, jax.Array]:
     """`append_tokens` then `decode` in one jit (the params are prepared by `model.decode_params` once)."""
     params = model.decode_params(params)
-    logits, cache = model.step(params, input_ids, token_mask, cache, extra)
+    logits, cache = append_tokens(model, params, cache, input_ids, token_mask, extra)
     return decode(model, params, cache, extra, logits, rng, temperature, top_p, eos_ids, pad_id, max_new_tokens)
 
 
