@@ -1,9 +1,10 @@
 """PPO arithmetic against NumPy references and hand-computed values."""
+import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrl_vlm.training.ppo_math import (action_start, gae, normalize_advantages, ppo_losses, reply_logprob,
-                                         token_logprobs)
+from jaxrl_vlm.training.ppo_math import (action_start, gae, kl_penalty, mean_token_entropy, normalize_advantages,
+                                         ppo_losses, reply_logprob, token_logprobs)
 
 
 def numpy_gae(rewards, values, dones, next_value, gamma, lam):
@@ -86,3 +87,44 @@ def test_token_logprobs_temperature():
     got = token_logprobs(logits, jnp.array([[2]]), temperature=0.5)
     scaled = np.array([0.0, 2.0, 4.0])
     np.testing.assert_allclose(got[0, 0], scaled[2] - np.log(np.exp(scaled).sum()), rtol=1e-6)
+
+
+def test_kl_penalty_by_hand():
+    """k3 = exp(-x) + x - 1 with x = logp - ref_logp, masked mean; catches a flipped log-ratio (exp(x) - x - 1
+    differs for x != 0), the plain mean(x) estimator (negative here), and a mean over masked-out samples."""
+    logp = jnp.array([-3.0, -5.0, -2.0, -4.0])
+    ref = jnp.array([-4.0, -3.0, -2.0, -100.0])
+    mask = jnp.array([1, 1, 1, 0], bool)
+    # x = 1, -2, 0: (e^-1 + 1 - 1) + (e^2 - 2 - 1) + 0, over 3 samples
+    expected = (np.exp(-1.0) + (np.exp(2.0) - 3.0)) / 3
+    np.testing.assert_allclose(kl_penalty(logp, ref, mask), expected, rtol=1e-6)
+    assert kl_penalty(ref, ref) == 0.0
+    # the log-ratio is clipped at 20 nats: a far-off reply stays finite
+    np.testing.assert_allclose(kl_penalty(jnp.array([-200.0]), jnp.array([0.0])), np.exp(20.0) - 21.0, rtol=1e-6)
+
+
+def test_kl_penalty_gradient_pulls_towards_the_reference():
+    """d k3 / d logp = 1 - exp(ref - logp): positive (push down) above the reference, negative below it; catches an
+    estimator whose gradient ignores the reference (mean(logp - ref) has gradient 1/N everywhere)."""
+    logp, ref = jnp.array([-3.0, -5.0]), jnp.array([-4.0, -3.0])
+    grad = np.asarray(jax.grad(lambda x: kl_penalty(x, ref))(logp))
+    np.testing.assert_allclose(grad, (1.0 - np.exp(np.asarray(ref - logp))) / 2, rtol=1e-6)
+    assert grad[0] > 0 > grad[1]
+
+
+def test_mean_token_entropy_by_hand():
+    """Entropy of softmax(logits / T) averaged over each reply's first `lengths` tokens; catches a missing
+    temperature, a mean over padding tokens, and a sign error."""
+    logits = jnp.array([[[0.0, 0.0, 0.0, 0.0], [0.0, 1.0, 2.0, 3.0], [9.0, 0.0, 0.0, 0.0]],
+                        [[0.0, 0.0, 0.0, 0.0], [5.0, 5.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]]])
+    lengths = jnp.array([2, 0])
+
+    def entropy(row, temperature):
+        p = np.exp(np.asarray(row) / temperature)
+        p /= p.sum()
+        return -np.sum(p * np.log(p))
+
+    for temperature in (1.0, 0.5):
+        got = mean_token_entropy(logits, lengths, temperature)
+        want = (np.log(4.0) + entropy(logits[0, 1], temperature)) / 2  # token 2 lies past the reply's length
+        np.testing.assert_allclose(got, [want, 0.0], rtol=1e-6)

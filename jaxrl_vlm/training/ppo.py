@@ -15,8 +15,9 @@ Fidelity decisions (the reference: mini-batches of one transition, 128 accumulat
   is the mean over the valid turns of a mini-batch, as the reference's mean over its 128 accumulated transitions.
 - The episode's last turn is terminal (no bootstrap): batches hold whole episodes, so there is no next episode to
   bootstrap into (the reference's GAE bootstraps across episode boundaries, training.md §4.3).
-- Optional KL penalty to a reference policy (kl_coef * mean(logp - ref_logp) over turns) and entropy bonus
-  (mean per-token entropy of the replies), both off by default as in the reference.
+- Optional KL penalty to a reference policy (kl_coef * the k3 estimate `ppo_math.kl_penalty` over turns, logged
+  as `kl_ref`) and entropy bonus (entropy_coef * the mean per-token entropy of the replies, logged as `entropy`),
+  both off by default as in the reference.
 """
 from __future__ import annotations
 
@@ -103,10 +104,7 @@ def score_replies(policy: PolicyModel, params: dict[str, Any], batch: PPOBatch, 
     logp, _, _ = ppo_math.reply_logprob(token_logp, tokens, lengths, pattern, thought_coef=hyper.thought_coef)
     entropy = jnp.zeros((e * t,), jnp.float32)
     if with_entropy:
-        logp_all = jax.nn.log_softmax(logits / hyper.temperature, axis=-1)
-        token_entropy = -jnp.sum(jnp.exp(logp_all) * logp_all, axis=-1)
-        valid = jnp.arange(n)[None, :] < lengths[:, None]
-        entropy = jnp.sum(token_entropy * valid, axis=1) / jnp.maximum(jnp.sum(valid, axis=1), 1)
+        entropy = ppo_math.mean_token_entropy(logits, lengths, hyper.temperature)
     value = jnp.zeros((e, t), jnp.float32)
     if "value" in params:
         prompt_end = jnp.clip(batch.reply_start - 1, 0, length - 1)
@@ -159,15 +157,14 @@ def make_ppo_update(policy: PolicyModel, tx: optax.GradientTransformation, hyper
                                      micro["old_value"].reshape(-1), micro["returns"].reshape(-1), valid,
                                      clip=hyper.clip, value_coef=hyper.value_coef, ratio_guard=hyper.ratio_guard)
         count = jnp.sum(valid.astype(jnp.float32))
-        total = losses.total
-        m = valid.astype(jnp.float32)
+        kl = entropy = jnp.float32(0.0)
         if hyper.kl_coef > 0:
-            total = total + hyper.kl_coef * jnp.sum((scores.logp.reshape(-1) - micro["batch"].ref_logp.reshape(-1))
-                                                    * m) / jnp.maximum(count, 1.0)
+            kl = ppo_math.kl_penalty(scores.logp.reshape(-1), micro["batch"].ref_logp.reshape(-1), valid)
         if with_entropy:
-            total = total - hyper.entropy_coef * jnp.sum(scores.entropy.reshape(-1) * m) / jnp.maximum(count, 1.0)
+            entropy = jnp.sum(scores.entropy.reshape(-1) * valid) / jnp.maximum(count, 1.0)
+        total = losses.total + hyper.kl_coef * kl - hyper.entropy_coef * entropy
         weight = count / jnp.maximum(total_turns, 1.0)
-        parts = jnp.stack([losses.policy, losses.value, losses.clip_fraction, losses.approx_kl]) * weight
+        parts = jnp.stack([losses.policy, losses.value, losses.clip_fraction, losses.approx_kl, kl, entropy]) * weight
         return total * weight, parts
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -182,13 +179,17 @@ def make_ppo_update(policy: PolicyModel, tx: optax.GradientTransformation, hyper
             grads = jax.tree_util.tree_map(lambda g, h: g + h.astype(jnp.float32), grads, m_grads)
             return (grads, loss + m_loss, parts + m_parts), None
 
-        (grads, loss, parts), _ = jax.lax.scan(accumulate, (zeros, jnp.float32(0), jnp.zeros(4, jnp.float32)),
+        (grads, loss, parts), _ = jax.lax.scan(accumulate, (zeros, jnp.float32(0), jnp.zeros(6, jnp.float32)),
                                                _split(minibatch, hyper.micro_batches))
         grads = jax.tree_util.tree_map(lambda g, p: g.astype(p.dtype), grads, state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {"loss": loss, "policy_loss": parts[0], "value_loss": parts[1], "clip_fraction": parts[2],
                    "approx_kl": parts[3], "grad_norm": optax.tree.norm(grads)}
+        if hyper.kl_coef > 0:
+            metrics["kl_ref"] = parts[4]
+        if with_entropy:
+            metrics["entropy"] = parts[5]
         return TrainState(state.step + 1, params, opt_state), metrics
 
     def update(state: TrainState, batch: PPOBatch, rng: jax.Array):

@@ -1,4 +1,5 @@
-"""PPO arithmetic (spec training.md §4): GAE, advantage normalisation, the clipped losses, reply log-probs.
+"""PPO arithmetic (spec training.md §4): GAE, advantage normalisation, the clipped losses, reply log-probs, and the
+optional KL penalty and entropy bonus (not in the reference).
 
 Fidelity decisions (the reference is SFTvsRL `rl/trainer/algo/ppo.py` and `VLMPolicy.evaluate`):
 - GAE is the reference's recursion (gamma 0.9, lambda 0.95); `dones[t]` marks the last step of an episode, so the
@@ -12,6 +13,10 @@ Fidelity decisions (the reference is SFTvsRL `rl/trainer/algo/ppo.py` and `VLMPo
   logp = thought_coef * thought + action. Deviations: every generated token is scored (the reference never scores
   its first two tokens and masks token id 0 as padding), and without the pattern the action is the last 4 tokens
   (the reference's fallback) for any reply length (the reference returns constants for replies under 4 tokens).
+- KL penalty: the k3 estimator exp(-x) + x - 1 of KL(policy || reference), x = logp - ref_logp per reply. It is
+  >= 0, and its gradient pulls each reply's log-prob towards the reference's from either side; the plain estimate
+  mean(x) would, as a loss on fixed samples, only push every sampled reply's log-prob down. x is clipped to +-20
+  nats so that one reply cannot overflow the exponential.
 """
 from __future__ import annotations
 
@@ -116,3 +121,24 @@ def reply_logprob(token_logp: jax.Array, tokens: jax.Array, lengths: jax.Array, 
     thought = jnp.sum(jnp.where(valid & ~is_action, token_logp, 0.0), axis=1)
     action = jnp.sum(jnp.where(valid & is_action, token_logp, 0.0), axis=1)
     return thought_coef * thought + action, thought, action
+
+
+KL_LOG_RATIO_CLIP = 20.0
+
+
+def kl_penalty(logp: jax.Array, ref_logp: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+    """Mean over masked samples of k3 = exp(-x) + x - 1, x = clip(logp - ref_logp, +-20): a non-negative estimate
+    of KL(policy || reference) from samples of the policy. logp, ref_logp f32[N]; mask f32/bool[N] -> f32 scalar."""
+    m = jnp.ones_like(logp) if mask is None else mask.astype(logp.dtype)
+    x = jnp.clip(logp - ref_logp, -KL_LOG_RATIO_CLIP, KL_LOG_RATIO_CLIP)
+    return jnp.sum((jnp.exp(-x) + x - 1.0) * m) / jnp.maximum(jnp.sum(m), 1.0)
+
+
+def mean_token_entropy(logits: jax.Array, lengths: jax.Array, temperature: float) -> jax.Array:
+    """Per reply, the mean over its first `lengths` tokens of the entropy (nats) of softmax(logits / temperature).
+
+    logits f32/bf16[B, T, V], lengths int32[B] -> f32[B] (0 for an empty reply)."""
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32) / temperature, axis=-1)
+    entropy = -jnp.sum(jnp.exp(logp) * logp, axis=-1)
+    valid = jnp.arange(logits.shape[1])[None, :] < lengths[:, None]
+    return jnp.sum(entropy * valid, axis=1) / jnp.maximum(jnp.sum(valid, axis=1), 1)
