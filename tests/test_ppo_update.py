@@ -110,13 +110,12 @@ def test_kl_penalty_pulls_reply_logprobs_towards_the_reference(tiny_checkpoint, 
     start = score_replies(policy, {"policy": model.params}, host_batch, pattern, hyper).logp
     offset = np.where(np.arange(host_batch.turn_valid.size).reshape(host_batch.turn_valid.shape) % 2, 1.0, -1.0)
     batch = host_batch._replace(ref_logp=np.asarray(start + offset, np.float32))
-    before, state, metrics, policy, batch, pattern, _ = run_update(tiny_checkpoint, batch, ppo__kl_coef=5.0)
-    old = score_replies(policy, before, batch, pattern, hyper).logp
+    _, state, metrics, policy, batch, pattern, _ = run_update(tiny_checkpoint, batch, ppo__kl_coef=5.0)
     new = score_replies(policy, state.params, batch, pattern, hyper).logp
     valid = host_batch.turn_valid
-    change = np.asarray(new - old)[valid]
+    change = np.asarray(new - start)[valid]
     assert np.corrcoef(change, offset[valid])[0, 1] > 0.8
-    assert kl_penalty(new, batch.ref_logp, batch.turn_valid) < 0.5 * kl_penalty(old, batch.ref_logp,
+    assert kl_penalty(new, batch.ref_logp, batch.turn_valid) < 0.5 * kl_penalty(start, batch.ref_logp,
                                                                                   batch.turn_valid)
     assert metrics["kl_ref"] > 0
 
