@@ -9,6 +9,7 @@ RUNTIME = [
     "ml-collections>=1.0",
     "numpy>=1.26",
     "transformers>=5.0",
+    "jinja2>=3.1",  # transformers renders chat templates with it (not among its own requirements)
     "tokenizers>=0.20",
     "safetensors>=0.4",
     "gguf>=0.10",
