@@ -52,14 +52,25 @@ def test_export_round_trip_loads_in_transformers(checkpoint, batch, tmp_path):
                                torch_logits(torch_model, ids, mask)[valid], atol=1e-4)
 
 
+# bf16 load vs float32 torch, max |diff| over the valid logits (|logits| <= 1): measured 0.0037 (tied) / 0.0043
+# (untied) on these inputs, <= 0.0043 over model and batch seeds 0-3; about 0.002 of it is the weights' rounding to
+# bf16 alone, the rest the bf16 activations. 0.01 is ~2.3x the worst seen.
+BF16_ATOL = 0.01
+
+
 def test_bfloat16_load_is_close(checkpoint, batch):
+    """bf16 params and compute give float32 logits within ~2x the measured bf16 rounding error of torch's float32
+    ones. Catches a bf16 path that is wrong by more than rounding (e.g. NaNs from a bf16 attention softmax with the
+    float32 mask value). Precision slips in the float32 parts (norm statistics or rsqrt in bf16, rope angles in
+    bf16, bf16 dot outputs, truncating instead of rounding the weights) change this tiny model's error by < 0.001
+    and are not visible here."""
     directory, torch_model = checkpoint
     model = api.load(directory, dtype="bfloat16")
     ids, mask = batch
     valid = mask.astype(bool)
     ours, ref = model.logits(ids, mask)[valid], torch_logits(torch_model, ids, mask)[valid]
     assert ours.dtype == np.float32
-    np.testing.assert_allclose(ours, ref, atol=0.05)
+    np.testing.assert_allclose(ours, ref, rtol=0, atol=BF16_ATOL)
 
 
 @pytest.fixture()
