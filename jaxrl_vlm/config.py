@@ -95,7 +95,18 @@ def _check(condition: bool, key: str, value, expected: str) -> None:
         raise ValueError(f"config.{key}={value!r} is invalid: expected {expected}")
 
 
-def _validate_ppo(config: mlc.ConfigDict) -> None:
+def batch_shards(mesh: mlc.ConfigDict) -> int:
+    """Shards of the batch dimension on the configured mesh: data x fsdp (data=-1: all devices fsdp x tensor leave).
+    Counts devices only when data is -1."""
+    data = mesh.data
+    if data == -1:
+        import jax
+
+        data = max(jax.device_count() // (mesh.fsdp * mesh.tensor), 1)
+    return data * mesh.fsdp
+
+
+def _validate_ppo(config: mlc.ConfigDict, shards: int) -> None:
     ppo = config.ppo
     if ppo.init not in ("", PPO_INIT_BASE) and not os.path.exists(ppo.init):
         raise FileNotFoundError(f"config.ppo.init {ppo.init!r} does not exist (an SFT run's checkpoints/ folder, an HF "
@@ -104,8 +115,10 @@ def _validate_ppo(config: mlc.ConfigDict) -> None:
                 "feedback_tokens", "lr_max_steps"):
         _check(isinstance(ppo[key], int) and ppo[key] >= 1, f"ppo.{key}", ppo[key], "an int >= 1")
     parts = ppo.minibatches * ppo.micro_batches
-    _check(ppo.episodes % parts == 0, "ppo.episodes", ppo.episodes,
-           f"a multiple of ppo.minibatches x ppo.micro_batches = {parts}")
+    shards = shards if config.job == "ppo" else 1  # other jobs never split PPO batches
+    _check(ppo.episodes % (parts * shards) == 0, "ppo.episodes", ppo.episodes,
+           f"a multiple of ppo.minibatches x ppo.micro_batches x the mesh's batch shards (data x fsdp) = "
+           f"{ppo.minibatches} x {ppo.micro_batches} x {shards}: each micro-batch is split over the batch shards")
     _check(ppo.temperature > 0, "ppo.temperature", ppo.temperature, "> 0 (rollouts sample)")
     _check(0 < ppo.top_p <= 1, "ppo.top_p", ppo.top_p, "in (0, 1]")
     for key in ("gamma", "lam"):
@@ -153,9 +166,14 @@ def validate(config: mlc.ConfigDict) -> None:
         _check(isinstance(sft[key], int) and sft[key] >= 1, f"sft.{key}", sft[key], "an int >= 1")
     _check(sft.global_batch_size % sft.micro_batches == 0, "sft.micro_batches", sft.micro_batches,
            f"a divisor of sft.global_batch_size={sft.global_batch_size}")
+    shards = batch_shards(config.mesh)
+    if config.job == "sft" or (config.job == "ppo" and config.ppo.init == ""):  # the PPO job's SFT warm start
+        _check((sft.global_batch_size // sft.micro_batches) % shards == 0, "sft.global_batch_size",
+               sft.global_batch_size, f"a multiple of sft.micro_batches x the mesh's batch shards (data x fsdp) = "
+               f"{sft.micro_batches} x {shards}: each micro-batch is split over the batch shards")
     _check(0 <= sft.warmup_ratio <= 1, "sft.warmup_ratio", sft.warmup_ratio, "in [0, 1]")
     _check(sft.trainable in TRAINABLE, "sft.trainable", sft.trainable, f"one of {TRAINABLE}")
-    _validate_ppo(config)
+    _validate_ppo(config, shards)
     _check(config.checkpoint.keep >= 1, "checkpoint.keep", config.checkpoint.keep, ">= 1")
     _check(config.checkpoint.every >= 1, "checkpoint.every", config.checkpoint.every, ">= 1")
     splits = eval_splits(config)
