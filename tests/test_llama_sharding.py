@@ -83,11 +83,26 @@ def test_sharded_forward_and_generation_equal_single_device(checkpoint, batch, t
         assert grown.sharding.is_equivalent_to(new.sharding, 4)
 
 
-def test_batch_not_divisible_by_mesh_names_the_axis(checkpoint):
+def test_any_batch_size_on_the_mesh_equals_single_device(checkpoint, batch, turn, single):
+    """3 of the 4 prompts on a mesh with 4 batch shards: the public API pads the rows inside and returns the
+    caller's 3, equal to the single-device results of the same rows (fails with 'not divisible' without the
+    padding, or with wrong rows if the padding went first or the state lost the padded rows)."""
     model = api.load(checkpoint, mesh=MESH)
-    ids, mask = left_padded_batch(np.random.RandomState(0), [3, 2, 1], 128)
+    ids, mask = (x[:3] for x in batch)
+    logits = model.logits(ids, mask)
+    assert logits.shape[0] == 3
+    valid = mask.astype(bool)
+    np.testing.assert_allclose(logits[valid], single[0][:3][valid], atol=1e-5)
+    first = api.sample(model, ids, mask, max_new_tokens=6, capacity=8)
+    np.testing.assert_array_equal(first.tokens, single[1][:3])
+    second = api.continue_sampling(model, first.state, *(x[:3] for x in turn), max_new_tokens=6)
+    np.testing.assert_array_equal(second.tokens, single[2][:3])
+
+
+def test_put_batch_not_divisible_by_mesh_names_the_axis(checkpoint):
+    model = api.load(checkpoint, mesh=MESH)
     with pytest.raises(ValueError, match="'batch'"):
-        model.logits(ids, mask)
+        model.put_batch(np.zeros((3, 5), np.int32))
 
 
 def test_sharding_for_rejects_unknown_logical_axis():

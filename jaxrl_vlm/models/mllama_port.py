@@ -31,7 +31,7 @@ from jaxrl_vlm.models.mllama import MllamaConfig
 from jaxrl_vlm.models.port.llama import read_config_json
 from jaxrl_vlm.models.port.safetensors_io import CheckpointReader, write_checkpoint
 from jaxrl_vlm.models.port.tensors import KeyRule, TensorReader, iter_hf_tensors, load_tree
-from jaxrl_vlm.models.sharding import MeshRules, put_global, to_host
+from jaxrl_vlm.models.sharding import MeshRules, pad_rows, padded_rows, put_global, to_host
 
 LEGACY_PREFIXES = (
     ("language_model.lm_head.", "lm_head."),
@@ -295,11 +295,15 @@ class MllamaModel:
                               arrays["aspect_ratio_mask"], arrays.get("cross_attention_mask"), self.config)
 
     def logits(self, input_ids: Any, attention_mask: Any, **vision: Any) -> np.ndarray:
-        """float32 logits np.ndarray[B,T,V] of left-padded int[B,T] input_ids with attention_mask [B,T]."""
-        cross = self.sampler_extra(self.params, **vision)
-        out = _text_logits(self.params, self.put_batch(np.asarray(input_ids, np.int32)),
-                           self.put_batch(np.asarray(attention_mask, bool)), self.config, cross, self.mesh_rules)
-        return to_host(out)
+        """float32 logits np.ndarray[B,T,V] of left-padded int[B,T] input_ids with attention_mask [B,T] (any B: the
+        rows and vision inputs are padded to the mesh's batch shards inside)."""
+        rows = len(input_ids)
+        padded = padded_rows(rows, self.mesh_rules)
+        cross = self.sampler_extra(self.params, **{k: pad_rows(v, padded) for k, v in vision.items()})
+        out = _text_logits(self.params, self.put_batch(pad_rows(input_ids, padded).astype(np.int32)),
+                           self.put_batch(pad_rows(attention_mask, padded).astype(bool)), self.config, cross,
+                           self.mesh_rules)
+        return to_host(out)[:rows]
 
     def export(self, directory: str, *, max_shard_bytes: int | None = None, dtype: str | None = None) -> list[str]:
         """Write an HF `MllamaForConditionalGeneration` directory (config.json + safetensors); returns the files."""

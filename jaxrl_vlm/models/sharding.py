@@ -152,6 +152,30 @@ class MeshRules:
         """NamedSharding for an array of `shape` with logical `axes`."""
         return sharding_for(shape, axes, self.mesh, name, self.rules)
 
+    def axis_size(self, logical: str) -> int:
+        """Number of shards of a dimension with this logical axis (the product of its mesh axes' sizes)."""
+        return math.prod(self.mesh.shape[a] for a in _mesh_axes_of(dict(self.rules)[logical]))
+
+
+def batch_multiple(mesh_rules: MeshRules | None) -> int:
+    """Rows a batch input must come in multiples of: the shards of the 'batch' axis (1 without a mesh)."""
+    return 1 if mesh_rules is None else mesh_rules.axis_size("batch")
+
+
+def pad_rows(x: Any, rows: int) -> np.ndarray:
+    """Host array [B, ...] extended to `rows` >= B rows with copies of its last row (real values: no NaN from an
+    all-masked row); callers keep the first B rows of what they compute."""
+    x = np.asarray(x)
+    if x.shape[0] > rows:
+        raise ValueError(f"pad_rows: {x.shape[0]} rows do not fit in {rows}")
+    return np.concatenate([x, np.repeat(x[-1:], rows - x.shape[0], axis=0)]) if rows > x.shape[0] else x
+
+
+def padded_rows(rows: int, mesh_rules: MeshRules | None) -> int:
+    """`rows` rounded up to a multiple of `batch_multiple(mesh_rules)`."""
+    multiple = batch_multiple(mesh_rules)
+    return -(-rows // multiple) * multiple
+
 
 def to_host(x: Any) -> np.ndarray:
     """numpy copy of an array; gathers a multi-process sharded array from all processes."""
