@@ -1,5 +1,5 @@
 """bfloat16 inference on the CPU backend: the uint16-bitcast cache write (`update_slice`) against
-`lax.dynamic_update_slice`, and a bf16 KV-cache decode against a bf16 full recomputation."""
+`lax.dynamic_update_slice` and only in CPU programs, and a bf16 KV-cache decode against a bf16 full recomputation."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,6 +19,18 @@ def test_update_slice_equals_dynamic_update_slice():
         theirs = jax.lax.dynamic_update_slice(operand, update.astype(dtype), start)
         assert ours.dtype == dtype
         np.testing.assert_array_equal(np.asarray(ours, np.float32), np.asarray(theirs, np.float32))
+
+
+def test_update_slice_workaround_follows_the_lowering_platform():
+    """The uint16 bitcasts are XLA:CPU's workaround only: a bf16 cache write lowered for TPU or GPU from this CPU host
+    is the plain dynamic-update-slice (fails if the path is chosen from the host's backend at trace time, issue 12
+    (b)), and the CPU lowering keeps it."""
+    f = jax.jit(lambda o, u, i: update_slice(o, u, (0, i, 0)))
+    args = (jax.ShapeDtypeStruct((2, 16, 8), jnp.bfloat16), jax.ShapeDtypeStruct((2, 1, 8), jnp.bfloat16),
+            jax.ShapeDtypeStruct((), jnp.int32))
+    for platform, bitcasts in (("cpu", True), ("tpu", False), ("cuda", False)):
+        module = jax.export.export(f, platforms=[platform])(*args).mlir_module()
+        assert ("bitcast_convert" in module) == bitcasts, platform
 
 
 def test_bfloat16_cache_decode_matches_full_recomputation(tmp_path):

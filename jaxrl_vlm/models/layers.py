@@ -91,13 +91,20 @@ def update_slice(operand: jax.Array, update: jax.Array, start: tuple[Any, ...]) 
     """`jax.lax.dynamic_update_slice` (update cast to operand.dtype) for inference (not differentiable).
 
     On XLA:CPU a 16-bit float dynamic-update-slice is rewritten to float32 over the whole operand (a KV cache write
-    would convert the cache at every decode step); there 16-bit floats are written as uint16 bitcasts.
+    would convert the cache at every decode step); there 16-bit floats are written as uint16 bitcasts. The choice
+    is made when the program is lowered, for the platform it is lowered for (a TPU or GPU program compiled on a CPU
+    host gets the plain update).
     """
     update = update.astype(operand.dtype)
-    if not (jax.default_backend() == "cpu" and operand.dtype in _FLOAT16):
-        return jax.lax.dynamic_update_slice(operand, update, start)
-    out = jax.lax.dynamic_update_slice(_as_bits(operand), _as_bits(update), start)
-    return jax.lax.bitcast_convert_type(out, operand.dtype)
+    plain = lambda o, u: jax.lax.dynamic_update_slice(o, u, start)
+    if operand.dtype not in _FLOAT16:
+        return plain(operand, update)
+
+    def as_bits(o: jax.Array, u: jax.Array) -> jax.Array:
+        out = jax.lax.dynamic_update_slice(_as_bits(o), _as_bits(u), start)
+        return jax.lax.bitcast_convert_type(out, o.dtype)
+
+    return jax.lax.platform_dependent(operand, update, cpu=as_bits, default=plain)
 
 
 def dense(spec: str, x: jax.Array, w: jax.Array) -> jax.Array:
