@@ -1,6 +1,8 @@
-"""GeneralPoints env: episode invariants over a batch of 4096 envs, rewards equal the host verifier, param errors.
+"""GeneralPoints env: episode invariants over a batch of 4096 envs, rewards equal the host verifier, param errors;
+rule-OOD and GP-VL params stepped against the host verifier on the same replies.
 
-One jitted reset and one jitted step (batch 4096, replies of 128 bytes) are compiled once for the module.
+One jitted reset and one jitted step (batch 4096, replies of 128 bytes) are compiled once for the module; the
+rule-OOD / GP-VL tests run the same jitted functions at batch 48 (one more compile per static params).
 """
 import jax
 import jax.numpy as jnp
@@ -10,6 +12,7 @@ import pytest
 from jaxrl_vlm.envs.general_points import env, prompts, verifier
 from jaxrl_vlm.envs.general_points.sampling import SUITS, hand_numbers
 from jaxrl_vlm.envs.general_points.solver import solution_table
+from scripted_policy import scripted_reply
 
 B, L = 4096, 128
 TRACES = {"step": 0}
@@ -144,3 +147,64 @@ def test_params_static_dynamic_split():
     assert any(leaf is params.verify_iter for leaf in leaves)
     assert params.resolution == 560 and params.suits == "red" and not params.language_only
     assert env.feedback_fragment_texts()[env.STEP_LIMIT_FRAGMENT] == verifier.STEP_LIMIT_FEEDBACK
+
+
+# --- rule-OOD and GP-VL params, stepped against the host verifier on the same replies ---
+OOD_B = 48
+KINDS = ("correct", "memorised", "no_solution", "wrong_numbers", "illegal", "misread")
+
+
+def _kind_replies(ranks, face):
+    """Row i: the scripted reply of kind KINDS[i % 6] for its hand (tests/scripted_policy.py), under a face rule."""
+    return [scripted_reply(KINDS[i % len(KINDS)], r, face) for i, r in enumerate(ranks.tolist())]
+
+
+def _check_against_host(step, state, replies, ranks, params):
+    """One step of every row; reward, feedback and success equal the host verifier's for the same reply."""
+    _, state, reward, done, info = step(state, *_encode(replies), params)
+    for i, reply in enumerate(replies):
+        host_reward, host_feedback = verifier.score_response(
+            reply, ranks[i].tolist(), face_cards_as_10=params.face_cards_as_10, language_only=params.language_only)
+        assert float(reward[i]) == host_reward, (i, reply, host_feedback)
+        assert _decode(info, i) == host_feedback, (i, reply)
+        assert bool(done[i]) == bool(info["success"][i]) == (host_reward == 5)
+    return np.asarray(reward)
+
+
+def test_rule_ood_params_sample_face_cards_and_score_with_11_12_13(compiled):
+    """make_params(face_cards_as_10=False, ood=True): every hand holds a face card and is solvable with J/Q/K =
+    11/12/13 (spec §1), and the step scores with that rule as the host verifier does: the OOD-rule expert reply wins,
+    the face-10 ("memorised") one loses 2 + 2 (spec §4.5). Catches the env ignoring the OOD sampling or the face rule
+    of its params (e.g. scoring every split with face cards as 10)."""
+    reset, step = compiled
+    params = env.make_params(face_cards_as_10=False, ood=True, verify_iter=2)
+    _, state = reset(jax.random.key(5), params, OOD_B)
+    ranks = np.asarray(state.ranks)
+    assert (ranks.max(axis=1) >= 11).all()
+    table = solution_table(24)
+    assert all(table.solutions(hand) for hand in ranks.tolist())  # the numbers are the ranks under this rule
+    reward = _check_against_host(step, state, _kind_replies(ranks, face=False), ranks, params)
+    kinds = np.arange(OOD_B) % len(KINDS)
+    want = {"correct": 5, "memorised": -4, "no_solution": -1, "wrong_numbers": -2, "illegal": -3, "misread": 5}
+    for k, name in enumerate(KINDS):  # GP-L: the cards field is not read, a misread reply with a right formula wins
+        assert (reward[kinds == k] == want[name]).all(), name
+
+
+def test_vl_params_check_the_cards_field(compiled):
+    """make_params(language_only=False) (GP-VL, black suits, OOD rule): hands use only black suits, and a reply whose
+    "cards" list is wrong scores -1.5 "you recognized wrong cards" even with a right formula (spec §4.2), as the host
+    verifier says; the same replies under GP-L params ignore the cards. Catches the env dropping the vision check
+    for GP-VL params (or applying it to GP-L)."""
+    reset, step = compiled
+    vl = env.make_params(language_only=False, suits="black", face_cards_as_10=False, ood=True, verify_iter=2)
+    gp_l = env.make_params(face_cards_as_10=False, ood=True, verify_iter=2)
+    _, state = reset(jax.random.key(6), vl, OOD_B)
+    ranks = np.asarray(state.ranks)
+    assert np.isin(np.asarray(state.suits), [SUITS.index("S"), SUITS.index("C")]).all()
+    replies = _kind_replies(ranks, face=False)
+    misread = np.arange(OOD_B) % len(KINDS) == KINDS.index("misread")
+    vl_reward = _check_against_host(step, state, replies, ranks, vl)
+    assert (vl_reward[misread] == -1.5).all()
+    l_reward = _check_against_host(step, state, replies, ranks, gp_l)
+    assert (l_reward[misread] == 5).all()
+    np.testing.assert_array_equal(vl_reward[~misread], l_reward[~misread])
