@@ -53,12 +53,36 @@ def test_kill_and_resume_is_bitwise_equal(tmp_path, tiny_checkpoint, data_dir):
 
 
 def test_loss_falls_and_exports(tmp_path, tiny_checkpoint, data_dir):
+    """12 steps of 8 over 32 examples (3 epochs): the loss falls, the logged compute is 6 N D_sft with D_sft the
+    non-padding tokens of the examples trained on (re-tokenised by transformers), and the checkpoint restored through
+    eval.checkpoint is the trained model bitwise, not the base. Catches padding or a micro-batch miscounted, and a
+    restore that returns the base weights."""
+    from jaxrl_vlm.evaluation import job
+    from test_compute import expert_example_tokens, gflops, hf_num_parameters
+
     config = sft_config(tmp_path, tiny_checkpoint, data_dir, sft__steps=12, checkpoint__every=12,
                         checkpoint__export_hf=True, sft__micro_batches=2)
-    summary, _ = train_sft(config)
+    summary, state = train_sft(config)
     losses = logged_losses(tmp_path)
     assert losses[12] < 0.75 * losses[1]
     assert os.path.isfile(os.path.join(summary["hf_export"], "config.json"))
+
+    n = hf_num_parameters(tiny_checkpoint)
+    epoch_tokens = sum(expert_example_tokens(data_dir, "l_face10_mixed", 32, 0, tiny_checkpoint))
+    with open(os.path.join(tmp_path, "metrics.jsonl")) as f:
+        rows = {row["step"]: row for row in map(json.loads, f)}
+    for step, epochs in ((4, 1), (8, 2), (12, 3)):  # epoch boundaries: the count does not depend on the order
+        assert rows[step]["tokens"] == epochs * epoch_tokens
+        assert rows[step]["gflops"] == pytest.approx(gflops(n, train=epochs * epoch_tokens), rel=1e-12)
+    assert summary["tokens"] == 3 * epoch_tokens
+
+    config.eval.checkpoint = summary["checkpoints"]
+    restored, _ = job.load_for_eval(config)
+    base, _ = job.load_checkpoint(config, None)
+    for got, want, init in zip(jax.tree.leaves(restored.params), jax.tree.leaves(state.params),
+                               jax.tree.leaves(base.params)):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+        assert not np.array_equal(np.asarray(got), np.asarray(init))
 
 
 def test_sharded_run_equals_single_device(tmp_path, tiny_checkpoint, data_dir):

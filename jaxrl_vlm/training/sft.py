@@ -32,6 +32,7 @@ from jaxrl_vlm.models.mllama_port import MllamaModel
 from jaxrl_vlm.models.sharding import make_mesh
 from jaxrl_vlm.models.tokenizer import load_tokenizer
 from jaxrl_vlm.training.checkpoint import Checkpointer
+from jaxrl_vlm.training.flops import ComputeMeter, param_count
 from jaxrl_vlm.training.metrics import MetricsLogger
 from jaxrl_vlm.training.optim import adamw, trainable_mask, warmup_cosine_schedule
 from jaxrl_vlm.training.sft_step import TrainState, init_train_state, make_sft_step
@@ -183,7 +184,8 @@ def mesh_of(model: Any) -> Mesh:
 def train_sft(config: mlc.ConfigDict, *, model: Any = None, tokenizer: Any = None,
               stop_after_step: int | None = None) -> tuple[dict[str, Any], TrainState]:
     """Run (or resume) the SFT job of `config`; returns (summary: final loss, steps, tokens trained on (non-padding,
-    this host's count x process count), paths; the final TrainState).
+    this host's count x process count), their compute 6 N D_sft in GFLOPs (`flops.ComputeMeter`; logged with every
+    metrics row), paths; the final TrainState).
 
     model/tokenizer: already loaded ones (default: load config.model.path onto the configured mesh). The model's
     param buffers are donated to the training state. stop_after_step: end the process's work after that global step
@@ -209,12 +211,13 @@ def train_sft(config: mlc.ConfigDict, *, model: Any = None, tokenizer: Any = Non
 
     checkpointer = Checkpointer(checkpoint_dir(config), max_to_keep=config.checkpoint.keep,
                                 async_save=config.checkpoint.async_save)
-    start, tokens_total = 0, 0
+    start = 0
+    meter = ComputeMeter(param_count(model.params))
     restored = checkpointer.restore_latest(state) if config.checkpoint.resume else None
     if restored is not None:
         start, state, metadata = restored
         batcher.restore(metadata["batcher"])
-        tokens_total = int(metadata.get("tokens", 0))
+        meter.add(train=int(metadata.get("tokens", 0)))
     logger = MetricsLogger(config.out_dir, sft.steps, enabled=jax.process_index() == 0,
                            tensorboard=config.log.tensorboard, wandb_project=config.log.wandb_project or None,
                            config=config.to_dict(), desc="sft", initial_step=start)
@@ -226,21 +229,22 @@ def train_sft(config: mlc.ConfigDict, *, model: Any = None, tokenizer: Any = Non
         batch = next(batcher)
         batch_tokens = int(batch.attention_mask.sum()) * jax.process_count()
         tokens_seen += batch_tokens
-        tokens_total += batch_tokens
+        meter.add(train=batch_tokens)
         state, metrics = step_fn(state, _global_batch(batch, mesh, model), jax.random.fold_in(rng, step))
         done = step + 1
         if done % config.log.every == 0 or done == end:
             last_loss = float(metrics["loss"])
             elapsed = time.perf_counter() - clock
             logger.log(done, {"loss": last_loss, "grad_norm": float(metrics["grad_norm"]),
-                              "lr": float(schedule(step)), "tokens_per_s": tokens_seen / max(elapsed, 1e-9)},
+                              "lr": float(schedule(step)), "tokens_per_s": tokens_seen / max(elapsed, 1e-9),
+                              "tokens": meter.train_tokens, "gflops": meter.gflops},
                        advance=done - logged)
             tokens_seen, clock, logged = 0, time.perf_counter(), done
         if done % config.checkpoint.every == 0 or done == sft.steps:
-            checkpointer.save(done, state, {"batcher": list(batcher.state), "tokens": tokens_total})
+            checkpointer.save(done, state, {"batcher": list(batcher.state), "tokens": meter.train_tokens})
     checkpointer.close()
     logger.close()
-    summary: dict[str, Any] = {"steps": end, "loss": last_loss, "tokens": tokens_total,
+    summary: dict[str, Any] = {"steps": end, "loss": last_loss, "tokens": meter.train_tokens, "gflops": meter.gflops,
                                "checkpoints": checkpointer.directory}
     if end == sft.steps and config.checkpoint.export_hf and hasattr(model, "export"):
         export_dir = os.path.join(config.out_dir, "hf_export")
