@@ -60,11 +60,44 @@ def with_penalties(config):
     return config
 
 
-def test_kill_and_resume_is_bitwise_equal(tmp_path, tiny_checkpoint):
-    config = with_penalties(small(load_config("ppo_gp"), tmp_path / "straight", tiny_checkpoint))
+def straight_config(out_dir, checkpoint):
+    """The run the kill-and-resume, compute, evaluation-history and restore tests share: KL reference on (a third
+    forward pass in D_buffer), 2 epochs (D_rl counts each), evaluation after every update."""
+    config = with_penalties(small(load_config("ppo_gp"), out_dir, checkpoint))
+    config.ppo.epochs = 2
+    config.eval.every = 1
+    return config
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory, tiny_checkpoint):
+    """(train_ppo's output, out_dir, episodes of every update as host arrays): one uninterrupted run, with the
+    rollouts recorded on the way so the tests can count its tokens by hand."""
+    from jaxrl_vlm.training import rollout as rollout_lib
+
+    out_dir = tmp_path_factory.mktemp("ppo_straight")
+    config = straight_config(out_dir, tiny_checkpoint)
     model, tokenizer = job.load_checkpoint(config, None)
-    straight = train_ppo(config, model, tokenizer)
-    resumed_config = with_penalties(small(load_config("ppo_gp"), tmp_path / "resumed", tiny_checkpoint))
+    recorded = []
+    real_rollout = rollout_lib.rollout
+
+    def recording_rollout(*args, **kwargs):
+        episodes = real_rollout(*args, **kwargs)
+        recorded.append({k: np.asarray(v) for k, v in episodes._asdict().items() if k != "slot_tokens"})
+        return episodes
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(rollout_lib, "rollout", recording_rollout)
+        out = train_ppo(config, model, tokenizer)
+    assert len(recorded) == config.ppo.updates
+    return out, out_dir, recorded
+
+
+def test_kill_and_resume_is_bitwise_equal(tmp_path, tiny_checkpoint, straight_run):
+    """A run killed after update 1 and resumed equals the uninterrupted one bitwise (params, metrics, counters, the
+    evaluation history); catches state, RNG or history not restored."""
+    straight, straight_dir, _ = straight_run
+    resumed_config = straight_config(tmp_path / "resumed", tiny_checkpoint)
     model, tokenizer = job.load_checkpoint(resumed_config, None)
     first = train_ppo(resumed_config, model, tokenizer, stop_after_update=1)
     assert first["updates"] == 1
@@ -72,38 +105,132 @@ def test_kill_and_resume_is_bitwise_equal(tmp_path, tiny_checkpoint):
     resumed = train_ppo(resumed_config, model, tokenizer)
     for a, b in zip(jax.tree.leaves(straight["params"]), jax.tree.leaves(resumed["params"])):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    rows_a, rows_b = metrics(tmp_path / "straight"), metrics(tmp_path / "resumed")
+    rows_a, rows_b = metrics(straight_dir), metrics(tmp_path / "resumed")
     assert [r["step"] for r in rows_a] == [1, 2] == [r["step"] for r in rows_b]
     for a, b in zip(rows_a, rows_b):
         for key in ("loss", "reward", "grad_norm", "gflops"):
             assert a[key] == b[key], key
-    assert rows_a[1]["gflops"] > rows_a[0]["gflops"] > 0
     assert straight["compute"] == resumed["compute"]
-    assert [h["update"] for h in resumed["history"]] == [0, 2]
+    assert [h["update"] for h in resumed["history"]] == [0, 1, 2]
+    assert [h["gflops"] for h in resumed["history"]] == [h["gflops"] for h in straight["history"]]
+
+
+def conversation_tokens(episodes):
+    """Tokens of each rolled-out conversation, from its last played turn: the tokens before that reply
+    (reply_start) plus the reply's tokens but its last one, which is only ever a target (a stop token is replaced
+    by the template's end of turn, and an ended episode feeds no pending token)."""
+    played = episodes["turn_valid"]
+    last = played.shape[1] - 1 - np.argmax(played[:, ::-1], axis=1)
+    rows = np.arange(played.shape[0])
+    return episodes["reply_start"][rows, last] + episodes["reply_len"][rows, last] - 1
+
+
+def test_ppo_compute_matches_a_hand_count(straight_run, tiny_checkpoint):
+    """Logged gflops = 6 N (D_init + D_rl) + 2 N D_buffer counted by hand: N from transformers (value head
+    excluded), D_rl = epochs x the conversations' tokens, D_buffer = (rollout + old log-probs + KL reference) x the
+    same tokens, per update. Catches padding counted, an epoch or the KL reference dropped, N with the value head."""
+    from test_compute import gflops, hf_num_parameters
+
+    out, out_dir, recorded = straight_run
+    n = hf_num_parameters(tiny_checkpoint)
+    epochs, forward_passes = 2, 3
+    train = buffer = 0
+    rows = metrics(out_dir)
+    for update, episodes in enumerate(recorded):
+        tokens = int(conversation_tokens(episodes).sum())
+        assert tokens > int(episodes["reply_start"][:, 0].sum())  # replies and revision turns are in the count
+        train += epochs * tokens
+        buffer += forward_passes * tokens
+        assert rows[update]["gflops"] == pytest.approx(gflops(n, train=train, buffer=buffer), rel=1e-12)
+        assert rows[update]["feedback_overflow"] == int(episodes["overflow"].sum())
+    assert out["compute"] == {"num_params": n, "init_tokens": 0, "train_tokens": train, "buffer_tokens": buffer}
+    assert recorded[0]["turn_valid"][:, 1].any()  # some episode had a revision turn
+
+
+def test_eval_every_evaluates_before_between_and_after(straight_run):
+    """eval.every=1 evaluates before the first update, after each one and at the end, at the compute of the
+    metrics row of that update; catches eval.every ignored or an evaluation logged at stale compute."""
+    out, out_dir, _ = straight_run
+    history = out["history"]
+    assert [h["update"] for h in history] == [0, 1, 2]
+    assert set(history[1]["results"]) == {"in_dist", "rule_ood"}
+    rows = {r["step"]: r["gflops"] for r in metrics(out_dir)}
+    assert history[0]["gflops"] == 0.0  # from the base model: no fine-tuning tokens yet
+    assert [h["gflops"] for h in history[1:]] == [rows[1], rows[2]]
+    assert history[0]["gflops"] < history[1]["gflops"] < history[2]["gflops"]
+    with open(os.path.join(out_dir, "metrics.jsonl")) as f:
+        eval_rows = [row for row in map(json.loads, f) if "eval/in_dist/success" in row]
+    assert [(r["step"], r["gflops"]) for r in eval_rows] == [(h["update"], h["gflops"]) for h in history]
+
+
+def test_restored_ppo_checkpoint_is_the_trained_policy(straight_run, tiny_checkpoint):
+    """A PPO run's checkpoints/ restored the way ppo.init and eval.checkpoint read them (job.load_checkpoint) gives
+    the trained policy bitwise, not the base model's weights; catches a restore that returns the template params."""
+    out, out_dir, _ = straight_run
+    config = straight_config(out_dir, tiny_checkpoint)
+    restored, _ = job.load_checkpoint(config, os.path.join(out_dir, "checkpoints"))
+    base, _ = job.load_checkpoint(config, None)
+    trained = jax.tree.leaves(out["params"])
+    assert len(jax.tree.leaves(restored.params)) == len(trained)
+    for got, want, init in zip(jax.tree.leaves(restored.params), trained, jax.tree.leaves(base.params)):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+        assert not np.array_equal(np.asarray(got), np.asarray(init))
 
 
 def test_main_runs_warm_start_then_ppo(tmp_path, tiny_checkpoint):
+    """The PPO entry point end to end: SFT warm start, PPO, table, plot, checkpoints, HF export, then `eval` on the
+    checkpoints. Its compute starts at the warm start's tokens (D_init; one SFT step over all 4 examples, counted
+    from the re-tokenised dataset), its checkpoints restore to the exported final policy, not the base model, and
+    with ppo.feedback_tokens shorter than the verifier's feedback the episodes end at the overflow and are counted
+    (catches overflow not counted or the episode continuing with a cut-off turn)."""
+    from jaxrl_vlm.models import api
+    from test_compute import expert_example_tokens, gflops, hf_num_parameters
+
     overrides = [f"--config.out_dir={tmp_path}", f"--config.model.path={tiny_checkpoint}",
-                 f"--config.data.data_dir={tmp_path / 'data'}", "--config.data.num_examples=16",
+                 f"--config.data.data_dir={tmp_path / 'data'}", "--config.data.num_examples=4",
                  "--config.sft.steps=1", "--config.sft.global_batch_size=4", "--config.ppo.updates=1",
                  "--config.ppo.episodes=4", "--config.ppo.epochs=1", "--config.ppo.max_new_tokens=8",
                  "--config.eval.every=0", "--config.eval.episodes=2", "--config.eval.batch_size=2",
                  "--config.eval.max_new_tokens=8", "--config.task.verify_iter=2", "--config.mesh.data=1",
                  "--config.log.tensorboard=False", "--config.checkpoint.every=1"]
+    # a feedback budget shorter than any verifier feedback: every failed first reply overflows
+    ppo_only = ["--config.ppo.feedback_tokens=1"]
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
-    run = subprocess.run([sys.executable, "-m", "jaxrl_vlm.main", "--config=configs/ppo_gp.py", *overrides],
+    run = subprocess.run([sys.executable, "-m", "jaxrl_vlm.main", "--config=configs/ppo_gp.py", *overrides, *ppo_only],
                          capture_output=True, text=True, env=env, timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "after PPO" in run.stdout and "rule_ood" in run.stdout and "GFLOPs" in run.stdout
     with open(tmp_path / "results.json") as f:
         results = json.load(f)
     assert set(results["after_ppo"]["results"]) == {"in_dist", "rule_ood"}
-    assert results["compute"]["init_tokens"] > 0  # the SFT warm start counts towards compute
-    assert results["after_ppo"]["gflops"] > results["before_ppo"]["gflops"] > 0
+    n = hf_num_parameters(tiny_checkpoint)
+    sft_tokens = sum(expert_example_tokens(str(tmp_path / "data"), "l_face10_mixed", 4, 0, tiny_checkpoint))
+    compute = results["compute"]
+    assert compute["num_params"] == n and compute["init_tokens"] == sft_tokens
+    assert results["before_ppo"]["gflops"] == pytest.approx(gflops(n, init=sft_tokens), rel=1e-12)
+    after = gflops(n, init=sft_tokens, train=compute["train_tokens"], buffer=compute["buffer_tokens"])
+    assert results["after_ppo"]["gflops"] == pytest.approx(after, rel=1e-12)
+    row = metrics(tmp_path)[-1]
+    assert row["gflops"] == results["after_ppo"]["gflops"]
+    # the overflowing episodes are counted and end after their first reply (verify_iter=2 would allow a second)
+    failed = round(4 * (1 - row["rollout_success"]))
+    assert failed > 0 and row["feedback_overflow"] == failed
+    assert row["episode_turns"] == 1.0
+    # epochs=1, no KL reference: the rollout and the old log-probs are the two inference passes over D_rl's tokens
+    assert compute["buffer_tokens"] == 2 * compute["train_tokens"] > 0
+    assert metrics(tmp_path / "sft_warm_start")[-1]["gflops"] == pytest.approx(gflops(n, train=sft_tokens),
+                                                                               rel=1e-12)
     with open(tmp_path / "success_vs_gflops.png", "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     assert os.path.isdir(tmp_path / "sft_warm_start" / "checkpoints")
     assert os.path.isfile(tmp_path / "hf_export" / "config.json")
+    config = small(load_config("ppo_gp"), tmp_path, tiny_checkpoint)
+    restored, _ = job.load_checkpoint(config, str(tmp_path / "checkpoints"))
+    exported, base = api.load(str(tmp_path / "hf_export")), api.load(tiny_checkpoint)
+    for got, want, init in zip(jax.tree.leaves(restored.params), jax.tree.leaves(exported.params),
+                               jax.tree.leaves(base.params)):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+        assert not np.array_equal(np.asarray(got), np.asarray(init))
     evaluation = subprocess.run(
         [sys.executable, "-m", "jaxrl_vlm.eval", "--config=configs/ppo_gp.py", *overrides,
          f"--config.eval.checkpoint={tmp_path / 'checkpoints'}"], capture_output=True, text=True, env=env, timeout=600)
