@@ -2,9 +2,11 @@
 import importlib.util
 import os
 
+import jax
 import numpy as np
 import pytest
 
+from jaxrl_vlm import config as config_lib
 from jaxrl_vlm.evaluation import job
 from jaxrl_vlm.training.sft import train_sft
 from tiny_models import save_tiny_gp_mllama
@@ -24,7 +26,6 @@ def vl_config(tmp_path, checkpoint):
     config.sft.steps = 2
     config.sft.global_batch_size = 4
     config.sft.lr = 1e-2
-    config.sft.trainable = "freeze_vision"
     config.checkpoint.every = 2
     config.log.tensorboard = False
     config.mesh.data = 1
@@ -42,24 +43,63 @@ def test_vl_config_without_checkpoint_is_a_clear_error(tmp_path):
         train_sft(config)
 
 
-def test_sft_and_eval_on_tiny_mllama(tmp_path):
-    checkpoint = str(tmp_path / "tiny_mllama")
-    save_tiny_gp_mllama(checkpoint)
+@pytest.fixture(scope="module")
+def tiny_mllama(tmp_path_factory):
+    """(checkpoint, expert data directory) shared by the tests of this module."""
+    directory = tmp_path_factory.mktemp("tiny_mllama")
+    save_tiny_gp_mllama(str(directory / "model"))
+    return str(directory / "model"), str(directory / "data")
+
+
+def split_params(params):
+    """(vision tower and projector leaves, language-model leaves) as host arrays."""
+    host = lambda tree: [np.asarray(x) for x in jax.tree.leaves(tree)]
+    return (host({k: params[k] for k in ("vision", "projector")}),
+            host({k: v for k, v in params.items() if k not in ("vision", "projector")}))
+
+
+def test_sft_and_eval_on_tiny_mllama(tmp_path, tiny_mllama):
+    """GP-VL SFT with sft.trainable=freeze_vision_and_projector trains the language model and leaves the vision
+    tower and projector bitwise unchanged (catches the freeze mask ignored or matching nothing); then the evaluation
+    runs on the trained params."""
+    checkpoint, data_dir = tiny_mllama
     config = vl_config(tmp_path / "run", checkpoint)
+    config.data.data_dir = data_dir
+    config.sft.trainable = "freeze_vision_and_projector"
     model, tokenizer = job.load_for_eval(config)
-    vision_before = {k: np.asarray(v) for k, v in model.params["vision"]["patch_embed"].items()} \
-        if isinstance(model.params["vision"]["patch_embed"], dict) else np.asarray(model.params["vision"]["patch_embed"])
+    frozen_before, text_before = split_params(model.params)
     summary, state = train_sft(config, model=model, tokenizer=tokenizer)
     assert summary["steps"] == 2 and np.isfinite(summary["loss"])
     assert os.path.isfile(os.path.join(summary["hf_export"], "config.json"))
-    vision_after = state.params["vision"]["patch_embed"]
-    if isinstance(vision_before, dict):
-        for key, value in vision_before.items():
-            np.testing.assert_array_equal(np.asarray(vision_after[key]), value)
-    else:
-        np.testing.assert_array_equal(np.asarray(vision_after), vision_before)
+    frozen_after, text_after = split_params(state.params)
+    for before, after in zip(frozen_before, frozen_after):
+        np.testing.assert_array_equal(after, before)
+    # not every leaf: the cross-attention projections sit behind gates that start at 0, so they see no gradient yet
+    changed = [not np.array_equal(a, b) for a, b in zip(text_after, text_before)]
+    assert sum(changed) > len(changed) // 2, changed
     results = job.evaluate(config, model, tokenizer, params=state.params)
     assert set(results) == {"visual_ood", "recognition"}
     assert results["recognition"]["replies"] == 2
     assert 0.0 <= results["recognition"]["recognition_accuracy"] <= 1.0
     assert results["visual_ood"]["episodes"] == 2 and results["visual_ood"]["replies"] >= 2
+
+
+def test_default_sft_trains_vision_and_projector(tmp_path, tiny_mllama):
+    """With the default sft.trainable ('all') the same two steps change the vision tower and the projector: the
+    frozen test above is not vacuous (the images do reach the loss), and 'all' freezes nothing."""
+    checkpoint, data_dir = tiny_mllama
+    config = vl_config(tmp_path / "run", checkpoint)
+    config.data.data_dir = data_dir
+    config.sft.trainable = config_lib.base_config(job="sft", run_name="default").sft.trainable
+    config.checkpoint.export_hf = False
+    model, tokenizer = job.load_for_eval(config)
+    frozen = {k: model.params[k] for k in ("vision", "projector")}
+    before = {jax.tree_util.keystr(path): np.asarray(x) for path, x in jax.tree_util.tree_leaves_with_path(frozen)}
+    _, state = train_sft(config, model=model, tokenizer=tokenizer)
+    after = {jax.tree_util.keystr(path): np.asarray(x)
+             for path, x in jax.tree_util.tree_leaves_with_path({k: state.params[k] for k in frozen})}
+    # The text model's cross-attention gates start at 0, so step 1 gives the vision tower no gradient, and the
+    # tile tables sit behind vision gates that are still 0 at step 2: only they may stay as they were.
+    unchanged = sorted(k for k in before if np.array_equal(after[k], before[k]))
+    assert all("tile" in k and "embed" in k for k in unchanged), unchanged
+    assert len(unchanged) < len(before) // 4
