@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import PartitionSpec as P
 
 from jaxrl_vlm import config as config_lib
 from jaxrl_vlm.models import api
@@ -71,6 +72,17 @@ def test_first_step_has_unit_ratio_and_zero_lr_changes_nothing(tiny_checkpoint, 
     assert np.isfinite(metrics["value_loss"]) and metrics["grad_norm"] > 0
     for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(state.params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_value_head_is_sharded_by_its_logical_axes(tiny_checkpoint):
+    """The PPO state's value head and its Adam moments follow `llama.value_head_logical_axes` on the mesh (issue 12
+    (e): they were replicated on every device)."""
+    model = api.load(tiny_checkpoint, mesh=make_mesh(data=2, fsdp=2, tensor=2))
+    state, _ = initial_ppo_state(ppo_config(tiny_checkpoint), model)
+    kernels = [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(state)
+               if "'value'" in jax.tree_util.keystr(path) and "'dense_0'" in jax.tree_util.keystr(path)
+               and leaf.ndim == 2]
+    assert len(kernels) == 3 and all(k.sharding.spec == P("fsdp", None) for k in kernels)  # param, Adam mu and nu
 
 
 def test_update_on_a_2x2x2_mesh_equals_one_device(tiny_checkpoint, host_batch):

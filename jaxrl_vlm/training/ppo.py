@@ -27,8 +27,10 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import Mesh
 
 from jaxrl_vlm.models import llama
+from jaxrl_vlm.models.sharding import shard_tree
 from jaxrl_vlm.training import ppo_math
 from jaxrl_vlm.training.policy import PolicyModel
 from jaxrl_vlm.training.sft_step import TrainState
@@ -80,9 +82,14 @@ class ReplyScores(NamedTuple):
     entropy: jax.Array
 
 
-def init_ppo_params(policy_params: Any, hidden_size: int, rng: jax.Array, dtype: Any = jnp.float32) -> dict[str, Any]:
-    """{'policy': the model's params, 'value': a fresh value head (hidden -> 1024 -> 512 -> 1) in dtype}."""
-    return {"policy": policy_params, "value": llama.init_value_head(rng, hidden_size, dtype)}
+def init_ppo_params(policy_params: Any, hidden_size: int, rng: jax.Array, dtype: Any = jnp.float32,
+                    mesh: Mesh | None = None) -> dict[str, Any]:
+    """{'policy': the model's params, 'value': a fresh value head (hidden -> 1024 -> 512 -> 1) in dtype}; on `mesh`
+    the value head is sharded by its logical axes (`llama.value_head_logical_axes`)."""
+    value = llama.init_value_head(rng, hidden_size, dtype)
+    if mesh is not None:
+        value = shard_tree(value, llama.value_head_logical_axes(), mesh)
+    return {"policy": policy_params, "value": value}
 
 
 def score_replies(policy: PolicyModel, params: dict[str, Any], batch: PPOBatch, pattern: jax.Array,

@@ -77,8 +77,9 @@ def initial_ppo_state(config: mlc.ConfigDict, model: Any) -> tuple[TrainState, t
                max_grad_norm=ppo.max_grad_norm)
     hidden_size = policy_model(model, config.model.param_dtype, config.model.dtype).hidden_size
     value_key = jax.random.fold_in(jax.random.key(config.seed), 1 << 30)
-    params = init_ppo_params(model.params, hidden_size, value_key, jnp.dtype(config.model.param_dtype))
-    return place_on_mesh(TrainState(jnp.zeros((), jnp.int32), params, tx.init(params)), mesh_of(model)), (tx, schedule)
+    mesh = mesh_of(model)
+    params = init_ppo_params(model.params, hidden_size, value_key, jnp.dtype(config.model.param_dtype), mesh)
+    return place_on_mesh(TrainState(jnp.zeros((), jnp.int32), params, tx.init(params)), mesh), (tx, schedule)
 
 
 def ppo_hyper(config: mlc.ConfigDict) -> PPOHyper:
