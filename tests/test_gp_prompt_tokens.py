@@ -1,5 +1,7 @@
 """Device-assembled GP prompt/revision token ids decode to exactly the host chat-template text."""
 
+import itertools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -215,3 +217,22 @@ def test_overflow_flag_and_jit(smollm2):
     assert np.asarray(short.overflow).all() and (np.asarray(short.lengths) == 16).all()
     with pytest.raises(ValueError, match="padding_side"):
         pt.prompt_ids(codec, jnp.ones((2, 4), jnp.int32), width=16, padding_side="middle")
+
+
+@pytest.mark.parametrize("vocabulary", ["smollm2", "llama3"])
+def test_first_prompt_ids_are_the_tokenizers_own(vocabulary, smollm2, llama3):
+    """The assembled GP-L prompt ids equal the tokenizer's ids of the whole rendered prompt (what SFT data and the
+    reference feed the model), not only the same text: fails when a piece boundary cuts a pre-token, e.g. the
+    'Cards: ' / \"['\" cut, which every prompt had (' ', \"['\" instead of \" ['\"; Llama 3 also merges \"']\\n\\n\")."""
+    tokenizer, kwargs = (smollm2, {}) if vocabulary == "smollm2" else (llama3, DATE)
+    if vocabulary == "llama3":
+        llama3.chat_template = LLAMA32_TEMPLATE
+    hands = np.array(list(itertools.product(range(1, 14), repeat=4)))[::41]  # 697 hands, every rank everywhere
+    for face in (True, False):
+        codec = pt.build_prompt_codec(tokenizer, language_only=True, face_cards_as_10=face, template_kwargs=kwargs)
+        batch = pt.prompt_ids(codec, jnp.asarray(hands), width=400, padding_side="right")
+        ids, lengths = np.asarray(batch.ids), np.asarray(batch.lengths)
+        texts = [tokenizer.apply_chat_template(pt.gp_conversation(h, face_cards_as_10=face, language_only=True),
+                                               tokenize=False, add_generation_prompt=True, **kwargs) for h in hands]
+        for i, expected in enumerate(tokenizer(texts, add_special_tokens=False)["input_ids"]):
+            assert ids[i, :lengths[i]].tolist() == list(expected), (face, hands[i].tolist())

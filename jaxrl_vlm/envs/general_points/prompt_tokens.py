@@ -16,8 +16,11 @@ rollout off the device, so `build_prompt_codec` does it once:
    bank (and from the row's own previous ids and reply ids).
 
 Fidelity: the assembled ids decode (`tokenizer.decode`) to EXACTLY the text `apply_chat_template` renders for the same
-conversation, but token boundaries may differ from the host tokenizer's (each piece is tokenized on its own, e.g.
-`', '` is one piece here while the host merges `',` and ` '` across card names). This needs a byte-level BPE
+conversation. The first GP-L prompt's ids are also the tokenizer's own ids of that text (what SFT data and the
+reference feed the model): the cut around the card list is placed on the pre-tokenizer's boundaries, found per
+tokenizer (`_card_list_cut`; tested for SmolLM2 and Llama 3). Revision turns keep the model's own reply ids, and
+their feedback pieces are tokenized one by one, so there token boundaries may differ from a re-tokenization of the
+rendered text. This needs a byte-level BPE
 tokenizer, whose decode of a concatenation is the concatenation of decodes (GPT-2/SmolLM2, Llama 3, Qwen), and
 decoding without clean-up of tokenization spaces. Templates that insert the current date (Llama 3.2's
 `strftime_now`) must get it explicitly through `template_kwargs` (e.g. `{"date_string": "26 Jul 2024"}`); the same
@@ -205,6 +208,41 @@ def _encode(tokenizer, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
 
 
+# Every rank at every position, beside several neighbours, and each rank repeated.
+_PROBE_HANDS = tuple([r, r % 13 + 1, (r + 4) % 13 + 1, (r + 8) % 13 + 1] for r in range(1, 14)) + tuple(
+    [r] * 4 for r in range(1, 14))
+
+
+def _card_list_cut(tokenizer, layout: ChatLayout, pre: str, post: str) -> tuple[str, str, str, str]:
+    """(pre, card_open, card_close, post): where to cut the first user message around the card list so that the
+    pieces, tokenized one by one, give the ids the tokenizer gives the whole rendered prompt (the ids SFT data and
+    the reference have). BPE merges never cross the pre-tokenizer's boundaries, so the cut must fall on one: the
+    space before `['` belongs to it for GPT-2-style pre-tokenizers (` ['`), and Llama 3's also attaches the newlines
+    after `']`. Tries moving the whitespace around the list into its open / close pieces, checked on probe hands;
+    without a match it keeps the plain cut (the ids still decode to the exact text)."""
+    space = len(pre) - len(pre.rstrip())
+    newlines = len(post) - len(post.lstrip())
+    head, tail, sep = (_encode(tokenizer, t) for t in (layout.head, layout.user_tail, _CARD_SEP))
+    names = [_encode(tokenizer, name) for name in prompts.RANK_NAMES]
+
+    def matches(cut: tuple[str, str, str, str]) -> bool:
+        p, o, c, q = (_encode(tokenizer, t) for t in cut)
+        for hand in _PROBE_HANDS:
+            cards = [tok for i, r in enumerate(hand) for tok in (sep if i else []) + names[r - 1]]
+            whole = cut[1] + _CARD_SEP.join(prompts.card_names(hand)) + cut[2]
+            if head + p + o + cards + c + q + tail != _encode(tokenizer, layout.head + cut[0] + whole + cut[3]
+                                                              + layout.user_tail):
+                return False
+        return True
+
+    for k in range(space, -1, -1):
+        for j in range(newlines + 1):
+            cut = (pre[:len(pre) - k], pre[len(pre) - k:] + _CARD_OPEN, _CARD_CLOSE + post[:j], post[j:])
+            if matches(cut):
+                return cut
+    return pre, _CARD_OPEN, _CARD_CLOSE, post
+
+
 _STRIP_TABLES: "weakref.WeakKeyDictionary[Any, tuple[int, tuple[np.ndarray, ...]]]" = weakref.WeakKeyDictionary()
 
 
@@ -267,8 +305,11 @@ def build_prompt_codec(
     pre = pre.lstrip() if left else pre
     if right:
         pre, post = (pre, post.rstrip()) if language_only else (pre.rstrip(), post)
+    card_open, card_close = _CARD_OPEN, _CARD_CLOSE
+    if language_only:
+        pre, card_open, card_close, post = _card_list_cut(tokenizer, layout, pre, post)
     feedback_prefix = prompts.FEEDBACK_PREFIX.lstrip() if layout.user_strip else prompts.FEEDBACK_PREFIX
-    texts = [layout.head, pre, post, _CARD_OPEN, _CARD_SEP, _CARD_CLOSE, layout.user_tail, layout.assistant_tail,
+    texts = [layout.head, pre, post, card_open, _CARD_SEP, card_close, layout.user_tail, layout.assistant_tail,
              feedback_prefix, *prompts.RANK_NAMES, *fragment_texts]
     pieces = [_encode(tokenizer, t) for t in texts]
     lengths = np.array([len(p) for p in pieces], dtype=np.int32)
