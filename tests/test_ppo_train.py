@@ -175,6 +175,9 @@ def test_restored_ppo_checkpoint_is_the_trained_policy(straight_run, tiny_checkp
     for got, want, init in zip(jax.tree.leaves(restored.params), trained, jax.tree.leaves(base.params)):
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
         assert not np.array_equal(np.asarray(got), np.asarray(init))
+    # a PPO run started from these checkpoints counts their D_init + D_rl as its D_init
+    assert job.trained_tokens(os.path.join(out_dir, "checkpoints")) == (
+        out["compute"]["init_tokens"] + out["compute"]["train_tokens"]) > 0
 
 
 def test_main_runs_warm_start_then_ppo(tmp_path, tiny_checkpoint):

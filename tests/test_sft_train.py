@@ -75,6 +75,9 @@ def test_loss_falls_and_exports(tmp_path, tiny_checkpoint, data_dir):
         assert rows[step]["tokens"] == epochs * epoch_tokens
         assert rows[step]["gflops"] == pytest.approx(gflops(n, train=epochs * epoch_tokens), rel=1e-12)
     assert summary["tokens"] == 3 * epoch_tokens
+    # a PPO run started from these checkpoints (ppo.init) counts them as its D_init
+    assert job.trained_tokens(summary["checkpoints"]) == 3 * epoch_tokens
+    assert job.trained_tokens(tiny_checkpoint) == 0
 
     config.eval.checkpoint = summary["checkpoints"]
     restored, _ = job.load_for_eval(config)

@@ -13,6 +13,7 @@ from jaxrl_vlm import config as config_lib
 from jaxrl_vlm.evaluation.gp import GPEvaluator
 from jaxrl_vlm.models import api as models_api
 from jaxrl_vlm.models.tokenizer import load_tokenizer
+from jaxrl_vlm.training.checkpoint import Checkpointer
 
 
 def load_for_eval(config: mlc.ConfigDict, mesh=None) -> tuple[Any, Any]:
@@ -30,11 +31,33 @@ def load_checkpoint(config: mlc.ConfigDict, target: str | None, mesh=None) -> tu
 
     base_path = config_lib.resolve_model_path(config.model.path)
     target = target or base_path
-    if os.path.isdir(target) and not os.path.isfile(os.path.join(target, "config.json")):
+    if is_run_checkpoints(target):
         model = models_api.load(base_path, dtype=config.model.param_dtype, mesh=mesh)
         model.params = restore_params(config, model, target)
         return model, load_tokenizer(base_path)
     return models_api.load(target, dtype=config.model.param_dtype, mesh=mesh), load_tokenizer(target)
+
+
+def is_run_checkpoints(target: str) -> bool:
+    """Whether `target` is a run's orbax `checkpoints/` directory (not an HF directory or a .gguf file)."""
+    return os.path.isdir(target) and not os.path.isfile(os.path.join(target, "config.json"))
+
+
+def trained_tokens(target: str) -> int:
+    """Tokens the params of `target` were fine-tuned on by this project (D_init of a PPO run that starts from it):
+    an SFT run's checkpoints hold them ('tokens'); a PPO run's, its D_init + D_rl (its rollout-buffer compute is not
+    carried over); an HF directory or .gguf file counts as 0 (its fine-tuning is unknown here)."""
+    if not is_run_checkpoints(target):
+        return 0
+    checkpointer = Checkpointer(target, async_save=False)
+    step = checkpointer.latest_step()
+    metadata = {} if step is None else checkpointer.metadata(step)
+    checkpointer.close()
+    if step is None:
+        raise FileNotFoundError(f"no saved step in checkpoint directory {target!r}")
+    if "compute" in metadata:
+        return int(metadata["compute"]["init_tokens"]) + int(metadata["compute"]["train_tokens"])
+    return int(metadata.get("tokens", 0))
 
 
 def evaluate(config: mlc.ConfigDict, model: Any, tokenizer, *, params=None) -> dict[str, dict]:
