@@ -45,7 +45,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrl_vlm.config import base_config
-from jaxrl_vlm.envs.general_points import env as gp_env
 from jaxrl_vlm.envs.general_points import prompt_tokens, verifier
 from jaxrl_vlm.models import api, sampler
 from jaxrl_vlm.models.tokenizer import load_tokenizer

@@ -9,7 +9,6 @@ contents); the PPO rollout continues the KV cache instead. Episode success: some
 from __future__ import annotations
 
 import functools
-import math
 from typing import Any, Mapping, NamedTuple
 
 import jax
@@ -23,6 +22,8 @@ from jaxrl_vlm.envs.general_points.cards import CANVAS_SIZE, card_atlas, render_
 from jaxrl_vlm.envs.general_points.token_bytes import token_byte_table, tokens_to_bytes
 from jaxrl_vlm.models import api as models_api
 from jaxrl_vlm.models.sampler import lengths_without_stop
+from jaxrl_vlm.shapes import round_up
+from jaxrl_vlm.stats import binomial_stderr
 
 WIDTH_ROUNDING = 64
 FIRST_PROMPT_WIDTH = 4096  # assembled at this width, then cropped to the batch's longest prompt
@@ -44,15 +45,6 @@ def gp_splits(language_only: bool) -> dict[str, GPSplit]:
         return {"in_dist": GPSplit(True, False, "mixed"), "rule_ood": GPSplit(False, True, "mixed")}
     return {"in_dist": GPSplit(True, False, "black"), "rule_ood": GPSplit(False, True, "black"),
             "visual_ood": GPSplit(True, False, "red"), "recognition": GPSplit(True, False, "black", revise=False)}
-
-
-def binomial_stderr(p: float, n: int) -> float:
-    """sqrt(p (1 - p) / n)."""
-    return math.sqrt(max(p * (1.0 - p), 0.0) / max(n, 1))
-
-
-def _round_up(n: int, multiple: int = WIDTH_ROUNDING) -> int:
-    return -(-n // multiple) * multiple
 
 
 @functools.partial(jax.jit, static_argnames=("width",))
@@ -146,7 +138,7 @@ class GPEvaluator:
                 progress.update(1)
                 if turn + 1 == turns or bool(np.asarray(state.done).all()):
                     break
-                width = _round_up(conv.ids.shape[1] + max_new_tokens + 256)
+                width = round_up(conv.ids.shape[1] + max_new_tokens + 256, WIDTH_ROUNDING)
                 conv = _crop_left_padding(_revision(codec, conv, jnp.asarray(tokens), jnp.asarray(reply_len),
                                                     info["fragments"], info["num_fragments"], width))
                 overflow += int(np.asarray(conv.overflow)[:n].sum())
@@ -168,7 +160,7 @@ class GPEvaluator:
 def _crop_left_padding(conv: prompt_tokens.TokenBatch) -> prompt_tokens.TokenBatch:
     """Drop leading all-padding columns of a left-padded batch, keeping a width that is a multiple of 64 (few shapes,
     few compilations) so each turn's prefill costs what the conversations need, not the worst-case bound."""
-    width = min(conv.ids.shape[1], _round_up(int(np.asarray(conv.lengths).max())))
+    width = min(conv.ids.shape[1], round_up(int(np.asarray(conv.lengths).max()), WIDTH_ROUNDING))
     return prompt_tokens.TokenBatch(conv.ids[:, conv.ids.shape[1] - width:], conv.lengths, conv.overflow)
 
 

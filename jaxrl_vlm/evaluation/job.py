@@ -14,6 +14,28 @@ from jaxrl_vlm.evaluation.gp import GPEvaluator
 from jaxrl_vlm.models import api as models_api
 from jaxrl_vlm.models.tokenizer import load_tokenizer
 from jaxrl_vlm.training.checkpoint import Checkpointer
+from jaxrl_vlm.training.ppo_train import initial_ppo_state
+from jaxrl_vlm.training.sft import build_optimizer, mesh_of, place_on_mesh
+from jaxrl_vlm.training.sft_step import init_train_state
+
+
+def restore_params(config: mlc.ConfigDict, model: Any, directory: str) -> Any:
+    """Policy params of the newest checkpoint in `directory` (an SFT or a PPO run's), placed like model.params."""
+    checkpointer = Checkpointer(directory, async_save=False)
+    step = checkpointer.latest_step()
+    if step is None:
+        checkpointer.close()
+        raise FileNotFoundError(f"no saved step in checkpoint directory {directory!r}")
+    if "compute" in checkpointer.metadata(step):  # a PPO run: params {'policy', 'value'}
+        like, _ = initial_ppo_state(config, model)
+        state, _ = checkpointer.restore(step, like)
+        checkpointer.close()
+        return state.params["policy"]
+    tx, _ = build_optimizer(config, model.params)
+    like = place_on_mesh(init_train_state(model.params, tx), mesh_of(model))  # the saved layout, on the mesh
+    state, _ = checkpointer.restore(step, like)
+    checkpointer.close()
+    return state.params
 
 
 def load_for_eval(config: mlc.ConfigDict, mesh=None) -> tuple[Any, Any]:
@@ -27,8 +49,6 @@ def load_checkpoint(config: mlc.ConfigDict, target: str | None, mesh=None) -> tu
     target may be an HF directory, a .gguf file, or a run's orbax `checkpoints/` directory (SFT or PPO: its newest
     step's policy params are restored into the architecture of config.model.path).
     """
-    from jaxrl_vlm.training.sft import restore_params
-
     base_path = config_lib.resolve_model_path(config.model.path)
     target = target or base_path
     if is_run_checkpoints(target):

@@ -25,9 +25,9 @@ from jaxrl_vlm.envs.virl.evaluation import SPLITS, PolicyBatch, evaluate_virl, r
 from jaxrl_vlm.envs.virl.prompts import FEEDBACK_PREFIX
 from jaxrl_vlm.envs.virl.reader import load_route_set
 from jaxrl_vlm.envs.virl.verifier import BUDGET_EXHAUSTED_MESSAGE, FEEDBACK_MESSAGES
-from jaxrl_vlm.evaluation.gp import _round_up
 from jaxrl_vlm.models import api as models_api
 from jaxrl_vlm.models.sampler import lengths_without_stop
+from jaxrl_vlm.shapes import round_up
 
 # Verifier message of each PolicyBatch.feedback code 1..4 (0 is "Correct action.", 4 a forced failure).
 FEEDBACK_TEXTS = FEEDBACK_MESSAGES + (BUDGET_EXHAUSTED_MESSAGE,)
@@ -79,7 +79,7 @@ class VirlModelPolicy:
         self.temperature = temperature
         self.seed = seed
         self.template_kwargs = dict(template_kwargs or {})
-        self.reply_bytes = reply_bytes or max(1024, _round_up(4 * max_new_tokens, WIDTH_ROUNDING))
+        self.reply_bytes = reply_bytes or max(1024, round_up(4 * max_new_tokens, WIDTH_ROUNDING))
         self.conversations: dict[int, _Conversation] = {}
         self.calls = 0
 
@@ -129,7 +129,7 @@ class VirlModelPolicy:
 
     def _sample(self, ids: list[list[int]], images: np.ndarray | None, seed: int) -> list[str]:
         """Replies to left-padded prompts (one chunk of batch_size rows)."""
-        width = _round_up(max(len(x) for x in ids), WIDTH_ROUNDING)
+        width = round_up(max(len(x) for x in ids), WIDTH_ROUNDING)
         input_ids = np.full((len(ids), width), self.model.pad_id, np.int32)
         mask = np.zeros((len(ids), width), bool)
         for i, x in enumerate(ids):

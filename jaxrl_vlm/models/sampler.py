@@ -22,6 +22,7 @@ import numpy as np
 
 from jaxrl_vlm.models.layers import CACHE_SLOT_AXIS, KVCache
 from jaxrl_vlm.models.sharding import to_host
+from jaxrl_vlm.shapes import round_up
 
 CAPACITY_ROUNDING = 16
 
@@ -167,10 +168,6 @@ def prefill_and_decode(model: DecodeModel, params: Any, cache: KVCache, input_id
     return decode(model, params, cache, extra, logits, rng, temperature, top_p, eos_ids, pad_id, max_new_tokens)
 
 
-def _round_up(n: int, multiple: int) -> int:
-    return -(-n // multiple) * multiple
-
-
 def grow_cache(cache: KVCache, capacity: int) -> KVCache:
     """Cache with `capacity` slots (>= current), new slots empty and invalid; every array keeps its sharding."""
     extra = capacity - cache.capacity
@@ -210,7 +207,7 @@ def sample(model: DecodeModel, params: Any, input_ids: Any, attention_mask: Any,
     `capacity` reserves cache slots for later `extend` turns (default: prompt + max_new_tokens, rounded up).
     """
     batch, length = np.shape(input_ids)
-    needed = _round_up(length + max_new_tokens, CAPACITY_ROUNDING)
+    needed = round_up(length + max_new_tokens, CAPACITY_ROUNDING)
     cache = model.init_cache(batch, max(needed, capacity or 0))
     return _sample(model, params, cache, input_ids, attention_mask, extra, max_new_tokens, temperature, top_p,
                    seed, eos_ids, pad_id)
@@ -228,6 +225,6 @@ def extend(model: DecodeModel, params: Any, state: DecodeState, input_ids: Any, 
     cache = state.cache
     needed = int(to_host(cache.index)) + ids.shape[1] + max_new_tokens
     if needed > cache.capacity:
-        cache = grow_cache(cache, _round_up(needed, CAPACITY_ROUNDING))
+        cache = grow_cache(cache, round_up(needed, CAPACITY_ROUNDING))
     return _sample(model, params, cache, ids, mask, state.extra, max_new_tokens, temperature, top_p, seed, eos_ids,
                    pad_id)

@@ -14,6 +14,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jaxrl_vlm.shapes import round_up
+
 MESH_AXES: tuple[str, ...] = ("data", "fsdp", "tensor")
 
 LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
@@ -173,8 +175,7 @@ def pad_rows(x: Any, rows: int) -> np.ndarray:
 
 def padded_rows(rows: int, mesh_rules: MeshRules | None) -> int:
     """`rows` rounded up to a multiple of `batch_multiple(mesh_rules)`."""
-    multiple = batch_multiple(mesh_rules)
-    return -(-rows // multiple) * multiple
+    return round_up(rows, batch_multiple(mesh_rules))
 
 
 def to_host(x: Any) -> np.ndarray:

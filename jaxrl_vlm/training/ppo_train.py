@@ -36,6 +36,7 @@ from jaxrl_vlm.envs.general_points.cards import card_atlas, render_hands
 from jaxrl_vlm.envs.general_points.token_bytes import token_byte_table
 from jaxrl_vlm.evaluation.gp import GPEvaluator
 from jaxrl_vlm.models.sharding import to_host
+from jaxrl_vlm.shapes import round_up
 from jaxrl_vlm.training import rollout as rollout_lib
 from jaxrl_vlm.training.checkpoint import Checkpointer
 from jaxrl_vlm.training.flops import ComputeMeter, param_count
@@ -90,10 +91,6 @@ def ppo_hyper(config: mlc.ConfigDict) -> PPOHyper:
                     thought_coef=p.thought_coef, kl_coef=p.kl_coef, entropy_coef=p.entropy_coef)
 
 
-def _round_up(n: int, multiple: int = WIDTH_ROUNDING) -> int:
-    return -(-n // multiple) * multiple
-
-
 def compact_cross_attention_mask(ids: np.ndarray, image_token_id: int, aspect_ratio_mask: np.ndarray) -> np.ndarray:
     """transformers' cross_attention_mask int32[E, L, 1, tiles] of compact conversations int[E, L] holding one image
     each: the tokens from the <|image|> token on see the image's used tiles (aspect_ratio_mask int[E, 1, tiles])."""
@@ -126,7 +123,7 @@ class GPRolloutSource:
         longest = max(int(x) for x in jax.device_get(prompt_tokens.prompt_ids(
             self.codec, jnp.repeat(jnp.arange(1, 14, dtype=jnp.int32)[:, None], 4, axis=1), width=4096).lengths))
         self.shapes = rollout_lib.RolloutShapes(
-            turns=task.verify_iter, max_new_tokens=ppo.max_new_tokens, prompt_width=_round_up(longest, 16),
+            turns=task.verify_iter, max_new_tokens=ppo.max_new_tokens, prompt_width=round_up(longest, 16),
             suffix_width=rollout_lib.suffix_width(self.codec, ppo.feedback_tokens))
         self.policy = policy
         self._reset = jax.jit(functools.partial(_reset_and_prompt, width=self.shapes.prompt_width,
@@ -227,7 +224,7 @@ def train_ppo(config: mlc.ConfigDict, model: Any, tokenizer, *, init_tokens: int
                                        shapes=source.shapes, pad_id=model.pad_id)
         lengths = to_host(jnp.sum(episodes.slot_valid, axis=1))
         rollout_s = time.perf_counter() - clock
-        width = min(_round_up(int(lengths.max())), source.shapes.capacity)
+        width = min(round_up(int(lengths.max()), WIDTH_ROUNDING), source.shapes.capacity)
         ids, mask = _compact(episodes.slot_tokens, episodes.slot_valid, width=width, pad_id=model.pad_id)
         batch_vision = None
         if vision is not None:

@@ -16,7 +16,6 @@ import time
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import ml_collections as mlc
 import numpy as np
 from jax.experimental import multihost_utils
@@ -150,27 +149,6 @@ def build_optimizer(config: mlc.ConfigDict, params: Any):
 def checkpoint_dir(config: mlc.ConfigDict) -> str:
     """Where a run keeps its orbax checkpoints."""
     return os.path.join(config.out_dir, "checkpoints")
-
-
-def restore_params(config: mlc.ConfigDict, model: Any, directory: str) -> Any:
-    """Policy params of the newest checkpoint in `directory` (an SFT or a PPO run's), placed like model.params."""
-    checkpointer = Checkpointer(directory, async_save=False)
-    step = checkpointer.latest_step()
-    if step is None:
-        checkpointer.close()
-        raise FileNotFoundError(f"no saved step in checkpoint directory {directory!r}")
-    if "compute" in checkpointer.metadata(step):  # a PPO run: params {'policy', 'value'}
-        from jaxrl_vlm.training.ppo_train import initial_ppo_state
-
-        like, _ = initial_ppo_state(config, model)
-        state, _ = checkpointer.restore(step, like)
-        checkpointer.close()
-        return state.params["policy"]
-    tx, _ = build_optimizer(config, model.params)
-    like = place_on_mesh(init_train_state(model.params, tx), mesh_of(model))  # the saved layout, on the mesh
-    state, _ = checkpointer.restore(step, like)
-    checkpointer.close()
-    return state.params
 
 
 def mesh_of(model: Any) -> Mesh:

@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -21,6 +20,7 @@ import numpy as np
 
 from jaxrl_vlm.envs.virl.env import VirlConfig, VirlEnv, VirlParams, VirlState, build_params, prompt_length_bound
 from jaxrl_vlm.envs.virl.observation import PanoramaStore
+from jaxrl_vlm.stats import binomial_stderr
 from jaxrl_vlm.envs.virl.prompt_tokens import Encode
 from jaxrl_vlm.envs.virl.rails import RouteTemplate, route_template
 from jaxrl_vlm.envs.virl.reader import RouteSet, load_route_set
@@ -84,12 +84,6 @@ def replies_to_bytes(replies: Sequence[str], max_bytes: int) -> tuple[np.ndarray
     return out, lens
 
 
-def binomial_se(successes: int, trials: int) -> float:
-    """Standard error sqrt(p (1 - p) / n) of a rate (0 when n = 0)."""
-    if trials == 0:
-        return 0.0
-    p = successes / trials
-    return math.sqrt(p * (1 - p) / trials)
 
 
 @dataclasses.dataclass
@@ -145,8 +139,8 @@ class VirlEvaluator:
         success = host.is_success & host.done
         steps, correct = int(host.num_steps.sum()), int(host.num_correct.sum())
         return {"num_episodes": n, "success_rate": float(success.mean()),
-                "success_se": binomial_se(int(success.sum()), n), "num_steps": steps,
-                "per_step_accuracy": correct / max(steps, 1), "per_step_se": binomial_se(correct, steps),
+                "success_se": binomial_stderr(float(success.mean()) if n else 0.0, n), "num_steps": steps,
+                "per_step_accuracy": correct / max(steps, 1), "per_step_se": binomial_stderr(correct / max(steps, 1), steps),
                 "routes": host.route.tolist()}
 
 
