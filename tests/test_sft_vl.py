@@ -103,3 +103,20 @@ def test_default_sft_trains_vision_and_projector(tmp_path, tiny_mllama):
     unchanged = sorted(k for k in before if np.array_equal(after[k], before[k]))
     assert all("tile" in k and "embed" in k for k in unchanged), unchanged
     assert len(unchanged) < len(before) // 4
+
+
+@pytest.mark.parametrize("setting,frozen", [("all", set()), ("freeze_vision", {"vision"}),
+                                            ("freeze_vision_and_projector", {"vision", "projector"})])
+def test_trainable_settings_freeze_exactly_their_parts(tiny_mllama, setting, frozen):
+    """Each sft.trainable setting's optimizer mask over the real Mllama params: the named parts frozen, every other
+    leaf (language model, cross-attention, embeddings) trained; catches freeze_vision also freezing the projector or
+    a pattern that misses or over-matches a part."""
+    from jaxrl_vlm.models import api
+    from jaxrl_vlm.training.optim import trainable_mask
+    from jaxrl_vlm.training.sft import FROZEN_PATTERNS
+
+    params = api.load(tiny_mllama[0]).params
+    mask = trainable_mask(params, FROZEN_PATTERNS[setting])
+    assert {"vision", "projector"} <= set(params) and len(params) > 2
+    for part, tree in mask.items():
+        assert set(jax.tree.leaves(tree)) == {part not in frozen}, part
