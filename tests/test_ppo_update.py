@@ -67,7 +67,9 @@ def run_update(checkpoint, host_batch, mesh=None, **overrides):
 def test_first_step_has_unit_ratio_and_zero_lr_changes_nothing(tiny_checkpoint, host_batch):
     before, state, metrics, *_ = run_update(tiny_checkpoint, host_batch, ppo__lr=0.0, ppo__epochs=1,
                                             ppo__minibatches=1)
-    assert abs(metrics["approx_kl"]) < 1e-6 and metrics["clip_fraction"] == 0.0
+    # old and new log-probs are float32 sums of ~100 nats per reply, computed in different batch shapes (chunked
+    # scoring vs the loss's pass): they agree to float32 rounding, measured |approx_kl| up to 1.2e-6
+    assert abs(metrics["approx_kl"]) < 1e-5 and metrics["clip_fraction"] == 0.0
     assert metrics["turns"] == host_batch.turn_valid.sum() > 8
     assert np.isfinite(metrics["value_loss"]) and metrics["grad_norm"] > 0
     for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(state.params)):
