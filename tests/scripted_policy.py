@@ -27,14 +27,6 @@ from jaxrl_vlm.envs.general_points.card_art import CARD_HEIGHT, CARD_WIDTH
 from jaxrl_vlm.envs.general_points.cards import CANVAS_SIZE, CARD_XS, CARD_Y, card_atlas
 from jaxrl_vlm.envs.general_points.solver import solutions
 from jaxrl_vlm.models.layers import KVCache
-
-# A ChatML template that places an image placeholder for an image content part (SmolLM2's own is text-only).
-MULTIMODAL_CHATML = (
-    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' }}"
-    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
-    "{% for part in message['content'] %}{% if part['type'] == 'image' %}{{ '<|image|>' }}"
-    "{% else %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}{{ '<|im_end|>\\n' }}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
 IMAGE_PLACEHOLDER = "<|image|>"
 GEN_PROMPT = "<|im_start|>assistant\n"
 
@@ -92,6 +84,24 @@ def scripted_reply(kind: str, ranks, face_cards_as_10: bool) -> str:
     return reply
 
 
+def token_cache(batch: int, capacity: int) -> KVCache:
+    """A `KVCache` that stores the token id written to each slot (in k[0, b, slot, 0, 0]) instead of keys/values."""
+    return KVCache(k=jnp.zeros((1, batch, capacity, 1, 1), jnp.int32), v=jnp.zeros((1, batch, capacity, 1, 1)),
+                   valid=jnp.zeros((batch, capacity), bool), next_pos=jnp.zeros((batch,), jnp.int32),
+                   index=jnp.zeros((), jnp.int32))
+
+
+def write_tokens(cache: KVCache, input_ids: jax.Array, token_mask: jax.Array) -> tuple[KVCache, jax.Array]:
+    """Append a chunk int32[B, T] to a `token_cache` as a decoder step does; returns the cache and every slot's id
+    int32[B, S] (-1 where the slot is not valid)."""
+    k = jax.lax.dynamic_update_slice(cache.k, input_ids[None, :, :, None, None].astype(jnp.int32),
+                                     (0, 0, cache.index, 0, 0))
+    valid = jax.lax.dynamic_update_slice(cache.valid, token_mask.astype(bool), (0, cache.index))
+    cache = KVCache(k, cache.v, valid, cache.next_pos + token_mask.sum(1, dtype=jnp.int32),
+                    cache.index + input_ids.shape[1])
+    return cache, jnp.where(valid, k[0, :, :, 0, 0], -1)
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class ScriptedDecoder:
     """A `sampler.DecodeModel` whose cache holds token ids (cache.k[0, b, slot]) and whose logits force the host's
@@ -105,18 +115,12 @@ class ScriptedDecoder:
         return params
 
     def init_cache(self, batch: int, capacity: int) -> KVCache:
-        return KVCache(k=jnp.zeros((1, batch, capacity, 1, 1), jnp.int32), v=jnp.zeros((1, batch, capacity, 1, 1)),
-                       valid=jnp.zeros((batch, capacity), bool), next_pos=jnp.zeros((batch,), jnp.int32),
-                       index=jnp.zeros((), jnp.int32))
+        return token_cache(batch, capacity)
 
     def step(self, params, input_ids, token_mask, cache, extra):
         del params
-        batch, t = input_ids.shape
-        k = jax.lax.dynamic_update_slice(cache.k, input_ids[None, :, :, None, None].astype(jnp.int32),
-                                         (0, 0, cache.index, 0, 0))
-        valid = jax.lax.dynamic_update_slice(cache.valid, token_mask.astype(bool), (0, cache.index))
-        cache = KVCache(k, cache.v, valid, cache.next_pos + token_mask.sum(1, dtype=jnp.int32), cache.index + t)
-        ids = jnp.where(valid, k[0, :, :, 0, 0], -1)
+        batch = input_ids.shape[0]
+        cache, ids = write_tokens(cache, input_ids, token_mask)
         cards = jnp.full((batch, 4, 2), -1, jnp.int32) if extra is None else extra
         forced = jax.pure_callback(self.host.next_tokens, jax.ShapeDtypeStruct((batch,), jnp.int32), ids, cards)
         return jax.nn.one_hot(forced, self.vocab, dtype=jnp.float32) * 100.0, cache

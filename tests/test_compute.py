@@ -26,7 +26,8 @@ def expert_example_tokens(data_dir: str, config_name: str, num_examples: int, se
     source = build_expert_dataset(data_dir, config_name, num_examples, seed).as_data_source()["train"]
     counts = []
     for i in range(len(source)):
-        text = {k: v.decode() if isinstance(v, bytes) else v for k, v in source[i].items() if k in ("prompt", "response")}
+        text = {k: v.decode() if isinstance(v, bytes) else v
+                for k, v in source[i].items() if k in ("prompt", "response")}
         rendered = tokenizer.apply_chat_template([{"role": "user", "content": text["prompt"]},
                                                   {"role": "assistant", "content": text["response"]}], tokenize=False)
         counts.append(len(tokenizer(rendered, add_special_tokens=False)["input_ids"]))

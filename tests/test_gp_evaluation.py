@@ -15,8 +15,8 @@ import pytest
 from jaxrl_vlm.evaluation.gp import GPEvaluator
 from jaxrl_vlm.envs.general_points.sampling import SUITS
 
-from scripted_policy import (MEMORISED_OOD_REWARD, MULTIMODAL_CHATML, REPLY_REWARDS, ScriptedPolicyModel,
-                             host_feedback, scripted_reply)
+from scripted_policy import MEMORISED_OOD_REWARD, REPLY_REWARDS, ScriptedPolicyModel, host_feedback, scripted_reply
+from tiny_models import MULTIMODAL_CHATML  # ChatML with an image placeholder (SmolLM2's own is text-only)
 
 BATCH, EPISODES, MAX_NEW = 8, 10, 80  # the longest scripted reply is under 70 tokens with its EOS
 # The spec's splits (§5) and the suits each shows (§1): GP-VL trains on black suits, visual OOD shows red ones.
@@ -180,8 +180,8 @@ def test_recognition_split_asks_one_reply_per_episode(evaluators):
 def test_memorising_policy_fails_rule_ood(evaluators, mode):
     """A policy that always counts J/Q/K as 10 succeeds on every in-distribution episode and on no rule-OOD one
     (every OOD hand holds a face card, so its formula uses 10 more often than the hand holds it and leaves the face
-    value unused: -2 - 2 per reply, spec §4.5). Catches the env stepped with rule-OOD params scoring face cards as 10, OOD hands drawn without
-    a face card, and (GP-VL) the OOD rule lost with the VL params."""
+    value unused: -2 - 2 per reply, spec §4.5). Catches the env stepped with rule-OOD params scoring face cards as
+    10, OOD hands drawn without a face card, and (GP-VL) the OOD rule lost with the VL params."""
     memorised = lambda conv: "memorised"
     result, _ = evaluate(evaluators, mode, "in_dist", memorised)
     check(result, {"success": 1.0, "mean_reward": REPLY_REWARDS["correct"]})

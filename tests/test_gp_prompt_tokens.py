@@ -223,7 +223,8 @@ def test_overflow_flag_and_jit(smollm2):
 def test_first_prompt_ids_are_the_tokenizers_own(vocabulary, smollm2, llama3):
     """The assembled GP-L prompt ids equal the tokenizer's ids of the whole rendered prompt (what SFT data and the
     reference feed the model), not only the same text: fails when a piece boundary cuts a pre-token, e.g. the
-    'Cards: ' / \"['\" cut, which every prompt had (' ', \"['\" instead of \" ['\"; Llama 3 also merges \"']\\n\\n\")."""
+    'Cards: ' / \"['\" cut, which every prompt had (' ', \"['\" instead of \" ['\"; Llama 3 also merges
+    \"']\\n\\n\")."""
     tokenizer, kwargs = (smollm2, {}) if vocabulary == "smollm2" else (llama3, DATE)
     if vocabulary == "llama3":
         llama3.chat_template = LLAMA32_TEMPLATE

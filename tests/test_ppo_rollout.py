@@ -13,6 +13,7 @@ from jaxrl_vlm.envs.general_points.solver import solutions
 from jaxrl_vlm.envs.general_points.token_bytes import token_byte_table
 from jaxrl_vlm.models.layers import KVCache
 from jaxrl_vlm.training import rollout as rollout_lib
+from scripted_policy import token_cache, write_tokens
 
 TURNS, MAX_NEW = 3, 64
 
@@ -32,18 +33,12 @@ class ScriptedDecoder:
         return params
 
     def init_cache(self, batch: int, capacity: int) -> KVCache:
-        return KVCache(k=jnp.zeros((1, batch, capacity, 1, 1), jnp.int32), v=jnp.zeros((1, batch, capacity, 1, 1)),
-                       valid=jnp.zeros((batch, capacity), bool), next_pos=jnp.zeros((batch,), jnp.int32),
-                       index=jnp.zeros((), jnp.int32))
+        return token_cache(batch, capacity)
 
     def step(self, params, input_ids, token_mask, cache, extra):
         del params
-        t = input_ids.shape[1]
-        k = jax.lax.dynamic_update_slice(cache.k, input_ids[None, :, :, None, None].astype(jnp.int32),
-                                         (0, 0, cache.index, 0, 0))
-        valid = jax.lax.dynamic_update_slice(cache.valid, token_mask.astype(bool), (0, cache.index))
-        cache = KVCache(k, cache.v, valid, cache.next_pos + token_mask.sum(1, dtype=jnp.int32), cache.index + t)
-        ids = jnp.where(valid, k[0, :, :, 0, 0], -1)
+        cache, ids = write_tokens(cache, input_ids, token_mask)
+        valid = cache.valid
         order = jnp.argsort(~valid, axis=1, stable=True)
         history = jnp.take_along_axis(ids, order, axis=1)
         count = valid.sum(1)

@@ -9,6 +9,7 @@ import types
 
 import numpy as np
 import pytest
+from tiny_models import MULTIMODAL_CHATML
 from virl_routes import write_small_city
 
 from jaxrl_vlm import config as config_lib
@@ -27,13 +28,6 @@ WRONG_REPLIES = {  # reply -> the verifier's message (no landmark text of the te
         "you are not at any intersection. Please avoid this observation and try again in the same format:"
         + FORMAT_BLOCK,
 }
-# ChatML as SmolLM2's, with an image placeholder for image parts.
-MULTIMODAL_CHATML = (
-    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' }}"
-    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
-    "{% for part in message['content'] %}{% if part['type'] == 'image' %}{{ '<|image|>' }}"
-    "{% else %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}{{ '<|im_end|>\\n' }}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
 
 
 @pytest.fixture(scope="module")
