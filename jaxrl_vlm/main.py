@@ -42,8 +42,9 @@ def run_ppo_job(config) -> dict:
 
     init = config.ppo.init
     mesh = build_mesh(config.mesh)
-    model, tokenizer = job.load_checkpoint(config, None if init in ("", config_lib.PPO_INIT_BASE) else init, mesh)
-    init_tokens = 0 if init in ("", config_lib.PPO_INIT_BASE) else job.trained_tokens(init)
+    target = None if init in ("", config_lib.PPO_INIT_BASE) else init
+    model, tokenizer = job.load_checkpoint(config, target, mesh)
+    init_tokens = 0 if target is None else job.trained_tokens(target)
     if init == "":
         warm = config.copy_and_resolve_references()
         warm.out_dir = os.path.join(config.out_dir, "sft_warm_start")

@@ -19,13 +19,19 @@ from jaxrl_vlm.training.sft import build_optimizer, mesh_of, place_on_mesh
 from jaxrl_vlm.training.sft_step import init_train_state
 
 
-def restore_params(config: mlc.ConfigDict, model: Any, directory: str) -> Any:
-    """Policy params of the newest checkpoint in `directory` (an SFT or a PPO run's), placed like model.params."""
+def _open_newest(directory: str) -> tuple[Checkpointer, int]:
+    """(a Checkpointer on a run's `checkpoints/` directory, its newest step); FileNotFoundError without one."""
     checkpointer = Checkpointer(directory, async_save=False)
     step = checkpointer.latest_step()
     if step is None:
         checkpointer.close()
         raise FileNotFoundError(f"no saved step in checkpoint directory {directory!r}")
+    return checkpointer, step
+
+
+def restore_params(config: mlc.ConfigDict, model: Any, directory: str) -> Any:
+    """Policy params of the newest checkpoint in `directory` (an SFT or a PPO run's), placed like model.params."""
+    checkpointer, step = _open_newest(directory)
     if "compute" in checkpointer.metadata(step):  # a PPO run: params {'policy', 'value'}
         like, _ = initial_ppo_state(config, model)
         state, _ = checkpointer.restore(step, like)
@@ -69,12 +75,9 @@ def trained_tokens(target: str) -> int:
     carried over); an HF directory or .gguf file counts as 0 (its fine-tuning is unknown here)."""
     if not is_run_checkpoints(target):
         return 0
-    checkpointer = Checkpointer(target, async_save=False)
-    step = checkpointer.latest_step()
-    metadata = {} if step is None else checkpointer.metadata(step)
+    checkpointer, step = _open_newest(target)
+    metadata = checkpointer.metadata(step)
     checkpointer.close()
-    if step is None:
-        raise FileNotFoundError(f"no saved step in checkpoint directory {target!r}")
     if "compute" in metadata:
         return int(metadata["compute"]["init_tokens"]) + int(metadata["compute"]["train_tokens"])
     return int(metadata.get("tokens", 0))

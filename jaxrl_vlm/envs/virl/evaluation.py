@@ -20,10 +20,10 @@ import numpy as np
 
 from jaxrl_vlm.envs.virl.env import VirlConfig, VirlEnv, VirlParams, VirlState, build_params, prompt_length_bound
 from jaxrl_vlm.envs.virl.observation import PanoramaStore
-from jaxrl_vlm.stats import binomial_stderr
 from jaxrl_vlm.envs.virl.prompt_tokens import Encode
 from jaxrl_vlm.envs.virl.rails import RouteTemplate, route_template
 from jaxrl_vlm.envs.virl.reader import RouteSet, load_route_set
+from jaxrl_vlm.stats import binomial_stderr
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,8 +84,6 @@ def replies_to_bytes(replies: Sequence[str], max_bytes: int) -> tuple[np.ndarray
     return out, lens
 
 
-
-
 @dataclasses.dataclass
 class VirlEvaluator:
     """Jitted batched env functions for one configuration (reuse across calls to avoid recompiling)."""
@@ -138,9 +136,10 @@ class VirlEvaluator:
         host = jax.device_get(state)
         success = host.is_success & host.done
         steps, correct = int(host.num_steps.sum()), int(host.num_correct.sum())
+        success_rate, step_accuracy = float(success.mean()) if n else 0.0, correct / max(steps, 1)
         return {"num_episodes": n, "success_rate": float(success.mean()),
-                "success_se": binomial_stderr(float(success.mean()) if n else 0.0, n), "num_steps": steps,
-                "per_step_accuracy": correct / max(steps, 1), "per_step_se": binomial_stderr(correct / max(steps, 1), steps),
+                "success_se": binomial_stderr(success_rate, n), "num_steps": steps,
+                "per_step_accuracy": step_accuracy, "per_step_se": binomial_stderr(step_accuracy, steps),
                 "routes": host.route.tolist()}
 
 
