@@ -28,7 +28,8 @@ def initialize() -> None:
 
 def start_job(config) -> None:
     """What every entry point does first: quiet library INFO logs, validate the config (before any compilation),
-    then join the other processes of a multi-host run when config.distributed is set."""
+    join the other processes of a multi-host run when config.distributed is set, then build the inputs a job makes
+    on first use (V-IRL's synthetic cities for empty route directories, `envs.virl.cities`)."""
     from absl import logging
 
     from jaxrl_vlm import config as config_lib
@@ -37,3 +38,7 @@ def start_job(config) -> None:
     config_lib.validate(config)
     if config.distributed:
         initialize()
+    if config.task.name == "virl":
+        from jaxrl_vlm.envs.virl.cities import resolve_route_dirs
+
+        resolve_route_dirs(config)

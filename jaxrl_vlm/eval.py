@@ -5,7 +5,7 @@ from absl import app
 from ml_collections import config_flags
 
 from jaxrl_vlm.distributed import start_job
-from jaxrl_vlm.evaluation import job
+from jaxrl_vlm import job
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Job config file (configs/*.py).", lock_config=True)
 

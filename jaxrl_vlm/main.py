@@ -14,7 +14,7 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Job config file (conf
 
 def run_sft_job(config) -> dict:
     """SFT, with evaluation of the initial and the trained model on the configured splits."""
-    from jaxrl_vlm.evaluation import job
+    from jaxrl_vlm import job
     from jaxrl_vlm.training.sft import train_sft
 
     from jaxrl_vlm.training.sft import build_mesh
@@ -34,10 +34,9 @@ def run_ppo_job(config) -> dict:
     """PPO from an SFT warm start (or ppo.init), with ID/OOD evaluation before, during and after; writes
     results.json, success_vs_gflops.png, checkpoints and (checkpoint.export_hf) hf_export/."""
     from jaxrl_vlm import config as config_lib
-    from jaxrl_vlm.evaluation import job
+    from jaxrl_vlm import job
     from jaxrl_vlm.evaluation.plots import plot_success_vs_compute
     from jaxrl_vlm.models import api as models_api
-    from jaxrl_vlm.training.ppo_train import train_ppo
     from jaxrl_vlm.training.sft import build_mesh, train_sft
 
     init = config.ppo.init
@@ -51,7 +50,7 @@ def run_ppo_job(config) -> dict:
         warm.checkpoint.export_hf = False
         summary, sft_state = train_sft(warm, model=model, tokenizer=tokenizer)
         model.params, init_tokens = sft_state.params, summary["tokens"]
-    out = train_ppo(config, model, tokenizer, init_tokens=init_tokens)
+    out = job.train_ppo(config, model, tokenizer, init_tokens=init_tokens)
     before, after = out["history"][0], out["history"][-1]
     results = {"before_ppo": before, "after_ppo": after, "history": out["history"], "compute": out["compute"]}
     if jax.process_index() == 0:
@@ -75,7 +74,7 @@ def main(argv) -> None:
     if config.job == "sft":
         run_sft_job(config)
     elif config.job == "eval":
-        from jaxrl_vlm.evaluation.job import run_eval
+        from jaxrl_vlm.job import run_eval
 
         run_eval(config)
     else:

@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 
 from jaxrl_vlm import config as config_lib
-from jaxrl_vlm.evaluation import job
-from jaxrl_vlm.training.ppo_train import train_ppo
+from jaxrl_vlm import job
 from tiny_models import save_tiny_gp_mllama
 
 
@@ -73,7 +72,7 @@ def straight_config(out_dir, checkpoint):
 def straight_run(tmp_path_factory, tiny_checkpoint):
     """(train_ppo's output, out_dir, episodes of every update as host arrays): one uninterrupted run, with the
     rollouts recorded on the way so the tests can count its tokens by hand."""
-    from jaxrl_vlm.training import rollout as rollout_lib
+    from jaxrl_vlm import rollout as rollout_lib
 
     out_dir = tmp_path_factory.mktemp("ppo_straight")
     config = straight_config(out_dir, tiny_checkpoint)
@@ -83,12 +82,14 @@ def straight_run(tmp_path_factory, tiny_checkpoint):
 
     def recording_rollout(*args, **kwargs):
         episodes = real_rollout(*args, **kwargs)
-        recorded.append({k: np.asarray(v) for k, v in episodes._asdict().items() if k != "slot_tokens"})
+        recorded.append({k: np.asarray(v)[:, 0] for k, v in episodes._asdict().items()  # GP: one conversation
+                         if k not in ("slot_tokens", "counts", "state", "success", "overflow")})
+        recorded[-1].update(success=np.asarray(episodes.success), overflow=np.asarray(episodes.overflow))
         return episodes
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(rollout_lib, "rollout", recording_rollout)
-        out = train_ppo(config, model, tokenizer)
+        out = job.train_ppo(config, model, tokenizer)
     assert len(recorded) == config.ppo.updates
     return out, out_dir, recorded
 
@@ -99,10 +100,10 @@ def test_kill_and_resume_is_bitwise_equal(tmp_path, tiny_checkpoint, straight_ru
     straight, straight_dir, _ = straight_run
     resumed_config = straight_config(tmp_path / "resumed", tiny_checkpoint)
     model, tokenizer = job.load_checkpoint(resumed_config, None)
-    first = train_ppo(resumed_config, model, tokenizer, stop_after_update=1)
+    first = job.train_ppo(resumed_config, model, tokenizer, stop_after_update=1)
     assert first["updates"] == 1
     model, tokenizer = job.load_checkpoint(resumed_config, None)
-    resumed = train_ppo(resumed_config, model, tokenizer)
+    resumed = job.train_ppo(resumed_config, model, tokenizer)
     for a, b in zip(jax.tree.leaves(straight["params"]), jax.tree.leaves(resumed["params"])):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     rows_a, rows_b = metrics(straight_dir), metrics(tmp_path / "resumed")
@@ -261,7 +262,7 @@ def test_gp_vl_ppo_on_tiny_mllama(tmp_path):
     config.eval.splits = "in_dist,visual_ood"
     model, tokenizer = job.load_checkpoint(config, None)
     vision_before = np.asarray(jax.tree.leaves(model.params["vision"])[0]).copy()
-    out = train_ppo(config, model, tokenizer)
+    out = job.train_ppo(config, model, tokenizer)
     assert out["updates"] == 1
     assert set(out["final"]) == {"in_dist", "visual_ood"}
     row = metrics(tmp_path / "run")[0]

@@ -57,7 +57,7 @@ def test_loss_falls_and_exports(tmp_path, tiny_checkpoint, data_dir):
     non-padding tokens of the examples trained on (re-tokenised by transformers), and the checkpoint restored through
     eval.checkpoint is the trained model bitwise, not the base. Catches padding or a micro-batch miscounted, and a
     restore that returns the base weights."""
-    from jaxrl_vlm.evaluation import job
+    from jaxrl_vlm import job
     from test_compute import expert_example_tokens, gflops, hf_num_parameters
 
     config = sft_config(tmp_path, tiny_checkpoint, data_dir, sft__steps=12, checkpoint__every=12,

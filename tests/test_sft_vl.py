@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from jaxrl_vlm import config as config_lib
-from jaxrl_vlm.evaluation import job
+from jaxrl_vlm import job
 from jaxrl_vlm.training.sft import train_sft
 from tiny_models import save_tiny_gp_mllama
 

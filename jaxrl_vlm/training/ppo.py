@@ -4,15 +4,16 @@
 1. score every reply with the current params (teacher forcing over the whole conversation): the reply log-prob
    (temperature-scaled, thought/action split, `ppo_math.reply_logprob`) and the value at the last prompt token;
    these are the old log-probs and values, as the reference scores right after generating;
-2. GAE (gamma, lambda) per episode, time-major over turns, with the episode's end terminal; advantages normalised
+2. GAE (gamma, lambda) per episode over its transitions in time order (one per reply, across the episode's
+   conversations: a V-IRL route has one per route point), with the episode's end terminal; advantages normalised
    over the valid turns of the batch;
-3. `epochs` passes over the episodes, each shuffled and cut into `minibatches`; one optimizer step per mini-batch,
-   its gradient accumulated exactly over `micro_batches` (a scan) to bound activation memory.
+3. `epochs` passes over the conversations, each shuffled and cut into `minibatches`; one optimizer step per
+   mini-batch, its gradient accumulated exactly over `micro_batches` (a scan) to bound activation memory.
 
 Fidelity decisions (the reference: mini-batches of one transition, 128 accumulated per optimizer step):
-- A sample is an episode, not a transition: the turns of one episode share one forward pass over the conversation
-  (each turn's reply is scored in the context it was sampled in), so they always fall in the same mini-batch. The loss
-  is the mean over the valid turns of a mini-batch, as the reference's mean over its 128 accumulated transitions.
+- A sample is a conversation, not a transition: the turns of one conversation share one forward pass (each turn's
+  reply is scored in the context it was sampled in), so they always fall in the same mini-batch. The loss is the
+  mean over the valid turns of a mini-batch, as the reference's mean over its 128 accumulated transitions.
 - The episode's last turn is terminal (no bootstrap): batches hold whole episodes, so there is no next episode to
   bootstrap into (the reference's GAE bootstraps across episode boundaries, training.md §4.3).
 - Optional KL penalty to a reference policy (kl_coef * the k3 estimate `ppo_math.kl_penalty` over turns, logged
@@ -55,12 +56,14 @@ class PPOHyper:
 
 
 class PPOBatch(NamedTuple):
-    """E episodes of up to T turns (replies of up to N tokens), conversations right-padded to L tokens.
+    """E conversations of up to T turns (replies of up to N tokens), right-padded to L tokens.
 
     ids int32[E, L], mask bool[E, L]; reply_tokens int32[E, T, N]; reply_len, reply_start int32[E, T];
     turn_valid bool[E, T]; reward float32[E, T]; vision: None or Mllama arrays with leading E (pixel_values,
     aspect_ratio_ids, aspect_ratio_mask, cross_attention_mask int32[E, L, M, tiles]); ref_logp: float32[E, T]
-    reply log-probs under the reference policy (only when kl_coef > 0), else None.
+    reply log-probs under the reference policy (only when kl_coef > 0), else None; episode: int32[E] the episode of
+    each conversation (rows of an episode consecutive, in time order: GAE runs over them) or None (one conversation
+    per episode).
     """
 
     ids: jax.Array
@@ -72,6 +75,7 @@ class PPOBatch(NamedTuple):
     reward: jax.Array
     vision: Any = None
     ref_logp: Any = None
+    episode: Any = None
 
 
 class ReplyScores(NamedTuple):
@@ -119,20 +123,30 @@ def score_replies(policy: PolicyModel, params: dict[str, Any], batch: PPOBatch, 
     return ReplyScores(logp.reshape(e, t), value.reshape(e, t), entropy.reshape(e, t))
 
 
-def episode_dones(turn_valid: jax.Array) -> jax.Array:
-    """bool[E, T]: the turn ends its episode (its last valid turn), or lies past the end."""
-    following = jnp.concatenate([turn_valid[:, 1:], jnp.zeros_like(turn_valid[:, :1])], axis=1)
-    return ~following | ~turn_valid
+def advantages_and_returns(reward: jax.Array, value: jax.Array, turn_valid: jax.Array, episode: jax.Array | None,
+                           gamma: float, lam: float) -> tuple[jax.Array, jax.Array]:
+    """GAE over each episode's transitions (float32[E, T] in, float32[E, T] advantages and returns out).
 
-
-def advantages_and_returns(reward: jax.Array, value: jax.Array, turn_valid: jax.Array, gamma: float,
-                           lam: float) -> tuple[jax.Array, jax.Array]:
-    """GAE over the turns of each episode (float32[E, T] in, float32[E, T] advantages and returns out); the
-    advantages are normalised over the valid turns; invalid turns get 0."""
-    valid = turn_valid.astype(jnp.float32)
-    adv, ret = ppo_math.gae((reward * valid).T, (value * valid).T, episode_dones(turn_valid).T,
-                            jnp.zeros((reward.shape[0],), jnp.float32), gamma=gamma, lam=lam)
-    return ppo_math.normalize_advantages(adv.T, turn_valid), ret.T * valid
+    Rows are conversations in episode order (episode int32[E]: the episode of each row, rows of one episode
+    consecutive and in time order; None: every row is its own episode); an episode's transitions are its rows'
+    valid turns, in row-major order, and its last one is terminal. Advantages are normalised over the valid turns;
+    invalid turns get 0.
+    """
+    e, t = reward.shape
+    episode = jnp.arange(e, dtype=jnp.int32) if episode is None else episode
+    valid = turn_valid.reshape(-1)
+    order = jnp.argsort(~valid, stable=True)  # valid transitions first, in time order
+    owner = jnp.repeat(episode, t)[order]
+    live = valid[order]
+    following_owner = jnp.concatenate([owner[1:], jnp.full((1,), -1, owner.dtype)])
+    following_live = jnp.concatenate([live[1:], jnp.zeros((1,), bool)])
+    dones = ~live | ~following_live | (following_owner != owner)
+    flat = lambda x: (x.reshape(-1) * valid)[order][:, None]
+    adv, ret = ppo_math.gae(flat(reward), flat(value), dones[:, None], jnp.zeros((1,), jnp.float32), gamma=gamma,
+                            lam=lam)
+    unsort = lambda x: jnp.zeros((e * t,), jnp.float32).at[order].set(x[:, 0]).reshape(e, t)
+    adv, ret = unsort(adv), unsort(ret)
+    return ppo_math.normalize_advantages(adv, turn_valid), ret * turn_valid
 
 
 def _split(tree: Any, parts: int) -> Any:
@@ -203,8 +217,8 @@ def make_ppo_update(policy: PolicyModel, tx: optax.GradientTransformation, hyper
         num_episodes = batch.ids.shape[0]
         chunks = hyper.minibatches * hyper.micro_batches
         old = _score_in_chunks(policy, state.params, batch, pattern, hyper, chunks)
-        advantages, returns = advantages_and_returns(batch.reward, old.value, batch.turn_valid, hyper.gamma,
-                                                     hyper.lam)
+        advantages, returns = advantages_and_returns(batch.reward, old.value, batch.turn_valid, batch.episode,
+                                                     hyper.gamma, hyper.lam)
         data = {"batch": batch, "old_logp": old.logp, "old_value": old.value, "advantages": advantages,
                 "returns": returns}
 

@@ -1,10 +1,10 @@
-"""The PPO training loop on GeneralPoints: rollouts and updates alternate, with periodic ID/OOD evaluation.
+"""The PPO training loop on any `envs.protocol` task: rollouts and updates alternate, with periodic evaluation.
 
-Each update u: reset `ppo.episodes` episodes of the configured task (key fold_in(seed, u)), roll them out on the
-device (`rollout.rollout`, sampling at ppo.temperature / ppo.top_p), compact the conversations, and run one jitted
-`ppo.make_ppo_update` step (score, GAE, epochs x mini-batches). Every `eval.every` updates (and before the first and
-after the last) the policy is evaluated on `eval.splits` with the evaluation protocol (`evaluation.gp`). Metrics
-carry the compute so far in GFLOPs (`flops.ComputeMeter`).
+Each update u: reset `ppo.episodes` episodes of the training split (key fold_in(seed, u)), roll them out on the
+device (`jaxrl_vlm.rollout`, sampling at ppo.temperature / ppo.top_p), compact the played conversations (rows of
+the update, in episode order, so GAE runs over each episode's steps), and run one jitted `ppo.make_ppo_update` step
+(score, GAE, epochs x mini-batches). Every `eval.every` updates (and before the first and after the last) the job's
+`evaluate` callback runs. Metrics carry the compute so far in GFLOPs (`flops.ComputeMeter`).
 
 Optimizer (training.md §4.2, §4.5): Adam (b1 0.9, b2 0.999, eps 1e-7, no weight decay) over all model params and
 the value head; global-norm clipping at ppo.max_grad_norm (1.0: what DeepSpeed applied in the reference's runs;
@@ -18,10 +18,9 @@ exactly as an uninterrupted one.
 from __future__ import annotations
 
 import functools
-import math
 import os
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -29,15 +28,11 @@ import ml_collections as mlc
 import numpy as np
 import optax
 
-from jaxrl_vlm.config import eval_splits
-from jaxrl_vlm.envs.general_points import env as gp_env
-from jaxrl_vlm.envs.general_points import prompt_tokens
-from jaxrl_vlm.envs.general_points.cards import card_atlas, render_hands
-from jaxrl_vlm.envs.general_points.token_bytes import token_byte_table
-from jaxrl_vlm.evaluation.gp import GPEvaluator
+from jaxrl_vlm import rollout as rollout_lib
+from jaxrl_vlm.envs import protocol
+from jaxrl_vlm.models.token_bytes import token_byte_table
 from jaxrl_vlm.models.sharding import to_host
 from jaxrl_vlm.shapes import round_up
-from jaxrl_vlm.training import rollout as rollout_lib
 from jaxrl_vlm.training.checkpoint import Checkpointer
 from jaxrl_vlm.training.flops import ComputeMeter, param_count
 from jaxrl_vlm.training.metrics import MetricsLogger
@@ -47,16 +42,18 @@ from jaxrl_vlm.training.ppo import PPOBatch, PPOHyper, init_ppo_params, make_ppo
 from jaxrl_vlm.training.sft import mesh_of, place_on_mesh
 from jaxrl_vlm.training.sft_step import TrainState
 
-ACTION_KEY = ' "formula":'
 WIDTH_ROUNDING = 128  # conversation widths of the update are rounded up to this: few shapes, few compilations
 RENDER_CHUNK = 64
 
 
-def action_pattern(tokenizer) -> np.ndarray:
-    """int32[P] token ids of the GP action key ` "formula":` (the reference's [330, 60599, 794] for Llama 3)."""
-    ids = tokenizer(ACTION_KEY, add_special_tokens=False)["input_ids"]
+def action_pattern(tokenizer, action_key: str | None) -> np.ndarray:
+    """int32[P] token ids of a task's action key (GP ` "formula":`: the reference's [330, 60599, 794] for Llama 3);
+    None: [-1], which never matches, so every reply's action part is its last tokens (`ppo_math.action_start`)."""
+    if action_key is None:
+        return np.full((1,), -1, np.int32)
+    ids = tokenizer(action_key, add_special_tokens=False)["input_ids"]
     if not ids:
-        raise ValueError(f"the tokenizer encodes the action key {ACTION_KEY!r} to no tokens")
+        raise ValueError(f"the tokenizer encodes the action key {action_key!r} to no tokens")
     return np.asarray(ids, np.int32)
 
 
@@ -102,56 +99,29 @@ def compact_cross_attention_mask(ids: np.ndarray, image_token_id: int, aspect_ra
     return (rows[:, :, None, None] & (np.asarray(aspect_ratio_mask)[:, None, :, :] > 0)).astype(np.int32)
 
 
-class GPRolloutSource:
-    """Fresh GP episodes for rollouts: env params of the configured task, the prompt codec, the rollout shapes, and
-    (GP-VL) rendered and preprocessed card images."""
-
-    def __init__(self, config: mlc.ConfigDict, model: Any, tokenizer, policy: PolicyModel):
-        task, ppo = config.task, config.ppo
-        self.model = model
-        self.language_only = task.language_only
-        self.env_params = gp_env.make_params(target=task.target, face_cards_as_10=task.face_cards_as_10, ood=task.ood,
-                                             suits=task.suits, verify_iter=task.verify_iter,
-                                             language_only=task.language_only)
-        self.codec = prompt_tokens.build_prompt_codec(tokenizer, language_only=task.language_only,
-                                                      face_cards_as_10=task.face_cards_as_10, target=task.target,
-                                                      fragment_texts=gp_env.feedback_fragment_texts())
-        self.byte_table = token_byte_table(tokenizer, special_tokens="empty")
-        self.atlas = None if task.language_only else jnp.asarray(card_atlas(task.card_dir or None))
-        self.resolution = task.resolution
-        self.num_episodes = ppo.episodes
-        longest = max(int(x) for x in jax.device_get(prompt_tokens.prompt_ids(
-            self.codec, jnp.repeat(jnp.arange(1, 14, dtype=jnp.int32)[:, None], 4, axis=1), width=4096).lengths))
-        self.shapes = rollout_lib.RolloutShapes(
-            turns=task.verify_iter, max_new_tokens=ppo.max_new_tokens, prompt_width=round_up(longest, 16),
-            suffix_width=rollout_lib.suffix_width(self.codec, ppo.feedback_tokens))
-        self.policy = policy
-        self._reset = jax.jit(functools.partial(_reset_and_prompt, width=self.shapes.prompt_width,
-                                                num_envs=self.num_episodes))
-
-    def episodes(self, key: jax.Array) -> tuple[Any, prompt_tokens.TokenBatch, dict[str, Any] | None]:
-        """(env states, left-padded first prompts, vision arrays or None) of num_episodes fresh episodes, on the
-        model's batch sharding."""
-        state, prompt = self._reset(key, self.env_params, self.codec)
-        vision = None
-        if not self.language_only:
-            images = np.concatenate([  # in chunks: rendering holds a float copy of each 1200 px canvas
-                np.asarray(render_hands(state.ranks[i:i + RENDER_CHUNK], state.suits[i:i + RENDER_CHUNK], self.atlas,
-                                        resolution=self.resolution))
-                for i in range(0, self.num_episodes, RENDER_CHUNK)])
-            vision = self.model.vision_inputs([[image] for image in images], np.asarray(prompt.ids))
-        place = lambda tree: jax.tree_util.tree_map(lambda x: self.model.put_batch(np.asarray(x)), tree)
-        return place(state), place(prompt), None if vision is None else place(vision)
-
-
-def _reset_and_prompt(key, env_params, codec, *, width: int, num_envs: int):
-    _, state = gp_env.reset_batch(key, env_params, num_envs)
-    return state, prompt_tokens.prompt_ids(codec, state.ranks, width=width, pad_id=0, padding_side="left")
+def conversation_rows(turn_valid: np.ndarray, multiple: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of the update batch from episodes' conversations (turn_valid bool[B, R, T] on the host): (index int[E]
+    into the flattened [B * R] conversations, played ones in episode-major time order, then padding copies of the
+    first; row_valid bool[E]). E is the smallest multiple x 2^k >= the played conversations (few shapes, few
+    compilations of the update)."""
+    played = np.flatnonzero(turn_valid.any(axis=-1).reshape(-1))
+    rows = multiple
+    while rows < len(played):
+        rows *= 2
+    index = np.concatenate([played, np.full(rows - len(played), played[0] if len(played) else 0)])
+    return index.astype(np.int32), np.arange(rows) < len(played)
 
 
 @functools.partial(jax.jit, static_argnames=("width", "pad_id"))
-def _compact(slot_tokens, slot_valid, *, width: int, pad_id: int):
-    return rollout_lib.compact(slot_tokens, slot_valid, width, pad_id)
+def _update_rows(episodes: rollout_lib.Episodes, index: jax.Array, row_valid: jax.Array, *, width: int,
+                 pad_id: int):
+    """(compact ids int32[E, width], mask, PPOBatch fields of the selected conversations, their episode ids)."""
+    b, r = episodes.turn_valid.shape[:2]
+    pick = lambda x: x.reshape(b * r, *x.shape[2:])[index]
+    ids, mask = rollout_lib.compact(pick(episodes.slot_tokens), pick(episodes.slot_valid), width, pad_id)
+    episode = jnp.where(row_valid, index // r, -1 - jnp.arange(index.shape[0]))
+    return (ids, mask, pick(episodes.reply_tokens), pick(episodes.reply_len), pick(episodes.reply_start),
+            pick(episodes.turn_valid) & row_valid[:, None], pick(episodes.reward), episode.astype(jnp.int32))
 
 
 def _encode_images_fn(policy: PolicyModel):
@@ -159,32 +129,53 @@ def _encode_images_fn(policy: PolicyModel):
         params, {k: vision[k] for k in VISION_KEYS}, vision["cross_attention_mask"]))
 
 
-def train_ppo(config: mlc.ConfigDict, model: Any, tokenizer, *, init_tokens: int = 0,
-              stop_after_update: int | None = None) -> dict[str, Any]:
-    """Run (or resume) PPO from the model's params; returns {'history': evaluations, 'final': last evaluation,
-    'params': final policy params, 'compute': counters, 'updates': done}.
+def _vision_inputs(model: Any, env: protocol.Environment, env_params: Any, state: Any) -> dict[str, Any]:
+    """Preprocessed images of each episode (image tasks), on the batch sharding: the model's host processor over
+    env.image, rendered on the device in chunks (a render holds a float copy of its canvas)."""
+    images = np.concatenate([
+        to_host(_images(env, jax.tree_util.tree_map(lambda x: x[i:i + RENDER_CHUNK], state), env_params))
+        for i in range(0, jax.tree_util.tree_leaves(state)[0].shape[0], RENDER_CHUNK)])
+    prompt = _prompts(env, state, env_params)
+    ids, _ = rollout_lib.left_padded(prompt.ids, prompt.length, model.pad_id)
+    vision = model.vision_inputs([[image] for image in images], to_host(ids))
+    return {k: model.put_batch(np.asarray(v)) for k, v in vision.items()}
 
-    The model's param buffers are donated to the training state (the KL reference, when on, is a copy).
-    init_tokens: tokens the starting checkpoint was fine-tuned on (D_init of the compute axis).
+
+_images = jax.jit(protocol.image_batch, static_argnums=0)
+_prompts = jax.jit(protocol.prompt_batch, static_argnums=0)
+_reset = jax.jit(protocol.reset_batch, static_argnums=(0, 3))
+
+
+def train_ppo(config: mlc.ConfigDict, model: Any, tokenizer, task: tuple[protocol.Environment, Any],
+              evaluate: Callable[[Any], dict[str, dict]], *, init_tokens: int = 0,
+              stop_after_update: int | None = None) -> dict[str, Any]:
+    """Run (or resume) PPO from the model's params on task = (Environment, env params) of the training split;
+    returns {'history': evaluations, 'final': last evaluation, 'params': final policy params, 'compute': counters,
+    'updates': done}.
+
+    evaluate(policy params) -> {split: result}: the job's evaluation, run before the first update, every eval.every
+    updates and after the last. The model's param buffers are donated to the training state (the KL reference,
+    when on, is a copy). init_tokens: tokens the starting checkpoint was fine-tuned on (D_init of the compute axis).
     stop_after_update: stop after that update as if killed (tests of exact resume).
     """
     ppo = config.ppo
+    env, env_params = task
+    if env.vision and not hasattr(model, "vision_inputs"):
+        raise ValueError(f"the task shows images: it needs a vision-language model, got {type(model).__name__}")
     policy = policy_model(model, config.model.param_dtype, config.model.dtype, remat=ppo.remat)
-    source = GPRolloutSource(config, model, tokenizer, policy)
     hyper = ppo_hyper(config)
     steps_per_update = ppo.epochs * ppo.minibatches
     # a copy: the train state starts from (and donates) the model's own param buffers
     reference = jax.tree_util.tree_map(jnp.copy, model.params) if ppo.kl_coef > 0 else None
     state, (tx, schedule) = initial_ppo_state(config, model)
     shardings = jax.tree_util.tree_map(lambda x: x.sharding, state)
-    pattern = jnp.asarray(action_pattern(tokenizer))
+    pattern = jnp.asarray(action_pattern(tokenizer, env.action_key))
     update_fn = jax.jit(make_ppo_update(policy, tx, hyper, pattern),
                         donate_argnums=0, out_shardings=(shardings, None))
     score_ref = jax.jit(lambda p, b: score_replies(policy, {"policy": p}, b, pattern, hyper).logp)
     encode_images = _encode_images_fn(policy)
-    evaluator = GPEvaluator(model, tokenizer, language_only=config.task.language_only, target=config.task.target,
-                            resolution=config.task.resolution, card_dir=config.task.card_dir or None)
-    splits = eval_splits(config)
+    byte_table = token_byte_table(tokenizer, special_tokens="empty")
+    capacity = rollout_lib.rollout_shapes(env, ppo.max_new_tokens).capacity
     meter = ComputeMeter(param_count(model.params), init_tokens=init_tokens)
     history: list[dict[str, Any]] = []
     checkpointer = Checkpointer(os.path.join(config.out_dir, "checkpoints"), max_to_keep=config.checkpoint.keep,
@@ -199,40 +190,44 @@ def train_ppo(config: mlc.ConfigDict, model: Any, tokenizer, *, init_tokens: int
                            tensorboard=config.log.tensorboard, wandb_project=config.log.wandb_project or None,
                            config=config.to_dict(), desc="ppo", initial_step=start)
 
-    def evaluate(update: int) -> None:
-        results = {split: evaluator.evaluate(split, episodes=config.eval.episodes, batch_size=config.eval.batch_size,
-                                             max_new_tokens=config.eval.max_new_tokens,
-                                             temperature=config.eval.temperature, verify_iter=config.task.verify_iter,
-                                             seed=config.seed, params=state.params["policy"])
-                   for split in splits}
+    def run_evaluation(update: int) -> None:
+        results = evaluate(state.params["policy"])
         history.append({"update": update, "gflops": meter.gflops, "results": results})
-        logger.log(update, {"gflops": meter.gflops, **{f"eval/{s}/success": _headline(r) for s, r in results.items()}})
+        logger.log(update, {"gflops": meter.gflops, **{f"eval/{s}/success": float(r["success"])
+                                                        for s, r in results.items()}})
 
     if start == 0 and not history:
-        evaluate(0)
+        run_evaluation(0)
     key = jax.random.key(config.seed)
     eos_ids = jnp.asarray(model.eos_token_ids, jnp.int32)
     end = ppo.updates if stop_after_update is None else min(ppo.updates, stop_after_update)
     for update in range(start, end):
         clock = time.perf_counter()
         reset_key, sample_key, update_key = jax.random.split(jax.random.fold_in(key, update), 3)
-        env_state, prompt, vision = source.episodes(reset_key)
+        env_state = _reset(env, reset_key, env_params, ppo.episodes, 0)
+        vision = _vision_inputs(model, env, env_params, env_state) if env.vision else None
+        env_state = jax.tree_util.tree_map(lambda x: model.put_batch(to_host(x)), env_state)
         extra = None if vision is None else encode_images(state.params["policy"], vision)
-        episodes = rollout_lib.rollout(policy.decoder, state.params["policy"], source.codec, source.env_params,
-                                       source.byte_table, env_state, prompt, extra, sample_key,
-                                       jnp.float32(ppo.temperature), jnp.float32(ppo.top_p), eos_ids,
-                                       shapes=source.shapes, pad_id=model.pad_id)
-        lengths = to_host(jnp.sum(episodes.slot_valid, axis=1))
+        episodes = rollout_lib.rollout(env, policy.decoder, state.params["policy"], env_params, byte_table,
+                                       env_state, extra, sample_key, jnp.float32(ppo.temperature),
+                                       jnp.float32(ppo.top_p), eos_ids, max_new_tokens=ppo.max_new_tokens,
+                                       pad_id=model.pad_id)
+        turn_valid = to_host(episodes.turn_valid)
+        index, row_valid = conversation_rows(turn_valid, ppo.episodes)
+        lengths = to_host(jnp.sum(episodes.slot_valid, axis=-1)).reshape(-1)[index[row_valid]]
         rollout_s = time.perf_counter() - clock
-        width = min(round_up(int(lengths.max()), WIDTH_ROUNDING), source.shapes.capacity)
-        ids, mask = _compact(episodes.slot_tokens, episodes.slot_valid, width=width, pad_id=model.pad_id)
+        width = min(round_up(int(lengths.max()), WIDTH_ROUNDING), capacity)
+        ids, mask, reply_tokens, reply_len, reply_start, valid, reward, episode = _update_rows(
+            episodes, model.put_batch(index), model.put_batch(row_valid), width=width, pad_id=model.pad_id)
         batch_vision = None
         if vision is not None:
+            rows = index // turn_valid.shape[1]
             cross = compact_cross_attention_mask(to_host(ids), model.config.image_token_index,
-                                                 to_host(vision["aspect_ratio_mask"]))
-            batch_vision = {**{k: vision[k] for k in VISION_KEYS}, "cross_attention_mask": model.put_batch(cross)}
-        batch = PPOBatch(ids, mask, episodes.reply_tokens, episodes.reply_len, episodes.reply_start,
-                         episodes.turn_valid, episodes.reward, batch_vision)
+                                                 to_host(vision["aspect_ratio_mask"])[rows])
+            batch_vision = {**{k: model.put_batch(to_host(vision[k])[rows]) for k in VISION_KEYS},
+                            "cross_attention_mask": model.put_batch(cross)}
+        batch = PPOBatch(ids, mask, reply_tokens, reply_len, reply_start, valid, reward, batch_vision,
+                         episode=episode)
         if reference is not None:
             batch = batch._replace(ref_logp=score_ref(reference, batch))
         state, metrics = update_fn(state, batch, update_key)
@@ -240,23 +235,21 @@ def train_ppo(config: mlc.ConfigDict, model: Any, tokenizer, *, init_tokens: int
         conversation_tokens = int(lengths.sum())
         forward_passes = 2 + (reference is not None)  # rollout, scoring of old log-probs/values, KL reference
         meter.add(train=conversation_tokens * ppo.epochs, buffer=forward_passes * conversation_tokens)
-        host = [to_host(x) for x in (episodes.success, episodes.turn_valid, episodes.reply_len, episodes.overflow)]
+        success, overflow, reply_lengths = (to_host(x) for x in (episodes.success, episodes.overflow,
+                                                                 episodes.reply_len))
         done = update + 1
         row = {k: float(v) for k, v in metrics.items()}
-        row.update(rollout_success=float(host[0].mean()), episode_turns=float(host[1].sum(1).mean()),
-                   reply_tokens=float(host[2][host[1]].mean()), feedback_overflow=int(host[3].sum()),
+        row.update(rollout_success=float(success.mean()), episode_turns=float(turn_valid.sum((1, 2)).mean()),
+                   episode_conversations=float(turn_valid.any(-1).sum(1).mean()),
+                   reply_tokens=float(reply_lengths[turn_valid].mean()), feedback_overflow=int(overflow.sum()),
                    lr=float(schedule(update * steps_per_update)), gflops=meter.gflops, rollout_s=rollout_s,
                    update_s=time.perf_counter() - clock - rollout_s)
         logger.log(done, row, advance=1)
         if (config.eval.every and done % config.eval.every == 0) or done == ppo.updates:
-            evaluate(done)
+            run_evaluation(done)
         if done % config.checkpoint.every == 0 or done == ppo.updates:
             checkpointer.save(done, state, {"compute": meter.state(), "history": history})
     checkpointer.close()
     logger.close()
     return {"history": history, "final": history[-1]["results"] if history else {}, "params": state.params["policy"],
             "compute": meter.state(), "updates": end}
-
-
-def _headline(result: dict[str, Any]) -> float:
-    return float(result.get("success", result.get("recognition_accuracy", math.nan)))

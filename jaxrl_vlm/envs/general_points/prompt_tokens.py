@@ -49,39 +49,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from jaxrl_vlm.envs.chat import ChatLayout, chat_layout, first_user_message, split_once
 from jaxrl_vlm.envs.general_points import env, prompts
 
-_USER_0, _USER_1, _USER_2 = "<<GP_USER_0>>", "<<GP_USER_1>>", "<<GP_USER_2>>"
-_ASSISTANT_1, _ASSISTANT_2 = "<<GP_ASSISTANT_1>>", "<<GP_ASSISTANT_2>>"
 _CARDS_SENTINEL = "<<GP_CARDS>>"
 _CARD_OPEN, _CARD_SEP, _CARD_CLOSE = "['", "', '", "']"
 _MAX_STRIP_PIECE = 8
-
-
-class ChatLayout(NamedTuple):
-    """The static text of a chat template around the message contents (host strings).
-
-    head: text before the first user content; user_tail: after a user content through the generation prompt;
-    assistant_tail: after an assistant content up to the next user content. first_user_strip: whether the template
-    trims (left, right) whitespace of the first user content's text; user_strip, assistant_strip: whether it trims
-    later user contents and assistant contents (both ends).
-    """
-
-    head: str
-    user_tail: str
-    assistant_tail: str
-    first_user_strip: tuple[bool, bool]
-    user_strip: bool
-    assistant_strip: bool
-
-
-def _first_user_message(text: str, language_only: bool, image_token: str | None) -> dict:
-    """The first user message dict: a string (GP-L, or GP-VL with an explicit image token) or [image, text] parts."""
-    if language_only:
-        return {"role": "user", "content": text}
-    if image_token is not None:
-        return {"role": "user", "content": image_token + text}
-    return {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}
 
 
 def gp_conversation(
@@ -98,78 +71,11 @@ def gp_conversation(
     if len(replies) != len(feedbacks):
         raise ValueError(f"need one feedback per reply, got {len(replies)} replies and {len(feedbacks)} feedbacks")
     text = prompts.user_message(ranks, face_cards_as_10=face_cards_as_10, language_only=language_only, target=target)
-    messages = [_first_user_message(text, language_only, image_token)]
+    messages = [first_user_message(text, language_only, image_token)]
     for reply, feedback in zip(replies, feedbacks):
         messages.append({"role": "assistant", "content": reply})
         messages.append({"role": "user", "content": prompts.feedback_message(feedback)})
     return messages
-
-
-def _render(tokenizer, messages: list[dict], template_kwargs: Mapping[str, Any]) -> str:
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **template_kwargs)
-
-
-def _split_once(text: str, sentinel: str, what: str) -> tuple[str, str]:
-    if text.count(sentinel) != 1:
-        raise ValueError(f"chat template: expected the {what} content exactly once in the rendering, got {text!r}")
-    before, after = text.split(sentinel)
-    return before, after
-
-
-def _strip_mode(rendered: str, sentinel: str, what: str) -> tuple[bool, bool]:
-    """Whether a template trimmed the leading and the trailing tab of a content written as `\t{sentinel}\t`."""
-    if sentinel not in rendered:
-        raise ValueError(f"chat template drops or rewrites the {what} content; rendering: {rendered!r}")
-    return "\t" + sentinel not in rendered, sentinel + "\t" not in rendered
-
-
-def chat_layout(
-    tokenizer, *, language_only: bool, image_token: str | None = None, template_kwargs: Mapping[str, Any] | None = None
-) -> ChatLayout:
-    """Probe a tokenizer's chat template with sentinel contents and cut it into static text pieces.
-
-    Raises ValueError when the template is not append-only across turns or changes contents beyond trimming.
-    """
-    kw = dict(template_kwargs or {})
-
-    def first(text: str) -> dict:
-        return _first_user_message(text, language_only, image_token)
-
-    def turn(reply: str, user: str) -> list[dict]:
-        return [{"role": "assistant", "content": reply}, {"role": "user", "content": user}]
-
-    try:
-        one = _render(tokenizer, [first(_USER_0)], kw)
-    except Exception as err:  # the template's own error (e.g. list contents in a text-only template)
-        raise ValueError(f"chat template cannot render the {'GP-L' if language_only else 'GP-VL'} prompt: {err}; "
-                         "for a text-only template and GP-VL pass image_token") from err
-    head, user_tail = _split_once(one, _USER_0, "first user")
-    two = _render(tokenizer, [first(_USER_0), *turn(_ASSISTANT_1, _USER_1)], kw)
-    three = _render(tokenizer, [first(_USER_0), *turn(_ASSISTANT_1, _USER_1), *turn(_ASSISTANT_2, _USER_2)], kw)
-    if not two.startswith(one):
-        raise ValueError(f"chat template is not append-only: 1 turn renders {one!r} but 2 turns render {two!r}")
-    rest = two[len(one):]
-    reply, after_reply = _split_once(rest, _ASSISTANT_1, "assistant")
-    assistant_tail, after_user = _split_once(after_reply, _USER_1, "second user")
-    if reply or after_user != user_tail:
-        raise ValueError(f"chat template writes turns differently: first turn ends {user_tail!r}, second {rest!r}")
-    if three != two + _ASSISTANT_2 + assistant_tail + _USER_2 + user_tail:
-        raise ValueError(f"chat template is not append-only from the second to the third turn: {three!r}")
-    padded = _render(tokenizer, [first(f"\t{_USER_0}\t"), *turn(f"\t{_ASSISTANT_1}\t", f"\t{_USER_1}\t")], kw)
-    strips = {}
-    for sentinel, what in ((_USER_1, "user"), (_ASSISTANT_1, "assistant")):
-        left, right = _strip_mode(padded, sentinel, what)
-        if left != right:
-            raise ValueError(f"chat template trims only one end of {what} contents; rendering: {padded!r}")
-        strips[what] = left
-    return ChatLayout(
-        head=head,
-        user_tail=user_tail,
-        assistant_tail=assistant_tail,
-        first_user_strip=_strip_mode(padded, _USER_0, "first user"),
-        user_strip=strips["user"],
-        assistant_strip=strips["assistant"],
-    )
 
 
 @struct.dataclass
@@ -298,7 +204,7 @@ def build_prompt_codec(
                                 target=target)
     if language_only:
         cards = repr(prompts.card_names([1, 1, 1, 1]))
-        pre, post = _split_once(text.replace(cards, _CARDS_SENTINEL), _CARDS_SENTINEL, "cards list")
+        pre, post = split_once(text.replace(cards, _CARDS_SENTINEL), _CARDS_SENTINEL, "cards list")
     else:
         pre, post = text, ""
     left, right = layout.first_user_strip

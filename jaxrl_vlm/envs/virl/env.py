@@ -125,11 +125,12 @@ def max_legs(params: VirlParams) -> int:
 
 
 def build_params(templates: list[RouteTemplate], encode: Encode, absolute_action: bool = True,
-                 vision: bool = False) -> tuple[VirlParams, list[str]]:
+                 vision: bool = False, strip_ends: tuple[bool, bool] = (False, False)) -> tuple[VirlParams, list[str]]:
     """Host-side: tokenise every prompt piece and pad the route slots. Returns (params, table strings).
 
     The token table holds the template segments of all four settings, so params of the same routes have the same
-    shapes whatever the setting (no recompilation)."""
+    shapes whatever the setting (no recompilation). strip_ends: drop the prompt's leading / trailing whitespace (for
+    chat templates that trim message contents)."""
     r, s = len(templates), max(len(t.slots) for t in templates)
     table = StringTable()
     obs_strings = StringTable()
@@ -156,7 +157,9 @@ def build_params(templates: list[RouteTemplate], encode: Encode, absolute_action
         for a in (True, False):
             for x in template_segments(v, a):
                 table.add(x)
-    segments = [table.add(x) for x in template_segments(vision, absolute_action) + ("\n",)]
+    head, middle, tail = template_segments(vision, absolute_action)
+    head, tail = head.lstrip() if strip_ends[0] else head, tail.rstrip() if strip_ends[1] else tail
+    segments = [table.add(x) for x in (head, middle, tail, "\n")]
     obs_piece = [table.add(o + "\n") for o in obs_strings.strings]
     action_piece = [table.add(a + "\n") for a in ACTIONS]
     o_prefix = [table.add(f"O_{i}: ") for i in range(s + 2)]

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from jaxrl_vlm.envs.general_points.prompts import expert_response, user_message
-from jaxrl_vlm.envs.general_points.token_bytes import token_byte_table, tokens_to_bytes
+from jaxrl_vlm.models.token_bytes import token_byte_table, tokens_to_bytes
 from jaxrl_vlm.envs.general_points.verifier import read_reply
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,7 @@ def test_rejects_non_byte_level_tokenizer():
 def test_feedback_fragments_to_tokens_decode_to_the_feedback(tokenizer):
     import jax.numpy as jnp
 
-    from jaxrl_vlm.envs.general_points.token_bytes import fragment_token_table, fragments_to_tokens
+    from jaxrl_vlm.models.token_bytes import fragment_token_table, fragments_to_tokens
     from jaxrl_vlm.envs.general_points.verifier import score_response
     from jaxrl_vlm.envs.general_points.verifier_device import (
         device_solution_table,

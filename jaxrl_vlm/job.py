@@ -1,5 +1,5 @@
-"""Evaluation job: any checkpoint on the configured GP or V-IRL splits; a printed table with standard errors and a
-JSON file."""
+"""Shared pieces of the jobs: loading a checkpoint (HF, GGUF or a run's orbax directory), evaluating it on the
+configured splits of any task (a printed table with standard errors, a JSON file), and the evaluation job."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,8 @@ import jax
 import ml_collections as mlc
 
 from jaxrl_vlm import config as config_lib
-from jaxrl_vlm.evaluation.gp import GPEvaluator
+from jaxrl_vlm import tasks
+from jaxrl_vlm.evaluation.evaluator import Evaluator
 from jaxrl_vlm.models import api as models_api
 from jaxrl_vlm.models.tokenizer import load_tokenizer
 from jaxrl_vlm.training.checkpoint import Checkpointer
@@ -83,45 +84,45 @@ def trained_tokens(target: str) -> int:
     return int(metadata.get("tokens", 0))
 
 
-def evaluate(config: mlc.ConfigDict, model: Any, tokenizer, *, params=None) -> dict[str, dict]:
-    """Results of every configured split of config.task.name (GP: spec generalpoints.md §5; V-IRL: spec virl.md
-    §1.10) for `params` (default: the model's)."""
-    if config.task.name == "virl":
-        return _evaluate_virl(config, model, tokenizer, params)
-    evaluator = GPEvaluator(model, tokenizer, language_only=config.task.language_only, target=config.task.target,
-                            resolution=config.task.resolution, card_dir=config.task.card_dir or None)
+def evaluator(config: mlc.ConfigDict, model: Any, tokenizer) -> Evaluator:
+    """The on-device evaluator of config.eval.splits for a loaded model."""
+    return Evaluator(model, tokenizer, tasks.evaluation_tasks(config, tokenizer))
+
+
+def evaluate(config: mlc.ConfigDict, model: Any, tokenizer, *, params=None,
+             with_evaluator: Evaluator | None = None) -> dict[str, dict]:
+    """Results (`evaluation.evaluator` schema) of every split of config.eval.splits for `params` (default: the
+    model's), with config.eval's sampling settings."""
     ev = config.eval
-    return {split: evaluator.evaluate(split, episodes=ev.episodes, batch_size=ev.batch_size,
-                                      max_new_tokens=ev.max_new_tokens, temperature=ev.temperature,
-                                      verify_iter=config.task.verify_iter, seed=config.seed, params=params)
-            for split in config_lib.eval_splits(config)}
+    runner = with_evaluator or evaluator(config, model, tokenizer)
+    return {split: runner.evaluate(split, episodes=ev.episodes, batch_size=ev.batch_size,
+                                   max_new_tokens=ev.max_new_tokens, temperature=ev.temperature, seed=config.seed,
+                                   params=params)
+            for split in runner.splits}
 
 
-def _evaluate_virl(config: mlc.ConfigDict, model: Any, tokenizer, params) -> dict[str, dict]:
-    """V-IRL results per split; each split reads the route directory config_lib.VIRL_ROUTE_KEYS names."""
-    from jaxrl_vlm.evaluation.virl import VirlModelEvaluator
+def train_ppo(config: mlc.ConfigDict, model: Any, tokenizer, *, init_tokens: int = 0,
+              stop_after_update: int | None = None) -> dict[str, Any]:
+    """PPO (`training.ppo_train.train_ppo`) on config.task's training split, evaluated on config.eval.splits with
+    the on-device evaluator (built once)."""
+    from jaxrl_vlm.training.ppo_train import train_ppo as train
 
-    task, ev = config.task, config.eval
-    evaluator = VirlModelEvaluator(model, tokenizer, language_only=task.language_only, verify_iter=task.verify_iter,
-                                   resolution=task.resolution)
-    return {split: evaluator.evaluate(split, task[config_lib.VIRL_ROUTE_KEYS[split]], episodes=ev.episodes,
-                                      batch_size=ev.batch_size, max_new_tokens=ev.max_new_tokens,
-                                      temperature=ev.temperature, seed=config.seed, params=params)
-            for split in config_lib.eval_splits(config)}
+    runner = evaluator(config, model, tokenizer)
+    return train(config, model, tokenizer, tasks.training_task(config, tokenizer),
+                 lambda params: evaluate(config, model, tokenizer, params=params, with_evaluator=runner),
+                 init_tokens=init_tokens, stop_after_update=stop_after_update)
 
 
 def _table_rows(split: str, r: dict) -> list[tuple[str, float, float]]:
-    """(row label, rate, standard error) of one result: GP success or recognition accuracy; V-IRL success rate and
-    per-step accuracy (row "<split> per-step")."""
-    if "success_rate" in r:
-        return [(split, r["success_rate"], r["success_se"]), (f"{split} per-step", r["per_step_accuracy"],
-                                                              r["per_step_se"])]
-    return [(split, r.get("success", r.get("recognition_accuracy")), r["stderr"])]
+    """(row label, rate, standard error) of one result: the split's success, then one row per count rate
+    (e.g. "<split> step_accuracy")."""
+    rates = [k[:-len("_stderr")] for k in r if k.endswith("_stderr") and k != "success_stderr"]
+    return [(split, r["success"], r["success_stderr"])] + [(f"{split} {k}", r[k], r[f"{k}_stderr"]) for k in rates]
 
 
 def format_table(columns: dict[str, dict[str, dict]]) -> str:
-    """A text table: one row per split (V-IRL: and one per split's per-step accuracy), one column per evaluated model,
-    cells 'p% ± se%'."""
+    """A text table: one row per split and per split's count rate, one column per evaluated model, cells
+    'p% ± se%'."""
     names = list(columns)
     splits = list(next(iter(columns.values())))
     rows = {name: [row for split in splits for row in _table_rows(split, columns[name][split])] for name in names}

@@ -1,0 +1,239 @@
+"""Multi-turn rollouts of any `envs.protocol.Environment` on the device: one jit, no host round trip between turns.
+
+For a batch of B reset episodes, `rollout` runs up to `env.conversations` conversations per episode (`lax.scan`),
+each of up to `env.turns` replies (an inner `lax.scan`), with the KV cache carried from turn to turn:
+
+    prefill env.prompt(state) -> [sample a reply (`sampler.decode`) -> reply tokens to bytes -> env.step
+    -> append the pending reply token and step.feedback_ids] x turns -> the budget's forced step
+
+Every conversation starts from an empty cache (GeneralPoints has one conversation per episode; V-IRL one per route
+point, spec virl.md §1.9). Conversations are synchronous across rows: a row whose step says `fresh` (a correct V-IRL
+move) waits, masked, until the others finish the conversation, then every running row opens its next one. Rows that
+are done stop generating; a conversation round that no row needs is skipped (`lax.cond`).
+
+The conversation a row sees is exactly its cache: the prompt ids, each reply's tokens as sampled, and the feedback.
+When a reply ends with a stop token, the stop token is not written: the chat template's assistant tail (which starts
+with the end-of-turn token for ChatML and Llama 3) closes the turn instead. Templates that trim message contents
+(Llama 3) see the reply untrimmed in the cache.
+
+Every token written to the cache is also written, at the same slot, into `slot_tokens`; `compact` turns the slots
+into right-padded conversations for teacher-forced scoring. Turn t's reply starts at `reply_start[..., t]` in the
+compact conversation (the count of tokens before it), so its value is read at `reply_start - 1`, the last prompt
+token, and reply token j is scored by the logits at `reply_start + j - 1`.
+
+Budget (a fidelity decision, see ppo.py): after `turns` replies without `done` or `fresh`, the env's forced step is
+called with an empty reply instead of generating one more reply (the reference generates it and ignores it). A
+prompt or feedback that does not fit its width ends the episode there, as a failure (`overflow`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jaxrl_vlm.envs import protocol
+from jaxrl_vlm.models import sampler
+from jaxrl_vlm.models.token_bytes import tokens_to_bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutShapes:
+    """Static sizes of a conversation: replies per conversation, new tokens per reply, and the token widths of the
+    opening prompt and of a feedback turn. The KV cache holds the worst case, `capacity` slots."""
+
+    turns: int
+    max_new_tokens: int
+    prompt_width: int
+    feedback_width: int
+
+    @property
+    def chunk_width(self) -> int:
+        """Width of a continuation chunk: the pending last reply token plus the feedback."""
+        return 1 + self.feedback_width
+
+    @property
+    def capacity(self) -> int:
+        """KV-cache slots for the longest possible conversation."""
+        return self.prompt_width + self.max_new_tokens + (self.turns - 1) * (self.chunk_width + self.max_new_tokens)
+
+
+def rollout_shapes(env: protocol.Environment, max_new_tokens: int) -> RolloutShapes:
+    """The conversation sizes of an env for replies of up to max_new_tokens tokens."""
+    return RolloutShapes(env.turns, max_new_tokens, env.prompt_width, env.feedback_width)
+
+
+class Episodes(NamedTuple):
+    """B rolled-out episodes of up to R conversations of up to T turns (replies of up to N tokens); device arrays.
+
+    slot_tokens int32[B, R, C] and slot_valid bool[B, R, C]: each conversation's token at every KV-cache slot and
+    whether the slot holds one. reply_tokens int32[B, R, T, N] (pad after the reply), reply_len int32[B, R, T]
+    (incl. a final stop token), reply_start int32[B, R, T] (tokens before the reply in the compact conversation),
+    sample_logp float32[B, R, T, N] (the sampler's log-probs, at the sampling temperature), reward float32[B, R, T],
+    turn_valid bool[B, R, T] (the turn was played), success bool[B], overflow bool[B] (a prompt or feedback did
+    not fit its width: the episode ended there, as a failure), counts {rate: (hits int32[B], trials int32[B])}
+    summed over the episode's env steps (forced steps included), state: the final env states.
+    """
+
+    slot_tokens: jax.Array
+    slot_valid: jax.Array
+    reply_tokens: jax.Array
+    reply_len: jax.Array
+    reply_start: jax.Array
+    sample_logp: jax.Array
+    reward: jax.Array
+    turn_valid: jax.Array
+    success: jax.Array
+    overflow: jax.Array
+    counts: dict[str, tuple[jax.Array, jax.Array]]
+    state: Any
+
+
+class _Progress(NamedTuple):
+    """Per-episode carry across conversations: env state, done, success, overflow, counts."""
+
+    state: Any
+    done: jax.Array
+    success: jax.Array
+    overflow: jax.Array
+    counts: dict[str, tuple[jax.Array, jax.Array]]
+
+
+class _Turn(NamedTuple):
+    tokens: jax.Array
+    logp: jax.Array
+    length: jax.Array
+    start: jax.Array
+    reward: jax.Array
+    played: jax.Array
+
+
+def _where_rows(rows: jax.Array, new: Any, old: Any) -> Any:
+    """Per leaf: new where rows (bool[B]) else old."""
+    return jax.tree_util.tree_map(lambda a, b: jnp.where(rows.reshape(rows.shape + (1,) * (a.ndim - 1)), a, b),
+                                  new, old)
+
+
+def left_padded(ids: jax.Array, lengths: jax.Array, pad_id: int) -> tuple[jax.Array, jax.Array]:
+    """Right-padded ids int32[B, W] with lengths int32[B] -> (left-padded ids (pad_id before), mask bool[B, W])."""
+    width = ids.shape[1]
+    cols = (jnp.arange(width)[None, :] - (width - lengths)[:, None]) % width
+    mask = jnp.arange(width)[None, :] >= (width - lengths)[:, None]
+    return jnp.where(mask, jnp.take_along_axis(ids, cols, axis=1), pad_id), mask
+
+
+def _apply_step(env, env_params, progress: _Progress, rows: jax.Array, reply: jax.Array, reply_len: jax.Array):
+    """env.step for the rows (bool[B]) only; (progress, step outputs)."""
+    stepped, out = protocol.step_batch(env, progress.state, reply, reply_len, env_params)
+    counts = {name: (hits + (rows & out.counts[name][0]).astype(jnp.int32),
+                     trials + (rows & out.counts[name][1]).astype(jnp.int32))
+              for name, (hits, trials) in progress.counts.items()}
+    progress = _Progress(state=_where_rows(rows, stepped, progress.state), done=progress.done | (rows & out.done),
+                         success=jnp.where(rows, out.success, progress.success), overflow=progress.overflow,
+                         counts=counts)
+    return progress, out
+
+
+@functools.partial(jax.jit, static_argnames=("env", "decoder", "max_new_tokens", "pad_id"))
+def rollout(env: protocol.Environment, decoder: sampler.DecodeModel, params: Any, env_params: Any, byte_table: Any,
+            env_state: Any, extra: Any, rng: jax.Array, temperature: jax.Array, top_p: jax.Array, eos_ids: jax.Array,
+            *, max_new_tokens: int, pad_id: int) -> Episodes:
+    """Roll out B episodes from reset env states (leaves [B, ...]). extra: the decoder's per-batch state (Mllama
+    image K/V of each episode's image, else None; tasks with images in several conversations need it per
+    conversation and are not supported here). byte_table: `token_bytes.token_byte_table` of the tokenizer.
+    temperature/top_p: float32[] sampling settings (temperature 0 = greedy); eos_ids int32[E]. Pure and jittable."""
+    if env.vision and env.conversations > 1:
+        raise NotImplementedError("images in several conversations per episode need per-conversation image K/V")
+    shapes = rollout_shapes(env, max_new_tokens)
+    batch = jax.tree_util.tree_leaves(env_state)[0].shape[0]
+    n = max_new_tokens
+    params = decoder.decode_params(params)
+    empty_counts = {name: (jnp.zeros((batch,), jnp.int32), jnp.zeros((batch,), jnp.int32)) for name in env.count_names}
+    # the forced step's reply: real replies' width; behind a barrier so XLA does not constant-fold the verifier on it
+    empty_reply = jax.lax.optimization_barrier(jnp.zeros((batch, n * byte_table.bytes.shape[1]), jnp.uint8))
+    no_turn = _Turn(jnp.full((batch, n), pad_id, jnp.int32), jnp.zeros((batch, n), jnp.float32),
+                    jnp.zeros((batch,), jnp.int32), jnp.zeros((batch,), jnp.int32), jnp.zeros((batch,), jnp.float32),
+                    jnp.zeros((batch,), bool))
+
+    def generate(cache, slot_tokens, logits, rng, progress, live):
+        """Sample the live rows' replies after a prefill whose last logits are `logits`, and step the env."""
+        start = jnp.sum(cache.valid, axis=1, dtype=jnp.int32)
+        index = cache.index
+        rng, key = jax.random.split(rng)
+        tokens, logp, length, cache, pending, pending_valid = sampler.decode(
+            decoder, params, cache, extra, logits, key, temperature, top_p, eos_ids, jnp.int32(pad_id), n,
+            active=live, write_stop_tokens=False)
+        slot_tokens = jax.lax.dynamic_update_slice(slot_tokens, tokens, (0, index))
+        text_len = sampler.lengths_without_stop(tokens, length, eos_ids)
+        reply_bytes, byte_len = tokens_to_bytes(tokens, text_len, byte_table)
+        progress, out = _apply_step(env, env_params, progress, live, reply_bytes, byte_len)
+        turn = _Turn(tokens, logp, length, start, jnp.where(live, out.reward, 0.0), live)
+        follows = live & ~out.done & ~out.fresh  # the conversation goes on with this row
+        return cache, slot_tokens, rng, progress, out, follows, turn, (pending, pending_valid)
+
+    def conversation(progress: _Progress, rng: jax.Array):
+        prompt = protocol.prompt_batch(env, progress.state, env_params)
+        live = ~progress.done & ~prompt.overflow
+        ended = ~progress.done & prompt.overflow
+        progress = progress._replace(done=progress.done | ended, overflow=progress.overflow | ended)
+        ids, mask = left_padded(prompt.ids, prompt.length, pad_id)
+        cache = decoder.init_cache(batch, shapes.capacity)
+        slot_tokens = jnp.zeros((batch, shapes.capacity + max(n, shapes.chunk_width)), jnp.int32)
+        slot_tokens = jax.lax.dynamic_update_slice(slot_tokens, ids, (0, 0))
+        logits, cache = decoder.step(params, ids, mask & live[:, None], cache, extra)
+        cache, slot_tokens, rng, progress, out, follows, first, pending = generate(
+            cache, slot_tokens, logits, rng, progress, live)
+
+        def next_turn(carry):
+            cache, slot_tokens, rng, progress, out, follows, (pending, pending_valid) = carry
+            overflow = follows & out.feedback_overflow
+            progress = progress._replace(done=progress.done | overflow, overflow=progress.overflow | overflow)
+            live = follows & ~overflow
+            feedback, feedback_mask = left_padded(out.feedback_ids, out.feedback_len, pad_id)
+            chunk = jnp.concatenate([pending[:, None], feedback], axis=1)
+            chunk_mask = jnp.concatenate([(pending_valid & live)[:, None], feedback_mask & live[:, None]], axis=1)
+            slot_tokens = jax.lax.dynamic_update_slice(slot_tokens, chunk, (0, cache.index))
+            logits, cache = decoder.step(params, chunk, chunk_mask, cache, extra)
+            cache, slot_tokens, rng, progress, out, follows, turn, pending = generate(
+                cache, slot_tokens, logits, rng, progress, live)
+            return (cache, slot_tokens, rng, progress, out, follows, pending), turn
+
+        def body(carry, _):
+            return jax.lax.cond(jnp.any(carry[5]), next_turn, lambda c: (c, no_turn), carry)
+
+        carry = (cache, slot_tokens, rng, progress, out, follows, pending)
+        (cache, slot_tokens, rng, progress, _, follows, _), later = jax.lax.scan(
+            body, carry, None, length=shapes.turns - 1)
+        progress, _ = _apply_step(env, env_params, progress, follows, empty_reply, jnp.zeros((batch,), jnp.int32))
+        turns = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a[None], b], axis=0), first, later)
+        return progress, (slot_tokens[:, :shapes.capacity], cache.valid, turns)
+
+    def skipped(progress: _Progress, rng: jax.Array):
+        turns = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (shapes.turns, *x.shape)), no_turn)
+        return progress, (jnp.zeros((batch, shapes.capacity), jnp.int32), jnp.zeros((batch, shapes.capacity), bool),
+                          turns)
+
+    def round_(progress, key):
+        return jax.lax.cond(jnp.all(progress.done), skipped, conversation, progress, key)
+
+    progress = _Progress(env_state, jnp.zeros((batch,), bool), jnp.zeros((batch,), bool), jnp.zeros((batch,), bool),
+                         empty_counts)
+    progress, (slots, valid, turns) = jax.lax.scan(round_, progress, jax.random.split(rng, env.conversations))
+    rounds_first = lambda x: jnp.moveaxis(x, 0, 1)  # [R, B, ...] -> [B, R, ...]
+    turns_inner = lambda x: jnp.moveaxis(x, (0, 1, 2), (1, 2, 0))  # [R, T, B, ...] -> [B, R, T, ...]
+    return Episodes(
+        slot_tokens=rounds_first(slots), slot_valid=rounds_first(valid), reply_tokens=turns_inner(turns.tokens),
+        reply_len=turns_inner(turns.length), reply_start=turns_inner(turns.start),
+        sample_logp=turns_inner(turns.logp), reward=turns_inner(turns.reward), turn_valid=turns_inner(turns.played),
+        success=progress.success, overflow=progress.overflow, counts=progress.counts, state=progress.state)
+
+
+def compact(slot_tokens: jax.Array, slot_valid: jax.Array, width: int, pad_id: int) -> tuple[jax.Array, jax.Array]:
+    """Right-padded conversations (ids int32[E, width], mask bool[E, width]) from cache slots int32[E, C] / bool[E, C]
+    (valid slots kept in order). width must be >= the longest conversation."""
+    order = jnp.argsort(~slot_valid, axis=1, stable=True)[:, :width]
+    ids = jnp.take_along_axis(slot_tokens, order, axis=1)
+    mask = jnp.arange(width)[None, :] < jnp.sum(slot_valid, axis=1, keepdims=True)
+    return jnp.where(mask, ids, pad_id), mask
