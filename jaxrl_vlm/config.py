@@ -6,6 +6,7 @@ the job reads exist, so a bad run fails in a second, not after minutes of compil
 """
 from __future__ import annotations
 
+import json
 import os
 
 import ml_collections as mlc
@@ -25,7 +26,9 @@ def base_config(job: str, run_name: str) -> mlc.ConfigDict:
     """The full schema with defaults for the embedded model on GP-L; config files override values.
 
     task.name: 'gp' (GeneralPoints) or 'virl' (V-IRL navigation; language_only, verify_iter and resolution apply to
-    both; task.route_dir / task.ood_route_dir are V-IRL route directories, see VIRL_ROUTE_KEYS).
+    both; task.route_dir / task.ood_route_dir are V-IRL route directories, see VIRL_ROUTE_KEYS). An empty V-IRL route
+    directory is a synthetic city built on first use under task.city_cache (the training city of task.city_routes
+    routes in city_cache/train, the 18-route visual-OOD city in city_cache/ood; envs/virl/cities.py).
     ppo: init ('' = SFT warm start with config.sft, 'model.path', or a checkpoint), updates (rollout + update rounds),
     episodes (per update, global), epochs x minibatches optimizer steps per update, micro_batches (gradient
     accumulation within a mini-batch), Adam and cosine settings (lr_max_steps: the cosine period in updates), PPO
@@ -42,7 +45,7 @@ def base_config(job: str, run_name: str) -> mlc.ConfigDict:
     c.mesh = mlc.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     c.task = mlc.ConfigDict(dict(name="gp", language_only=True, face_cards_as_10=True, ood=False, suits="mixed",
                                  target=24, verify_iter=5, resolution=1200, card_dir="", route_dir="",
-                                 ood_route_dir=""))
+                                 ood_route_dir="", city_cache="data/virl_cities", city_routes=1000))
     c.data = mlc.ConfigDict(dict(num_examples=4096, seq_len=320, seed=0, data_dir=""))
     c.sft = mlc.ConfigDict(dict(steps=100, global_batch_size=16, micro_batches=1, lr=1e-5, warmup_ratio=0.03,
                                 end_lr=0.0, b1=0.9, b2=0.98, eps=1e-7, weight_decay=0.0, max_grad_norm=1.0,
@@ -80,7 +83,7 @@ def eval_splits(config: mlc.ConfigDict) -> list[str]:
 
         allowed = tuple(SPLITS)
     else:
-        from jaxrl_vlm.evaluation.gp import gp_splits
+        from jaxrl_vlm.envs.general_points.task import gp_splits
 
         allowed = tuple(gp_splits(config.task.language_only))
     splits = [s.strip() for s in config.eval.splits.split(",") if s.strip()]
@@ -127,19 +130,40 @@ def _validate_ppo(config: mlc.ConfigDict, shards: int) -> None:
         _check(ppo[key] >= 0, f"ppo.{key}", ppo[key], ">= 0")
 
 
-def _check_route_dir(path: str, key: str, splits: list[str]) -> None:
-    """A V-IRL route directory must hold route_infos.json (street_views/ etc. are checked when it is read)."""
-    if not path:
-        raise ValueError(f"config.{key} is empty: the V-IRL split(s) {splits} need a route directory "
-                         "(route_infos.json, gps_pano_mapping.pkl, street_views/; "
-                         "python -m jaxrl_vlm.envs.virl.make_city writes one)")
-    if not os.path.isfile(os.path.join(path, "route_infos.json")):
-        raise FileNotFoundError(f"config.{key} {path!r} has no route_infos.json (a V-IRL route directory, "
-                                "e.g. from python -m jaxrl_vlm.envs.virl.make_city)")
+def virl_route_keys(config: mlc.ConfigDict) -> list[str]:
+    """The config.task keys of the V-IRL route directories a job reads: route_dir for training (jobs sft, ppo), then
+    those of config.eval.splits (VIRL_ROUTE_KEYS), without repeats."""
+    keys = ["route_dir"] if config.job != "eval" else []
+    keys += [VIRL_ROUTE_KEYS[s] for s in eval_splits(config)]
+    return list(dict.fromkeys(keys))
+
+
+def _check_route_dir(path: str, key: str) -> None:
+    """A given V-IRL route directory must hold route_infos.json (street_views/ etc. are checked when it is read)."""
+    if path and not os.path.isfile(os.path.join(path, "route_infos.json")):
+        raise FileNotFoundError(f"config.{key} {path!r} has no route_infos.json (a V-IRL route directory, e.g. from "
+                                "python -m jaxrl_vlm.envs.virl.make_city; '' = a synthetic city built on first use)")
+
+
+def _check_vision_model(config: mlc.ConfigDict) -> None:
+    """GP-VL and V-IRL-VL feed images: model.path must be a vision-language (Mllama) HF checkpoint directory."""
+    path = resolve_model_path(config.model.path)
+    hf_config = os.path.join(path, "config.json")
+    if os.path.isfile(hf_config):
+        with open(hf_config) as f:
+            model_type = json.load(f).get("model_type")
+        found = f"an HF checkpoint of model_type {model_type!r}"
+    else:
+        model_type, found = None, "not an HF checkpoint directory (a .gguf file is text-only)"
+    if model_type != "mllama":
+        raise ValueError(f"config.task.language_only=False needs a vision-language model, but config.model.path="
+                         f"{config.model.path!r} is {found}; give an HF Mllama checkpoint directory (config.json "
+                         "model_type 'mllama') or set task.language_only=True")
 
 
 def validate(config: mlc.ConfigDict) -> None:
-    """Raise ValueError/FileNotFoundError naming the key for any bad value or missing file."""
+    """Raise ValueError/FileNotFoundError naming the key for any bad value or missing file. An empty V-IRL route
+    directory passes: the job builds a synthetic city there (envs/virl/cities.py `resolve_route_dirs`)."""
     _check(config.job in JOBS, "job", config.job, f"one of {JOBS}")
     resolve_model_path(config.model.path)
     for key in ("dtype", "param_dtype"):
@@ -152,11 +176,11 @@ def validate(config: mlc.ConfigDict) -> None:
 
     task = config.task
     _check(task.name in TASKS, "task.name", task.name, f"one of {TASKS}")
-    _check(task.name == "gp" or config.job == "eval", "task.name", task.name,
-           f"'gp' for job={config.job!r} (V-IRL has the evaluation job; its SFT and PPO jobs are not wired yet)")
     _check(task.suits in SUIT_SETS, "task.suits", task.suits, f"one of {tuple(SUIT_SETS)}")
     _check(isinstance(task.target, int) and task.target > 0, "task.target", task.target, "a positive int")
     _check(isinstance(task.verify_iter, int) and task.verify_iter >= 1, "task.verify_iter", task.verify_iter, ">= 1")
+    if not task.language_only:
+        _check_vision_model(config)
     if task.card_dir and not os.path.isdir(task.card_dir):
         raise FileNotFoundError(f"config.task.card_dir {task.card_dir!r} is not a folder")
     for key in ("num_examples", "seq_len"):
@@ -176,10 +200,16 @@ def validate(config: mlc.ConfigDict) -> None:
     _validate_ppo(config, shards)
     _check(config.checkpoint.keep >= 1, "checkpoint.keep", config.checkpoint.keep, ">= 1")
     _check(config.checkpoint.every >= 1, "checkpoint.every", config.checkpoint.every, ">= 1")
-    splits = eval_splits(config)
+    eval_splits(config)  # the split names, for either task
     if task.name == "virl":
-        for key in dict.fromkeys(VIRL_ROUTE_KEYS[s] for s in splits):  # in split order
-            _check_route_dir(task[key], f"task.{key}", [s for s in splits if VIRL_ROUTE_KEYS[s] == key])
+        keys = virl_route_keys(config)
+        for key in keys:
+            _check_route_dir(task[key], f"task.{key}")
+        if any(not task[key] for key in keys):  # cities.resolve_route_dirs builds them
+            _check(isinstance(task.city_routes, int) and task.city_routes >= 1, "task.city_routes", task.city_routes,
+                   "an int >= 1 (routes of the synthetic training city)")
+            _check(bool(task.city_cache), "task.city_cache", task.city_cache,
+                   "a folder for the synthetic cities that replace the empty route directories")
     _check(config.eval.episodes >= 1, "eval.episodes", config.eval.episodes, ">= 1")
     _check(config.eval.batch_size >= 1, "eval.batch_size", config.eval.batch_size, ">= 1")
     if config.eval.checkpoint and not os.path.exists(config.eval.checkpoint):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import functools
+import multiprocessing
 import os
 import pickle
 from typing import Any
@@ -57,7 +58,10 @@ def write_city(out_dir: str, seed: int, n_routes: int, styles: list[str], pano_w
         chunks = [indices[i::max(1, workers)] for i in range(max(1, workers))]
         render = functools.partial(_render_range, city, street_views, pano_width)
         if workers > 1:
-            with concurrent.futures.ProcessPoolExecutor(workers) as pool:
+            # spawn, not fork: jobs call this after JAX has started its threads (cities.py), and forking a
+            # multithreaded process can deadlock the children
+            context = multiprocessing.get_context("spawn")
+            with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
                 done = sum(pool.map(render, chunks))
         else:
             done = render(indices)
