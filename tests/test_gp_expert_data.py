@@ -11,7 +11,9 @@ from PIL import Image
 
 import jax.numpy as jnp
 
+from jaxrl_vlm import config as config_lib
 from jaxrl_vlm.data.gp_expert import build_expert_dataset, expert_config, write_reference_json
+from jaxrl_vlm.data.gp_expert.sft_source import expert_config_name
 from jaxrl_vlm.envs.general_points.cards import card_atlas, render_hands
 from jaxrl_vlm.envs.general_points.prompts import user_message
 from jaxrl_vlm.envs.general_points.solver import solutions
@@ -120,6 +122,15 @@ def test_config_names_record_settings_and_reject_bad_input():
         expert_config("vl_face10_green", 10, 0)
     with pytest.raises(ValueError, match="num_examples"):
         expert_config("l_face10_mixed", 0, 0)
+
+
+def test_sft_job_picks_the_dataset_of_its_task():
+    """config.task's modality, face rule and suit set name the expert config the SFT job trains on."""
+    task = config_lib.base_config("sft", "x").task
+    assert expert_config_name(task) == "l_face10_mixed"
+    task.language_only, task.face_cards_as_10, task.suits = False, False, "red"
+    assert expert_config_name(task) == "vl_face_as_11_12_13_red"
+    expert_config(expert_config_name(task), 1, 0)  # a config the builder has
 
 
 def test_reference_json_export(vision, lang_ood, tmp_path):

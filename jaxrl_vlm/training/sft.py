@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import io
 import os
 import time
 from typing import Any, Callable
@@ -18,13 +17,11 @@ from typing import Any, Callable
 import jax
 import ml_collections as mlc
 import numpy as np
-from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
-from PIL import Image
 
 from jaxrl_vlm import config as config_lib
 from jaxrl_vlm.data.batching import SFTBatch, SFTBatcher
-from jaxrl_vlm.data.conversation import TokenizedConversation, tokenize_conversation
+from jaxrl_vlm.data.expert import expert_conversations
 from jaxrl_vlm.models import api as models_api
 from jaxrl_vlm.models import llama, mllama
 from jaxrl_vlm.models.mllama_port import MllamaModel
@@ -60,45 +57,6 @@ def build_mesh(mesh_config: mlc.ConfigDict) -> Mesh:
         raise ValueError(f"mesh data={data} x fsdp={fsdp} x tensor={tensor} = {total} devices, but {n} are available"
                          + (" (multi-process runs must use every device)" if total < n else ""))
     return make_mesh(data=data, fsdp=fsdp, tensor=tensor, devices=jax.devices()[:total])
-
-
-def expert_config_name(task: mlc.ConfigDict) -> str:
-    """Name of the GP expert TFDS config matching the task (modality, face rule, suit set)."""
-    modality = "l" if task.language_only else "vl"
-    rule = "face10" if task.face_cards_as_10 else "face_as_11_12_13"
-    return f"{modality}_{rule}_{task.suits}"
-
-
-def expert_conversations(config: mlc.ConfigDict, tokenizer) -> tuple[Callable[[int], TokenizedConversation], int]:
-    """(get_example(i), count): tokenized expert conversations of the configured GP task, tokenized on first use."""
-    from jaxrl_vlm.data.gp_expert import build_expert_dataset
-
-    data_dir = config.data.data_dir or os.path.join(config.out_dir, "data")
-    build = functools.partial(build_expert_dataset, data_dir, expert_config_name(config.task),
-                              config.data.num_examples, config.data.seed, resolution=config.task.resolution,
-                              card_dir=config.task.card_dir or None)
-    # Process 0 builds first; the others then reuse that copy on a shared filesystem or build their own.
-    builder = build() if jax.process_index() == 0 else None
-    multihost_utils.sync_global_devices("gp expert data built")
-    builder = builder or build()
-    source = builder.as_data_source()["train"]
-    language_only = config.task.language_only
-
-    @functools.lru_cache(maxsize=None)
-    def get_example(i: int) -> TokenizedConversation:
-        record = source[i]
-        prompt, response = (record[k].decode("utf-8") if isinstance(record[k], bytes) else record[k]
-                            for k in ("prompt", "response"))
-        if language_only:
-            return tokenize_conversation(tokenizer, [{"role": "user", "content": prompt},
-                                                     {"role": "assistant", "content": response}])
-        image = record["image"]
-        if isinstance(image, bytes):
-            image = np.asarray(Image.open(io.BytesIO(image)).convert("RGB"))
-        user = {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}
-        return tokenize_conversation(tokenizer, [user, {"role": "assistant", "content": response}], image)
-
-    return get_example, len(source)
 
 
 def _global_batch(batch: SFTBatch, mesh: Mesh, model: Any) -> dict[str, jax.Array]:
