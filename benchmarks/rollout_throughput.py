@@ -1,14 +1,16 @@
-"""Multi-turn GP-L rollout throughput: the on-device rollout (`training.rollout.rollout`, one jit) against a host loop.
+"""Multi-turn GP-L rollout throughput: the on-device rollout (`jaxrl_vlm.rollout.rollout`, one jit) against a host loop.
 
-Both paths play the same B episodes (the same hands, from one `env.reset_batch`) of GeneralPoints-L in-distribution
-with sequential revision, up to `--turns` replies per episode (an episode ends when a reply scores 5), with the same
-model (the embedded SmolLM2-135M-Instruct, float32 or `--dtype bfloat16` on every path), greedy decoding, up to `--max-new-tokens` tokens per reply, on
-the same device, in the same run:
+Both paths play the same B episodes (the same hands, from one `protocol.reset_batch`) of GeneralPoints-L
+in-distribution with sequential revision, up to `--turns` replies per episode (an episode ends when a reply scores 5),
+with the same model (the embedded SmolLM2-135M-Instruct, float32 or `--dtype bfloat16` on every path), greedy
+decoding, up to `--max-new-tokens` tokens per reply, on the same device, in the same run:
 
-- device: assemble the first prompts on the device (`prompt_tokens.prompt_ids`), then `rollout.rollout` (prefill,
-  decode, token bytes, device verifier, revision suffix from the verifier's fragments, KV cache continued across
-  turns), set up as `ppo_train.train_ppo` does (`GPRolloutSource`, `policy_model(...).decoder`); timed up to the
-  rewards and reply lengths on the host.
+- device: `rollout.rollout` of the environment-protocol task (`envs.general_points.task.make_task`, split in_dist:
+  the first prompt assembled on the device from pre-tokenized pieces by `GPTask.prompt`, prefill, decode, token
+  bytes, device verifier, revision suffix from the verifier's fragments, KV cache continued across turns, the
+  budget's forced step), set up as `ppo_train.train_ppo` does (`protocol.reset_batch`, `policy_model(...).decoder`,
+  `token_bytes.token_byte_table`); timed up to the rewards and reply lengths on the host. GP has one conversation
+  per episode: the device arrays' conversation axis R is 1.
 - host loops: what the reference does per turn, for the episodes not done: render each conversation with
   `tokenizer.apply_chat_template` (`prompt_tokens.gp_conversation`), tokenize, left-pad, generate (re-prefilling the
   whole conversation), decode the replies with the tokenizer, score them with the Python verifier
@@ -44,13 +46,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxrl_vlm import rollout as rollout_lib
 from jaxrl_vlm.config import base_config
+from jaxrl_vlm.envs import protocol
 from jaxrl_vlm.envs.general_points import prompt_tokens, verifier
+from jaxrl_vlm.envs.general_points.task import make_task
 from jaxrl_vlm.models import api, sampler
+from jaxrl_vlm.models.token_bytes import token_byte_table
 from jaxrl_vlm.models.tokenizer import load_tokenizer
-from jaxrl_vlm.training import rollout as rollout_lib
 from jaxrl_vlm.training.policy import policy_model
-from jaxrl_vlm.training.ppo_train import GPRolloutSource
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "rollout_throughput.json")
 FACE_CARDS_AS_10 = True
@@ -66,33 +70,31 @@ class DevicePath:
 
     def __init__(self, model: Any, tokenizer, *, batch: int, turns: int, max_new_tokens: int, feedback_tokens: int,
                  dtype: str):
-        config = base_config(job="ppo", run_name="rollout_throughput")
-        config.task.verify_iter = turns
-        config.ppo.episodes = batch
-        config.ppo.max_new_tokens = max_new_tokens
-        config.ppo.feedback_tokens = feedback_tokens
-        policy = policy_model(model, dtype, dtype)
-        self.source = GPRolloutSource(config, model, tokenizer, policy)
-        self.decoder = policy.decoder
+        self.env, self.env_params = make_task(tokenizer, "in_dist", language_only=True, verify_iter=turns,
+                                              feedback_tokens=feedback_tokens)
+        assert self.env.conversations == 1 and self.env.turns == turns
+        self.shapes = rollout_lib.rollout_shapes(self.env, max_new_tokens)
+        self.batch = batch
+        self.max_new_tokens = max_new_tokens
+        self.decoder = policy_model(model, dtype, dtype).decoder
+        self.byte_table = token_byte_table(tokenizer, special_tokens="empty")
         self.model = model
         self.eos_ids = jnp.asarray(model.eos_token_ids, jnp.int32)
-        self.prompt = jax.jit(functools.partial(prompt_tokens.prompt_ids, width=self.source.shapes.prompt_width,
-                                                pad_id=0, padding_side="left"))
+        self.reset = jax.jit(protocol.reset_batch, static_argnums=(0, 3))
 
     def hands(self, key: jax.Array) -> tuple[Any, np.ndarray]:
         """(env states, ranks int[B, 4] on the host) of B fresh episodes."""
-        state, _, _ = self.source.episodes(key)
+        state = self.reset(self.env, key, self.env_params, self.batch)
         return state, np.asarray(state.ranks)
 
     def __call__(self, state: Any, key: jax.Array) -> tuple[rollout_lib.Episodes, dict[str, np.ndarray]]:
-        """Roll out the episodes of reset env states; returns the device Episodes and its host summary."""
-        prompt = self.prompt(self.source.codec, state.ranks)
-        episodes = rollout_lib.rollout(self.decoder, self.model.params, self.source.codec, self.source.env_params,
-                                       self.source.byte_table, state, prompt, None, key, jnp.float32(0.0),
-                                       jnp.float32(1.0), self.eos_ids, shapes=self.source.shapes,
-                                       pad_id=self.model.pad_id)
+        """Roll out the episodes of reset env states; returns the device Episodes and its host summary (the one
+        conversation of each episode: arrays [B, T])."""
+        episodes = rollout_lib.rollout(self.env, self.decoder, self.model.params, self.env_params, self.byte_table,
+                                       state, None, key, jnp.float32(0.0), jnp.float32(1.0), self.eos_ids,
+                                       max_new_tokens=self.max_new_tokens, pad_id=self.model.pad_id)
         reward, reply_len, played, success = jax.device_get(
-            (episodes.reward, episodes.reply_len, episodes.turn_valid, episodes.success))
+            (episodes.reward[:, 0], episodes.reply_len[:, 0], episodes.turn_valid[:, 0], episodes.success))
         return episodes, {"reward": reward, "reply_len": reply_len, "played": played, "success": success}
 
 
@@ -178,7 +180,7 @@ def check_device_rewards(tokenizer, episodes: rollout_lib.Episodes, summary: dic
                          ranks: np.ndarray, eos_ids: jax.Array) -> list[list[str]]:
     """Assert that every played device reward equals the Python verifier on the decoded reply; returns the device
     replies as text (B lists)."""
-    tokens = np.asarray(episodes.reply_tokens)
+    tokens = np.asarray(episodes.reply_tokens[:, 0])  # [B, R = 1, T, N]: GP's one conversation
     batch, turns, width = tokens.shape
     text_len = np.asarray(sampler.lengths_without_stop(tokens.reshape(-1, width), summary["reply_len"].reshape(-1),
                                                          eos_ids)).reshape(batch, turns)
@@ -262,7 +264,7 @@ def main() -> None:
 
     device_tokens = int(summary["reply_len"][summary["played"]].sum())
     device_played = int(summary["played"].sum())
-    shapes = device.source.shapes
+    shapes = device.shapes
     later_turns = int(summary["played"][:, 1:].any(axis=0).sum())
     device_prefilled = args.batch * (shapes.prompt_width + later_turns * shapes.chunk_width)
     same_first = sum(d[0] == h[0] for d, h in zip(device_replies, host["host_loop_jax"]["replies"]))

@@ -3,7 +3,7 @@
 For a batch of B reset episodes, `rollout` runs up to `env.conversations` conversations per episode (`lax.scan`),
 each of up to `env.turns` replies (an inner `lax.scan`), with the KV cache carried from turn to turn:
 
-    prefill env.prompt(state) -> [sample a reply (`sampler.decode`) -> reply tokens to bytes -> env.step
+    prefill env.prompt(state) (in chunks, skipping all-padding ones) -> [sample a reply (`sampler.decode`) -> reply tokens to bytes -> env.step
     -> append the pending reply token and step.feedback_ids] x turns -> the budget's forced step
 
 Every conversation starts from an empty cache (GeneralPoints has one conversation per episode; V-IRL one per route
@@ -37,6 +37,9 @@ import jax.numpy as jnp
 from jaxrl_vlm.envs import protocol
 from jaxrl_vlm.models import sampler
 from jaxrl_vlm.models.token_bytes import tokens_to_bytes
+from jaxrl_vlm.shapes import round_up
+
+PREFILL_CHUNK = 128  # prompt columns written per prefill step; chunks that are padding in every row are skipped
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,8 +64,10 @@ class RolloutShapes:
 
 
 def rollout_shapes(env: protocol.Environment, max_new_tokens: int) -> RolloutShapes:
-    """The conversation sizes of an env for replies of up to max_new_tokens tokens."""
-    return RolloutShapes(env.turns, max_new_tokens, env.prompt_width, env.feedback_width)
+    """The conversation sizes of an env for replies of up to max_new_tokens tokens (the prompt width as prefilled:
+    a multiple of PREFILL_CHUNK when wider than one chunk)."""
+    width = env.prompt_width if env.prompt_width <= PREFILL_CHUNK else round_up(env.prompt_width, PREFILL_CHUNK)
+    return RolloutShapes(env.turns, max_new_tokens, width, env.feedback_width)
 
 
 class Episodes(NamedTuple):
@@ -173,6 +178,30 @@ def rollout(env: protocol.Environment, decoder: sampler.DecodeModel, params: Any
         follows = live & ~out.done & ~out.fresh  # the conversation goes on with this row
         return cache, slot_tokens, rng, progress, out, follows, turn, (pending, pending_valid)
 
+    def write(cache, slot_tokens, ids, mask):
+        slot_tokens = jax.lax.dynamic_update_slice(slot_tokens, ids, (0, cache.index))
+        logits, cache = decoder.step(params, ids, mask, cache, extra)
+        return logits, cache, slot_tokens
+
+    def prefill(cache, slot_tokens, ids, mask):
+        """Write left-padded prompts in chunks of PREFILL_CHUNK columns, skipping chunks that are padding in every
+        row (the prompt width is the task's worst case; real prompts are often much shorter)."""
+        width = ids.shape[1]
+        if width <= PREFILL_CHUNK:
+            return write(cache, slot_tokens, ids, mask)
+        extra_cols = -width % PREFILL_CHUNK
+        ids = jnp.pad(ids, ((0, 0), (extra_cols, 0)), constant_values=pad_id)
+        mask = jnp.pad(mask, ((0, 0), (extra_cols, 0)))
+        chunks = lambda x: jnp.moveaxis(x[:, :-PREFILL_CHUNK].reshape(batch, -1, PREFILL_CHUNK), 1, 0)
+
+        def chunk(carry, xs):
+            c_ids, c_mask = xs
+            carry = jax.lax.cond(jnp.any(c_mask), lambda c: write(*c, c_ids, c_mask)[1:], lambda c: c, carry)
+            return carry, None
+
+        (cache, slot_tokens), _ = jax.lax.scan(chunk, (cache, slot_tokens), (chunks(ids), chunks(mask)))
+        return write(cache, slot_tokens, ids[:, -PREFILL_CHUNK:], mask[:, -PREFILL_CHUNK:])
+
     def conversation(progress: _Progress, rng: jax.Array):
         prompt = protocol.prompt_batch(env, progress.state, env_params)
         live = ~progress.done & ~prompt.overflow
@@ -181,8 +210,7 @@ def rollout(env: protocol.Environment, decoder: sampler.DecodeModel, params: Any
         ids, mask = left_padded(prompt.ids, prompt.length, pad_id)
         cache = decoder.init_cache(batch, shapes.capacity)
         slot_tokens = jnp.zeros((batch, shapes.capacity + max(n, shapes.chunk_width)), jnp.int32)
-        slot_tokens = jax.lax.dynamic_update_slice(slot_tokens, ids, (0, 0))
-        logits, cache = decoder.step(params, ids, mask & live[:, None], cache, extra)
+        logits, cache, slot_tokens = prefill(cache, slot_tokens, ids, mask & live[:, None])
         cache, slot_tokens, rng, progress, out, follows, first, pending = generate(
             cache, slot_tokens, logits, rng, progress, live)
 
@@ -194,8 +222,7 @@ def rollout(env: protocol.Environment, decoder: sampler.DecodeModel, params: Any
             feedback, feedback_mask = left_padded(out.feedback_ids, out.feedback_len, pad_id)
             chunk = jnp.concatenate([pending[:, None], feedback], axis=1)
             chunk_mask = jnp.concatenate([(pending_valid & live)[:, None], feedback_mask & live[:, None]], axis=1)
-            slot_tokens = jax.lax.dynamic_update_slice(slot_tokens, chunk, (0, cache.index))
-            logits, cache = decoder.step(params, chunk, chunk_mask, cache, extra)
+            logits, cache, slot_tokens = write(cache, slot_tokens, chunk, chunk_mask)
             cache, slot_tokens, rng, progress, out, follows, turn, pending = generate(
                 cache, slot_tokens, logits, rng, progress, live)
             return (cache, slot_tokens, rng, progress, out, follows, pending), turn

@@ -112,8 +112,7 @@ def make_task(tokenizer, split: str | GPSplit, *, language_only: bool = True, ta
     spec = splits[split] if isinstance(split, str) else split
     turns = verify_iter if spec.revise else 1
     env_params = gp_env.make_params(target=target, face_cards_as_10=spec.face_cards_as_10, ood=spec.ood,
-                                    suits=spec.suits, verify_iter=turns, language_only=language_only,
-                                    resolution=resolution)
+                                    suits=spec.suits, verify_iter=turns, language_only=language_only)
     codec = prompt_tokens.build_prompt_codec(tokenizer, language_only=language_only,
                                              face_cards_as_10=spec.face_cards_as_10, target=target,
                                              fragment_texts=gp_env.feedback_fragment_texts(),
