@@ -1,4 +1,6 @@
-"""V-IRL evaluation of a loaded model (spec virl.md §1.8-1.10): the §1.9 conversation protocol around the env.
+"""The host-driven V-IRL evaluation of a loaded model (spec virl.md §1.8-1.10), the reference the tests hold the
+on-device rollout (`jaxrl_vlm.rollout`, `evaluation.evaluator`) to: the §1.9 conversation protocol around the env.
+(Moved here from `jaxrl_vlm/evaluation/virl.py` when the jobs moved to the device evaluator; same code.)
 
 `VirlModelPolicy` is a `PolicyFn` for `envs.virl.evaluate_virl`. It keeps one conversation per episode: at the start
 of an episode and after a correct move, a fresh single-turn conversation holding the env's prompt (V-IRL-VL: the 2x2
