@@ -26,8 +26,8 @@ def get_config():
     config = base_config(job="ppo", run_name="ppo_virl")
     config.task.name = "virl"
     config.task.verify_iter = 2
-    config.sft.steps = 6
-    config.sft.global_batch_size = 8
+    config.sft.steps = 3
+    config.sft.global_batch_size = 4
     config.sft.lr = 5e-5
     config.sft.warmup_ratio = 0.1
     config.data.num_examples = 1024
