@@ -6,7 +6,8 @@ visual-OOD evaluation before and after.
 The route directories default to '': on first use the job builds synthetic cities under task.city_cache
 (data/virl_cities/train: 1000 routes; data/virl_cities/ood: the 18-route visual-OOD city; seconds for V-IRL-L) and
 reuses them afterwards. data.seq_len 1024 fits the warm start's longest expert conversation (925 SmolLM2 tokens);
-ppo.feedback_tokens 80 fits the longest 'You failed this trial because ...' feedback (78 SmolLM2 tokens).
+ppo.feedback_tokens 80 fits the longest 'You failed this trial because ...' feedback (78 SmolLM2 tokens);
+max_new_tokens 64 fits the expert's replies (at most 59 SmolLM2 tokens on the training city).
 
 Override any key: `python -m jaxrl_vlm.main --config=configs/ppo_virl.py --config.ppo.updates=15`.
 Start from an SFT run instead of the warm start: --config.ppo.init=runs/sft_virl/checkpoints (or an HF directory).
@@ -32,18 +33,18 @@ def get_config():
     config.sft.warmup_ratio = 0.1
     config.data.num_examples = 1024
     config.data.seq_len = 1024
-    config.ppo.updates = 2
+    config.ppo.updates = 1
     config.ppo.episodes = 8
     config.ppo.epochs = 2
     config.ppo.minibatches = 2
     config.ppo.lr = 2e-6
     config.ppo.lr_max_steps = 20
-    config.ppo.max_new_tokens = 96
+    config.ppo.max_new_tokens = 64
     config.ppo.feedback_tokens = 80
     config.checkpoint.every = 1
     config.eval.every = 0
     config.eval.splits = "in_distribution,rule_ood,visual_ood"
-    config.eval.episodes = 8
-    config.eval.batch_size = 8
-    config.eval.max_new_tokens = 96
+    config.eval.episodes = 4
+    config.eval.batch_size = 4
+    config.eval.max_new_tokens = 64
     return config

@@ -157,7 +157,8 @@ def rollout(env: protocol.Environment, decoder: sampler.DecodeModel, params: Any
     params = decoder.decode_params(params)
     empty_counts = {name: (jnp.zeros((batch,), jnp.int32), jnp.zeros((batch,), jnp.int32)) for name in env.count_names}
     # the forced step's reply: real replies' width; behind a barrier so XLA does not constant-fold the verifier on it
-    empty_reply = jax.lax.optimization_barrier(jnp.zeros((batch, n * byte_table.bytes.shape[1]), jnp.uint8))
+    empty_reply = jax.lax.optimization_barrier((jnp.zeros((batch, n * byte_table.bytes.shape[1]), jnp.uint8),
+                                                jnp.zeros((batch,), jnp.int32)))
     no_turn = _Turn(jnp.full((batch, n), pad_id, jnp.int32), jnp.zeros((batch, n), jnp.float32),
                     jnp.zeros((batch,), jnp.int32), jnp.zeros((batch,), jnp.int32), jnp.zeros((batch,), jnp.float32),
                     jnp.zeros((batch,), bool))
@@ -233,7 +234,7 @@ def rollout(env: protocol.Environment, decoder: sampler.DecodeModel, params: Any
         carry = (cache, slot_tokens, rng, progress, out, follows, pending)
         (cache, slot_tokens, rng, progress, _, follows, _), later = jax.lax.scan(
             body, carry, None, length=shapes.turns - 1)
-        progress, _ = _apply_step(env, env_params, progress, follows, empty_reply, jnp.zeros((batch,), jnp.int32))
+        progress, _ = _apply_step(env, env_params, progress, follows, *empty_reply)
         turns = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a[None], b], axis=0), first, later)
         return progress, (slot_tokens[:, :shapes.capacity], cache.valid, turns)
 
