@@ -1,13 +1,19 @@
 """Scripted GeneralPoints policies dressed as a model object, for testing the evaluation numbers end to end.
 
-`ScriptedPolicyModel` offers what a loaded model offers to the GP evaluator and the on-device rollout (`decoder`,
-`params`, `put_batch`, `sampler_extra`, `eos_token_ids`, `pad_id` and, for GP-VL, `vision_inputs`), so it goes
-through the real sampler, prompt assembly, token-to-byte conversion and device verifier; nothing of the evaluator is
-patched. Its decoder (`ScriptedDecoder`) keeps the token ids of each KV-cache slot in the cache and, at every step,
-hands each row's history to the host (`jax.pure_callback`). The host decodes the conversation up to its last
-generation prompt, reads the hand from it (GP-L: the `Cards: [...]` line; GP-VL: the card images, recognised exactly
-against the card atlas by `sampler_extra`, the model's "vision encoder"), reads the face rule from the prompt text,
-asks the Python policy which kind of reply to give, and forces that reply token by token (then EOS).
+`ScriptedPolicyModel` offers what a loaded model offers to the evaluator (`evaluation.evaluator.Evaluator`) and the
+on-device rollout (`jaxrl_vlm.rollout`): `decoder`, `params`, `mesh_rules`, `put_batch`, `sampler_extra`,
+`eos_token_ids`, `pad_id` and, for GP-VL, `vision_inputs`. So it goes through the real rollout, sampler, prompt
+assembly, token-to-byte conversion and device verifier; nothing of the evaluator is patched.
+
+The rollout prefills a conversation's prompt once and then continues the KV cache: each decoder step is given only
+the new tokens (a prompt, one sampled token, or a revision chunk: the pending reply token and the feedback turn).
+So the decoder (`ScriptedDecoder`) keeps the token id of each KV-cache slot in the cache (`token_cache`,
+`write_tokens`) and, at every step, hands each row's whole history, the valid slots in order, to the host
+(`jax.pure_callback`). The host decodes the conversation up to its last generation prompt, reads the hand from it
+(GP-L: the `Cards: [...]` line; GP-VL: the card images, recognised exactly against the card atlas by
+`sampler_extra`, the model's "vision encoder"), reads the face rule from the prompt text and the earlier replies and
+their feedback from the revision turns, asks the Python policy which kind of reply to give, and forces that reply
+token by token (then EOS), each token at its offset from the generation prompt.
 
 A policy is a function `Conversation -> kind`, kind one of `REPLY_REWARDS`, whose reward the spec's table fixes
 (spec generalpoints.md §4): so a test knows each reply's reward from the policy's definition alone.
@@ -164,6 +170,8 @@ class ScriptedPolicyModel:
     @property
     def pad_id(self) -> int:
         return 0
+
+    mesh_rules = None  # one device: no batch padding for a mesh
 
     def put_batch(self, x):
         return jnp.asarray(np.asarray(x))

@@ -1,53 +1,71 @@
 """GeneralPoints evaluation numbers (spec generalpoints.md §5) from scripted policies of known skill, on every split.
 
 Each policy is a model object (tests/scripted_policy.py) that goes through the public evaluator,
-`GPEvaluator(model, tokenizer).evaluate(split, ...)`, with the real SmolLM2 tokenizer, sampler, prompt assembly and
-device verifier; it reads the hand from the prompt (GP-L) or from the card image (GP-VL) and the face rule from the
-prompt text. Expected numbers come only from the policy's definition, the spec's reward table (§4) and the hands the
-policy was shown: the first `episodes` first-turn prompts it answered, batch after batch (rows past `episodes` in
-the last batch are padding). EPISODES is not a multiple of BATCH, so the last batch always carries padding rows.
+`Evaluator(model, tokenizer, {split: make_task(tokenizer, split, ...)}).evaluate(split, ...)`, that is through the
+on-device multi-turn rollout PPO samples with (KV cache continued across revision turns), with the real SmolLM2
+tokenizer, sampler, prompt assembly and device verifier; it reads the hand from the prompt (GP-L) or from the card
+image (GP-VL) and the face rule from the prompt text. Expected numbers come only from the policy's definition, the
+spec's reward table (§4) and the hands the policy was shown: the first `episodes` first-turn prompts it answered,
+batch after batch (rows past `episodes` in the last batch are padding). EPISODES is not a multiple of BATCH, so the
+last batch always carries padding rows.
+
+Each (modality, split, verify_iter) is a task of its own and compiles its own rollout (tens of seconds on CPU): the
+tests share VERIFY_ITER wherever the budget does not matter, and one evaluator per (modality, verify_iter).
 """
 import math
 
 import numpy as np
 import pytest
 
-from jaxrl_vlm.evaluation.gp import GPEvaluator
 from jaxrl_vlm.envs.general_points.sampling import SUITS
+from jaxrl_vlm.envs.general_points.task import gp_splits, make_task
+from jaxrl_vlm.evaluation.evaluator import Evaluator
 
 from scripted_policy import MEMORISED_OOD_REWARD, REPLY_REWARDS, ScriptedPolicyModel, host_feedback, scripted_reply
 from tiny_models import MULTIMODAL_CHATML  # ChatML with an image placeholder (SmolLM2's own is text-only)
 
 BATCH, EPISODES, MAX_NEW = 8, 10, 80  # the longest scripted reply is under 70 tokens with its EOS
+VERIFY_ITER = 3  # the budget of every test that does not test the budget
 # The spec's splits (§5) and the suits each shows (§1): GP-VL trains on black suits, visual OOD shows red ones.
 SPLIT_SUITS = {"L": {"in_dist": "HSDC", "rule_ood": "HSDC"},
                "VL": {"in_dist": "SC", "rule_ood": "SC", "visual_ood": "HD", "recognition": "SC"}}
 ALL_SPLITS = [(mode, split) for mode, splits in SPLIT_SUITS.items() for split in splits]
 SPLIT_IDS = [f"{mode}-{split}" for mode, split in ALL_SPLITS]
+RESULT_KEYS = {"split", "episodes", "success", "success_stderr", "mean_reward", "replies", "overflow"}
+RECOGNITION_KEYS = {"recognition_accuracy", "recognition_accuracy_stderr", "recognition_replies"}
 
 
 @pytest.fixture(scope="module")
 def evaluators(smollm2_tokenizer):
-    """One scripted model and evaluator per modality (so each split's functions compile once for the module)."""
-    out = {}
-    for mode in ("L", "VL"):
-        vision = mode == "VL"
-        model = ScriptedPolicyModel(smollm2_tokenizer, vision=vision)
-        kwargs = {"template_kwargs": {"chat_template": MULTIMODAL_CHATML}} if vision else {}
-        out[mode] = (model, GPEvaluator(model, smollm2_tokenizer, language_only=not vision, **kwargs))
-    return out
+    """evaluators(mode, verify_iter) -> (scripted model, Evaluator over every split of the modality at that budget).
+    One scripted model per modality and one evaluator per (modality, budget), made on first use: each split's
+    rollout compiles once for the module."""
+    models = {mode: ScriptedPolicyModel(smollm2_tokenizer, vision=mode == "VL") for mode in ("L", "VL")}
+    cache = {}
+
+    def get(mode, verify_iter):
+        if (mode, verify_iter) not in cache:
+            vision = mode == "VL"
+            kwargs = {"template_kwargs": {"chat_template": MULTIMODAL_CHATML}} if vision else {}
+            splits = {split: make_task(smollm2_tokenizer, split, language_only=not vision, verify_iter=verify_iter,
+                                       **kwargs) for split in SPLIT_SUITS[mode]}
+            cache[mode, verify_iter] = models[mode], Evaluator(models[mode], smollm2_tokenizer, splits)
+        return cache[mode, verify_iter]
+
+    return get
 
 
-def evaluate(evaluators, mode, split, policy, *, episodes=EPISODES, verify_iter=2, seed=0):
+def evaluate(evaluators, mode, split, policy, *, episodes=EPISODES, verify_iter=VERIFY_ITER, seed=0):
     """(result, hands shown in the evaluated episodes) of one evaluation of `policy` on a split."""
-    model, evaluator = evaluators[mode]
+    model, evaluator = evaluators(mode, verify_iter)
     model.reset(policy)
-    result = evaluator.evaluate(split, episodes=episodes, batch_size=BATCH, max_new_tokens=MAX_NEW,
-                                verify_iter=verify_iter, seed=seed)
+    result = evaluator.evaluate(split, episodes=episodes, batch_size=BATCH, max_new_tokens=MAX_NEW, seed=seed)
     assert None not in model.turns_asked, "the scripted model was shown a conversation it could not read"
     assert len(model.seen) >= episodes
     hands = model.seen[:episodes]
     assert all(face10 == face_cards_as_10(split) for _, _, face10 in hands), "the prompt states the split's rule"
+    assert result["split"] == split and result["overflow"] == 0
+    assert set(result) == RESULT_KEYS | (RECOGNITION_KEYS if mode == "VL" else set()), sorted(result)
     return result, hands
 
 
@@ -66,23 +84,29 @@ def reward_of(kind, mode, face10):
     return REPLY_REWARDS[kind]
 
 
+def stderr(p, n):
+    return math.sqrt(p * (1 - p) / n)
+
+
 def expected_numbers(kinds, mode, split, verify_iter):
     """The spec §5 numbers for episodes whose every reply is of kinds[i]: an episode succeeds on its first reply or
-    fails after verify_iter replies (recognition: one reply); the mean reward is over every evaluated reply."""
+    fails after verify_iter replies (recognition: one reply); the mean reward is over every evaluated reply. GP-VL
+    also reports the recognition accuracy of every split: the fraction of evaluated replies that read the cards
+    right (not -1.5), its standard error over those replies, and their count."""
     revise = split != "recognition"  # recognition: one reply per episode, verification off (spec §5)
     per_episode = [reward_of(kind, mode, face_cards_as_10(split)) for kind in kinds]
     rewards = []
     for r in per_episode:
         rewards += [r] if r == 5 or not revise else [r] * verify_iter
     n = len(kinds)
-    if revise:
-        p = sum(r == 5 for r in per_episode) / n
-        key = "success"
-    else:
-        p = 1 - sum(r == REPLY_REWARDS["misread"] for r in per_episode) / n
-        key = "recognition_accuracy"
-    return {key: p, "stderr": math.sqrt(p * (1 - p) / n), "mean_reward": float(np.mean(rewards)),
-            "replies": len(rewards), "episodes": n}
+    p = sum(r == 5 for r in per_episode) / n
+    out = {"success": p, "success_stderr": stderr(p, n), "mean_reward": float(np.mean(rewards)),
+           "replies": len(rewards), "episodes": n, "overflow": 0}
+    if mode == "VL":
+        q = 1 - sum(r == REPLY_REWARDS["misread"] for r in rewards) / len(rewards)
+        out.update(recognition_accuracy=q, recognition_accuracy_stderr=stderr(q, len(rewards)),
+                   recognition_replies=len(rewards))
+    return out
 
 
 def check(result, expected):
@@ -90,14 +114,26 @@ def check(result, expected):
         assert result[key] == pytest.approx(value, abs=1e-9), (key, result)
 
 
+def test_tasks_budget_and_splits(smollm2_tokenizer):
+    """The tasks the evaluator runs: the spec's splits per modality, verify_iter replies per conversation except on
+    recognition (one). Catches a recognition split that revises and a split list that lost a split."""
+    assert set(gp_splits(True)) == set(SPLIT_SUITS["L"]) and set(gp_splits(False)) == set(SPLIT_SUITS["VL"])
+    kwargs = {"template_kwargs": {"chat_template": MULTIMODAL_CHATML}}
+    for split in SPLIT_SUITS["VL"]:
+        env, _ = make_task(smollm2_tokenizer, split, language_only=False, verify_iter=5, **kwargs)
+        assert (env.turns, env.conversations, env.vision) == (1 if split == "recognition" else 5, 1, True)
+    with pytest.raises(ValueError, match="unknown GP split"):
+        make_task(smollm2_tokenizer, "visual_ood", language_only=True)
+
+
 @pytest.mark.parametrize("mode,split", ALL_SPLITS, ids=SPLIT_IDS)
 def test_oracle_scores_one(evaluators, mode, split):
-    """A policy that always answers right under the prompt's face rule: success (or recognition accuracy) 1.0,
-    stderr 0, mean reward 5, one reply per episode; the GP-VL images show the split's suits. Catches success computed
-    as 1 - successes/episodes, padding rows counted as successes (> 1), a split scored with another face rule than
-    its prompt states, and a VL split rendering the wrong suit set."""
+    """A policy that always answers right under the prompt's face rule: success (and GP-VL recognition accuracy)
+    1.0, stderr 0, mean reward 5, one reply per episode; the GP-VL images show the split's suits. Catches success
+    computed as 1 - successes/episodes, padding rows counted as successes (> 1), a split scored with another face
+    rule than its prompt states, and a VL split rendering the wrong suit set."""
     result, hands = evaluate(evaluators, mode, split, lambda conv: "correct")
-    check(result, expected_numbers(["correct"] * EPISODES, mode, split, 2))
+    check(result, expected_numbers(["correct"] * EPISODES, mode, split, VERIFY_ITER))
     if mode == "VL":
         assert {SUITS[s] for _, suits, _ in hands for s in suits} <= set(SPLIT_SUITS[mode][split])
 
@@ -105,11 +141,12 @@ def test_oracle_scores_one(evaluators, mode, split):
 @pytest.mark.parametrize("mode,split", ALL_SPLITS, ids=SPLIT_IDS)
 def test_always_wrong_scores_zero(evaluators, mode, split):
     """A policy that always reads the cards right but gives a formula of the wrong value (-1): success 0.0 with
-    verify_iter replies per episode and mean reward -1; on the recognition split its accuracy is 1.0 (the cards were
-    right) from one reply per episode. Catches success = 1 - successes/episodes, recognition = misread/replies (or
-    judged by success), padding rows counted as replies, and a recognition split that revises."""
-    result, _ = evaluate(evaluators, mode, split, lambda conv: "no_solution", verify_iter=3)
-    check(result, expected_numbers(["no_solution"] * EPISODES, mode, split, 3))
+    verify_iter replies per episode and mean reward -1; its recognition accuracy is 1.0 (the cards were right),
+    on the recognition split from one reply per episode. Catches success = 1 - successes/episodes, recognition =
+    misread/replies (or judged by success), padding rows counted as replies, and a recognition split that
+    revises."""
+    result, _ = evaluate(evaluators, mode, split, lambda conv: "no_solution")
+    check(result, expected_numbers(["no_solution"] * EPISODES, mode, split, VERIFY_ITER))
 
 
 def fraction_kind(ranks, mode):
@@ -125,20 +162,23 @@ def fraction_kind(ranks, mode):
 def test_policy_right_on_a_subset_of_hands(evaluators, mode, split):
     """A policy right on a known subset of hands: success = that fraction of the evaluated episodes, stderr =
     sqrt(p(1-p)/n), mean reward and reply count as the reward table implies for its replies. On the recognition
-    split it misreads a known subset: accuracy = 1 - misread/replies. Catches padding rows counted (their hands are
-    others), a wrong standard error, rewards of finished episodes' later turns counted (as 0) in the mean, and the
-    misread count taken from other rewards."""
+    split it misreads a known subset: accuracy = 1 - misread/replies (GP-VL reports it on every split, counted
+    over every evaluated reply). Catches padding rows counted (their hands are others), a wrong standard error,
+    rewards of finished episodes' later turns counted (as 0) in the mean, and the misread count taken from other
+    rewards."""
     if split == "recognition":  # misread on the subset, right cards (right or wrong formula) elsewhere
         def kind(ranks):
             return "misread" if ranks[0] % 2 == 1 else ("correct", "no_solution")[sum(ranks) % 2]
     else:
         def kind(ranks):
             return fraction_kind(ranks, mode)
-    result, hands = evaluate(evaluators, mode, split, lambda conv: kind(conv.ranks), verify_iter=3)
-    expected = expected_numbers([kind(ranks) for ranks, _, _ in hands], mode, split, 3)
-    p = expected.get("success", expected.get("recognition_accuracy"))
+    result, hands = evaluate(evaluators, mode, split, lambda conv: kind(conv.ranks))
+    expected = expected_numbers([kind(ranks) for ranks, _, _ in hands], mode, split, VERIFY_ITER)
+    p = expected["recognition_accuracy" if split == "recognition" else "success"]
     assert 0 < p < 1, "the draw must mix both outcomes for this test to mean something"
     assert expected["mean_reward"] != 0, "a zero mean would not change if finished episodes' zeros were counted"
+    if mode == "VL" and split != "recognition":
+        assert 0 < expected["recognition_accuracy"] < 1, "the draw must misread some hands"
     check(result, expected)
 
 
@@ -156,23 +196,28 @@ def reviser(mode):
 
 @pytest.mark.parametrize("mode,split", [("L", "in_dist"), ("VL", "rule_ood")], ids=["L-in_dist", "VL-rule_ood"])
 def test_sequential_revision(evaluators, mode, split):
-    """Wrong first, right on revision: success 1.0 with verify_iter=2 (two replies per episode, mean reward
-    (-1 + 5) / 2) and 0.0 with verify_iter=1 (one reply, -1). Catches evaluation without revision turns, a revision
-    turn that does not show the reply and the verifier's feedback, and a verify_iter that is not applied."""
-    result, _ = evaluate(evaluators, mode, split, reviser(mode), verify_iter=2)
-    check(result, {"success": 1.0, "stderr": 0.0, "replies": 2 * EPISODES,
+    """Wrong first, right on revision: success 1.0 with a budget of VERIFY_ITER (two replies per episode, mean
+    reward (-1 + 5) / 2) and 0.0 with verify_iter=1 (one reply, -1). Catches evaluation without revision turns, a
+    revision turn that does not show the reply and the verifier's feedback (the conversation continued in the KV
+    cache must hold both), and a verify_iter that is not applied."""
+    model, _ = evaluators(mode, VERIFY_ITER)
+    result, _ = evaluate(evaluators, mode, split, reviser(mode))
+    check(result, {"success": 1.0, "success_stderr": 0.0, "replies": 2 * EPISODES,
                    "mean_reward": (REPLY_REWARDS["no_solution"] + REPLY_REWARDS["correct"]) / 2})
+    assert sorted(set(model.turns_asked)) == [0, 1]
     result, _ = evaluate(evaluators, mode, split, reviser(mode), verify_iter=1)
-    check(result, {"success": 0.0, "stderr": 0.0, "replies": EPISODES, "mean_reward": REPLY_REWARDS["no_solution"]})
+    check(result, {"success": 0.0, "success_stderr": 0.0, "replies": EPISODES,
+                   "mean_reward": REPLY_REWARDS["no_solution"]})
 
 
 def test_recognition_split_asks_one_reply_per_episode(evaluators):
     """Recognition (verification off): with a budget of 5, a policy that would succeed on revision is asked once per
-    episode and never shown a revision turn; its accuracy counts the cards only (right here: 1.0). Catches a
-    recognition split that revises or counts several replies per episode."""
-    model, _ = evaluators["VL"]
+    episode and never shown a revision turn; its accuracy counts the cards only (right here: 1.0) and it does not
+    succeed. Catches a recognition split that revises or counts several replies per episode."""
+    model, _ = evaluators("VL", 5)
     result, _ = evaluate(evaluators, "VL", "recognition", reviser("VL"), verify_iter=5)
-    check(result, {"recognition_accuracy": 1.0, "replies": EPISODES, "mean_reward": REPLY_REWARDS["no_solution"]})
+    check(result, {"recognition_accuracy": 1.0, "recognition_accuracy_stderr": 0.0, "recognition_replies": EPISODES,
+                   "replies": EPISODES, "mean_reward": REPLY_REWARDS["no_solution"], "success": 0.0})
     assert set(model.turns_asked) == {0}
 
 
@@ -187,4 +232,5 @@ def test_memorising_policy_fails_rule_ood(evaluators, mode):
     check(result, {"success": 1.0, "mean_reward": REPLY_REWARDS["correct"]})
     result, hands = evaluate(evaluators, mode, "rule_ood", memorised)
     assert all(max(ranks) >= 11 for ranks, _, _ in hands)
-    check(result, {"success": 0.0, "stderr": 0.0, "replies": 2 * EPISODES, "mean_reward": MEMORISED_OOD_REWARD})
+    check(result, {"success": 0.0, "success_stderr": 0.0, "replies": VERIFY_ITER * EPISODES,
+                   "mean_reward": MEMORISED_OOD_REWARD})

@@ -1,5 +1,6 @@
-"""The on-device sequential-revision rollout against the host: rewards equal the Python verifier's on the same
-replies, and each conversation in the KV cache is exactly what the tokenizer's chat template renders for it."""
+"""The on-device multi-turn rollout (`jaxrl_vlm.rollout`) of GeneralPoints (`GPTask`) against the host: rewards equal
+the Python verifier's on the same replies, and each conversation in the KV cache is exactly what the tokenizer's
+chat template renders for it."""
 import dataclasses
 
 import jax
@@ -7,15 +8,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxrl_vlm.envs.general_points import env as gp_env
+from jaxrl_vlm import rollout as rollout_lib
+from jaxrl_vlm.envs import protocol
 from jaxrl_vlm.envs.general_points import prompt_tokens, prompts, verifier
 from jaxrl_vlm.envs.general_points.solver import solutions
-from jaxrl_vlm.envs.general_points.token_bytes import token_byte_table
+from jaxrl_vlm.envs.general_points.task import make_task
 from jaxrl_vlm.models.layers import KVCache
-from jaxrl_vlm.training import rollout as rollout_lib
+from jaxrl_vlm.models.token_bytes import token_byte_table
 from scripted_policy import token_cache, write_tokens
 
-TURNS, MAX_NEW = 3, 64
+TURNS, MAX_NEW, EPISODES = 3, 64, 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,7 +57,9 @@ class ScriptedDecoder:
 
 
 def scripted_replies(ranks: np.ndarray) -> list[str]:
-    """Per hand: a correct answer, a wrong-number answer, an illegal one, or a wrong formula (cycling)."""
+    """Per hand: a correct answer, a wrong-number answer, an illegal one, or a wrong formula (cycling). Every other
+    correct answer stops right after the formula's closing quote: without its last token (the quote) it is illegal,
+    so a reply scored short of its end shows (the full reply's last token, `}`, changes no reward)."""
     replies = []
     for i, hand in enumerate(ranks.tolist()):
         numbers = prompts.card_numbers(hand, face_cards_as_10=True)
@@ -68,37 +72,48 @@ def scripted_replies(ranks: np.ndarray) -> list[str]:
             formula = "twenty four"
         else:
             formula = "+".join(str(n) for n in numbers)
-        replies.append(prompts.expert_response(hand, formula, face_cards_as_10=True))
+        reply = prompts.expert_response(hand, formula, face_cards_as_10=True)
+        replies.append(reply[:reply.rindex(",")] if i % 8 == 4 else reply)
     return replies
 
 
 @pytest.fixture(scope="module")
 def rolled_out(smollm2_tokenizer):
+    """(tokenizer, hands, episodes of the one conversation per GP episode as host arrays [B, T, ...], compact ids,
+    mask, eos) of one rollout of the GP-L in-distribution task with a scripted decoder."""
     tokenizer = smollm2_tokenizer
     eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    codec = prompt_tokens.build_prompt_codec(tokenizer, language_only=True, face_cards_as_10=True,
-                                             fragment_texts=gp_env.feedback_fragment_texts())
+    env, env_params = make_task(tokenizer, "in_dist", language_only=True, verify_iter=TURNS, feedback_tokens=64)
+    assert env.turns == TURNS and env.conversations == 1
     gen_prompt = tuple(tokenizer("<|im_start|>assistant\n", add_special_tokens=False)["input_ids"])
-    env_params = gp_env.make_params(verify_iter=TURNS)
-    _, state = gp_env.reset_batch(jax.random.key(3), env_params, 8)
+    state = protocol.reset_batch(env, jax.random.key(3), env_params, EPISODES)
     ranks = np.asarray(state.ranks)
     replies = scripted_replies(ranks)
-    script = np.full((8, MAX_NEW), eos, np.int32)
+    script = np.full((EPISODES, MAX_NEW), eos, np.int32)
     for b, reply in enumerate(replies):
         ids = tokenizer(reply, add_special_tokens=False)["input_ids"][:MAX_NEW - 1]
         script[b, :len(ids)] = ids
-    prompt = prompt_tokens.prompt_ids(codec, state.ranks, width=256, pad_id=0, padding_side="left")
-    shapes = rollout_lib.RolloutShapes(turns=TURNS, max_new_tokens=MAX_NEW, prompt_width=256,
-                                       suffix_width=rollout_lib.suffix_width(codec, 64))
     decoder = ScriptedDecoder(len(tokenizer), eos, gen_prompt)
-    episodes = rollout_lib.rollout(decoder, None, codec, env_params, token_byte_table(tokenizer, "empty"), state,
-                                   prompt, jnp.asarray(script), jax.random.key(0), jnp.float32(0.0),
-                                   jnp.float32(1.0), jnp.asarray([eos], jnp.int32), shapes=shapes, pad_id=0)
-    ids, mask = rollout_lib.compact(episodes.slot_tokens, episodes.slot_valid, shapes.capacity, 0)
-    return tokenizer, ranks, jax.device_get(episodes), np.asarray(ids), np.asarray(mask), eos
+    episodes = rollout_lib.rollout(env, decoder, None, env_params, token_byte_table(tokenizer, "empty"), state,
+                                   jnp.asarray(script), jax.random.key(0), jnp.float32(0.0), jnp.float32(1.0),
+                                   jnp.asarray([eos], jnp.int32), max_new_tokens=MAX_NEW, pad_id=0)
+    capacity = rollout_lib.rollout_shapes(env, MAX_NEW).capacity
+    assert episodes.slot_tokens.shape == (EPISODES, 1, capacity)
+    ids, mask = rollout_lib.compact(episodes.slot_tokens[:, 0], episodes.slot_valid[:, 0], capacity, 0)
+    ep = jax.device_get(episodes)
+    # GP: one conversation per episode, so drop the conversation axis R = 1
+    conv = ep._replace(**{f: getattr(ep, f)[:, 0] for f in ("slot_tokens", "slot_valid", "reply_tokens",
+                                                               "reply_len", "reply_start", "sample_logp", "reward",
+                                                               "turn_valid")})
+    return tokenizer, ranks, conv, np.asarray(ids), np.asarray(mask), eos
 
 
 def test_rewards_equal_the_python_verifier(rolled_out):
+    """Every played turn's reward is the host verifier's on the decoded reply; unplayed turns are empty; success is
+    a reply scoring 5, which ends the episode, and a failing episode uses its whole budget, then ends truncated
+    (the forced step after the budget). Catches a reply scored short of its end, replies scored against another
+    row's hand, an env state that does not advance (episodes never end), and a rollout that goes on after
+    success."""
     tokenizer, ranks, ep, _, _, eos = rolled_out
     seen = set()
     for b in range(len(ranks)):
@@ -117,9 +132,17 @@ def test_rewards_equal_the_python_verifier(rolled_out):
     np.testing.assert_array_equal(ep.success, succeeded)
     # a success ends the episode; every failing episode uses its whole budget
     np.testing.assert_array_equal(ep.turn_valid.sum(axis=1), np.where(succeeded, 1, TURNS))
+    np.testing.assert_array_equal(ep.state.done, np.ones(len(ranks), bool))
+    np.testing.assert_array_equal(ep.state.truncated, ~succeeded)
+    assert not ep.overflow.any()
 
 
 def test_conversations_are_the_chat_template_rendering(rolled_out):
+    """The compacted cache of each conversation decodes to the chat template's rendering of the prompt, the replies
+    and the verifier's feedback on each (the last reply without its stop token), and reply_start points at each
+    reply in it, right after the generation prompt. Catches a stop token written before the template's assistant
+    tail, feedback of another row's reply, and reply_start off by one. (Every scripted reply here ends with a stop
+    token, so the pending-token write of a reply cut at max_new_tokens is test_rollout_logprobs' to check.)"""
     tokenizer, ranks, ep, ids, mask, eos = rolled_out
     for b in range(len(ranks)):
         turns = int(ep.turn_valid[b].sum())

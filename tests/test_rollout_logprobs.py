@@ -1,11 +1,12 @@
 """The rollout's own log-probs (`Episodes.sample_logp`) equal teacher-forced scoring of the same replies.
 
-A tiny random Llama plays multi-turn GeneralPoints episodes at temperature 0.7 (every reply fails, so turns 2 and 3
-are sampled from the continued KV cache after the revision turn). Each reply token's sampled log-prob must equal
-log softmax(logits / 0.7) at that token, where the logits come from one full, cache-free forward pass
-(`model.logits`) over the compacted conversation (`rollout.compact`) and the log-softmax is computed here in NumPy.
-A mismatch means the rollout scored tokens at another temperature, or that the cached continuation saw other
-positions or context than the conversation the PPO update re-scores.
+A tiny random Llama plays multi-turn GeneralPoints episodes (the training task, `tasks.training_task`, through the
+on-device `rollout.rollout`) at temperature 0.7 (every reply fails, so turns 2 and 3 are sampled from the continued
+KV cache after the revision turn). Each reply token's sampled log-prob must equal log softmax(logits / 0.7) at that
+token, where the logits come from one full, cache-free forward pass (`model.logits`) over the compacted
+conversation (`rollout.compact`) and the log-softmax is computed here in NumPy. A mismatch means the rollout scored
+tokens at another temperature, or that the cached continuation saw other positions or context than the
+conversation the PPO update re-scores.
 """
 import jax
 import jax.numpy as jnp
@@ -13,11 +14,12 @@ import numpy as np
 import pytest
 
 from jaxrl_vlm import config as config_lib
+from jaxrl_vlm import rollout as rollout_lib
+from jaxrl_vlm import tasks
+from jaxrl_vlm.envs import protocol
 from jaxrl_vlm.models import api
+from jaxrl_vlm.models.token_bytes import token_byte_table
 from jaxrl_vlm.models.tokenizer import load_tokenizer
-from jaxrl_vlm.training import rollout as rollout_lib
-from jaxrl_vlm.training.policy import policy_model
-from jaxrl_vlm.training.ppo_train import GPRolloutSource
 
 TEMPERATURE = 0.7
 TURNS = 3
@@ -41,20 +43,27 @@ def rollout_setup(tiny_checkpoint):
     # matters and a 0.9 nucleus holds almost every token. A larger final-norm scale multiplies the logits (tied
     # embedding) into a peaked distribution, like a trained model's.
     model = api.with_params(model, {**model.params, "final_norm": model.params["final_norm"] * LOGIT_SCALE})
-    source = GPRolloutSource(config, model, tokenizer, policy_model(model, "float32", "float32"))
-    state, prompt, _ = source.episodes(jax.random.key(0))
+    env, env_params = tasks.training_task(config, tokenizer)
+    assert env.turns == TURNS
+    state = protocol.reset_batch(env, jax.random.key(0), env_params, config.ppo.episodes)
+    byte_table = token_byte_table(tokenizer, special_tokens="empty")
+    width = rollout_lib.rollout_shapes(env, config.ppo.max_new_tokens).capacity  # one width: one compilation
 
     def run(top_p: float, seed: int):
-        ep = rollout_lib.rollout(model.decoder, model.params, source.codec, source.env_params, source.byte_table,
-                                 state, prompt, None, jax.random.key(seed), jnp.float32(TEMPERATURE),
-                                 jnp.float32(top_p), jnp.asarray(model.eos_token_ids, jnp.int32),
-                                 shapes=source.shapes, pad_id=model.pad_id)
-        width = source.shapes.capacity  # one width for every rollout: one compilation of the forward
-        ids, mask = rollout_lib.compact(ep.slot_tokens, ep.slot_valid, width, model.pad_id)
+        ep = rollout_lib.rollout(env, model.decoder, model.params, env_params, byte_table, state, None,
+                                 jax.random.key(seed), jnp.float32(TEMPERATURE), jnp.float32(top_p),
+                                 jnp.asarray(model.eos_token_ids, jnp.int32),
+                                 max_new_tokens=config.ppo.max_new_tokens, pad_id=model.pad_id)
+        # every conversation of every episode, [B * R, ...] (GP: R = 1)
+        flat = lambda x: x.reshape(-1, *x.shape[2:])
+        ids, mask = rollout_lib.compact(flat(ep.slot_tokens), flat(ep.slot_valid), width, model.pad_id)
         # Right-padded conversations through the causal full forward: the padding after a row's end is never
         # attended to by its real tokens, and positions count real tokens only.
         logits = model.logits(np.asarray(ids), np.asarray(mask)).astype(np.float64)
-        return jax.device_get(ep), np.asarray(ids), logits
+        ep = jax.device_get(ep)
+        conversations = ep._replace(**{f: flat(getattr(ep, f)) for f in (
+            "reply_tokens", "reply_len", "reply_start", "sample_logp", "turn_valid")})
+        return conversations, np.asarray(ids), logits
 
     return run, model
 
