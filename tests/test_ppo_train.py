@@ -71,7 +71,7 @@ def straight_config(out_dir, checkpoint):
 @pytest.fixture(scope="module")
 def straight_run(tmp_path_factory, tiny_checkpoint):
     """(train_ppo's output, out_dir, episodes of every update as host arrays): one uninterrupted run, with the
-    rollouts recorded on the way so the tests can count its tokens by hand."""
+    PPO rollouts recorded on the way so the tests can count its tokens by hand."""
     from jaxrl_vlm import rollout as rollout_lib
 
     out_dir = tmp_path_factory.mktemp("ppo_straight")
@@ -82,6 +82,8 @@ def straight_run(tmp_path_factory, tiny_checkpoint):
 
     def recording_rollout(*args, **kwargs):
         episodes = real_rollout(*args, **kwargs)
+        if float(args[8]) == 0.0:  # an evaluation's rollout (greedy), not PPO's (ppo.temperature > 0)
+            return episodes
         recorded.append({k: np.asarray(v)[:, 0] for k, v in episodes._asdict().items()  # GP: one conversation
                          if k not in ("slot_tokens", "counts", "state", "success", "overflow")})
         recorded[-1].update(success=np.asarray(episodes.success), overflow=np.asarray(episodes.overflow))
