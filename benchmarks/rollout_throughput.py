@@ -91,7 +91,7 @@ class DevicePath:
         """Roll out the episodes of reset env states; returns the device Episodes and its host summary (the one
         conversation of each episode: arrays [B, T])."""
         episodes = rollout_lib.rollout(self.env, self.decoder, self.model.params, self.env_params, self.byte_table,
-                                       state, None, key, jnp.float32(0.0), jnp.float32(1.0), self.eos_ids,
+                                       state, key, jnp.float32(0.0), jnp.float32(1.0), self.eos_ids,
                                        max_new_tokens=self.max_new_tokens, pad_id=self.model.pad_id)
         reward, reply_len, played, success = jax.device_get(
             (episodes.reward[:, 0], episodes.reply_len[:, 0], episodes.turn_valid[:, 0], episodes.success))

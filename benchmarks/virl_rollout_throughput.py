@@ -101,7 +101,7 @@ class DevicePath:
     def __call__(self, state: Any, key: jax.Array) -> tuple[rollout_lib.Episodes, dict[str, np.ndarray]]:
         """Roll out the episodes of reset env states; returns the device Episodes and its host summary."""
         episodes = rollout_lib.rollout(self.env, self.decoder, self.model.params, self.env_params, self.byte_table,
-                                       state, None, key, jnp.float32(0.0), jnp.float32(1.0), self.eos_ids,
+                                       state, key, jnp.float32(0.0), jnp.float32(1.0), self.eos_ids,
                                        max_new_tokens=self.max_new_tokens, pad_id=self.model.pad_id)
         reward, reply_len, played, success, overflow, (hits, steps) = jax.device_get(
             (episodes.reward, episodes.reply_len, episodes.turn_valid, episodes.success, episodes.overflow,

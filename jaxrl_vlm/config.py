@@ -26,7 +26,8 @@ def base_config(job: str, run_name: str) -> mlc.ConfigDict:
     """The full schema with defaults for the embedded model on GP-L; config files override values.
 
     task.name: 'gp' (GeneralPoints) or 'virl' (V-IRL navigation; language_only, verify_iter and resolution apply to
-    both; task.route_dir / task.ood_route_dir are V-IRL route directories, see VIRL_ROUTE_KEYS). An empty V-IRL route
+    both: the GP-VL image side, V-IRL-VL's size of each view in the 2x2 grid, whose views are rendered at
+    task.view_size px first; task.route_dir / task.ood_route_dir are V-IRL route directories, see VIRL_ROUTE_KEYS). An empty V-IRL route
     directory is a synthetic city built on first use under task.city_cache (the training city of task.city_routes
     routes in city_cache/train, the 18-route visual-OOD city in city_cache/ood; envs/virl/cities.py).
     ppo: init ('' = SFT warm start with config.sft, 'model.path', or a checkpoint), updates (rollout + update rounds),
@@ -44,7 +45,7 @@ def base_config(job: str, run_name: str) -> mlc.ConfigDict:
     c.model = mlc.ConfigDict(dict(path=EMBEDDED_MODEL, dtype="float32", param_dtype="float32"))
     c.mesh = mlc.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     c.task = mlc.ConfigDict(dict(name="gp", language_only=True, face_cards_as_10=True, ood=False, suits="mixed",
-                                 target=24, verify_iter=5, resolution=1200, card_dir="", route_dir="",
+                                 target=24, verify_iter=5, resolution=1200, view_size=640, card_dir="", route_dir="",
                                  ood_route_dir="", city_cache="data/virl_cities", city_routes=1000))
     c.data = mlc.ConfigDict(dict(num_examples=4096, seq_len=320, seed=0, data_dir=""))
     c.sft = mlc.ConfigDict(dict(steps=100, global_batch_size=16, micro_batches=1, lr=1e-5, warmup_ratio=0.03,
@@ -179,6 +180,8 @@ def validate(config: mlc.ConfigDict) -> None:
     _check(task.suits in SUIT_SETS, "task.suits", task.suits, f"one of {tuple(SUIT_SETS)}")
     _check(isinstance(task.target, int) and task.target > 0, "task.target", task.target, "a positive int")
     _check(isinstance(task.verify_iter, int) and task.verify_iter >= 1, "task.verify_iter", task.verify_iter, ">= 1")
+    for key in ("resolution", "view_size"):
+        _check(isinstance(task[key], int) and task[key] >= 1, f"task.{key}", task[key], "an int >= 1 (pixels)")
     if not task.language_only:
         _check_vision_model(config)
     if task.card_dir and not os.path.isdir(task.card_dir):

@@ -7,7 +7,10 @@ each of up to `env.turns` replies (an inner `lax.scan`), with the KV cache carri
     -> append the pending reply token and step.feedback_ids] x turns -> the budget's forced step
 
 Every conversation starts from an empty cache (GeneralPoints has one conversation per episode; V-IRL one per route
-point, spec virl.md §1.9). Conversations are synchronous across rows: a row whose step says `fresh` (a correct V-IRL
+point, spec virl.md §1.9). Image tasks (`env.vision`) show one image per conversation: at its opening the rollout
+renders `env.image` of every row's state (in chunks of IMAGE_CHUNK) and the decoder turns them into its `extra`
+(`decoder.image_extra`: Mllama preprocesses, encodes and computes the cross-attention K/V on the device), so a V-IRL-VL
+route sees a new 2x2 view grid at every point without leaving the jit. Conversations are synchronous across rows: a row whose step says `fresh` (a correct V-IRL
 move) waits, masked, until the others finish the conversation, then every running row opens its next one. Rows that
 are done stop generating; a conversation round that no row needs is skipped (`lax.cond`).
 
@@ -40,6 +43,7 @@ from jaxrl_vlm.models.token_bytes import tokens_to_bytes
 from jaxrl_vlm.shapes import round_up
 
 PREFILL_CHUNK = 128  # prompt columns written per prefill step; chunks that are padding in every row are skipped
+IMAGE_CHUNK = 8  # images rendered at a time (a renderer's temporaries scale with it)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,7 +83,9 @@ class Episodes(NamedTuple):
     sample_logp float32[B, R, T, N] (the sampler's log-probs, at the sampling temperature), reward float32[B, R, T],
     turn_valid bool[B, R, T] (the turn was played), success bool[B], overflow bool[B] (a prompt or feedback did
     not fit its width: the episode ended there, as a failure), counts {rate: (hits int32[B], trials int32[B])}
-    summed over the episode's env steps (forced steps included), state: the final env states.
+    summed over the episode's env steps (forced steps included), state: the final env states,
+    conversation_state: image tasks, the env state at each conversation's opening (leaves [B, R, ...]: what its
+    image is rendered from), else None.
     """
 
     slot_tokens: jax.Array
@@ -94,6 +100,7 @@ class Episodes(NamedTuple):
     overflow: jax.Array
     counts: dict[str, tuple[jax.Array, jax.Array]]
     state: Any
+    conversation_state: Any = None
 
 
 class _Progress(NamedTuple):
@@ -141,20 +148,35 @@ def _apply_step(env, env_params, progress: _Progress, rows: jax.Array, reply: ja
     return progress, out
 
 
+def slot_layout(ids: jax.Array, mask: jax.Array) -> jax.Array:
+    """Left-padded prompts int32[B, W] (mask bool[B, W]) in the order `rollout`'s prefill writes them to cache slots:
+    chunks of PREFILL_CHUNK columns that are padding in every row are skipped, so the written chunks come first."""
+    width = ids.shape[1]
+    if width <= PREFILL_CHUNK:
+        return ids
+    extra_cols = -width % PREFILL_CHUNK
+    ids = jnp.pad(ids, ((0, 0), (extra_cols, 0)))
+    mask = jnp.pad(mask, ((0, 0), (extra_cols, 0)))
+    chunks = ids.reshape(ids.shape[0], -1, PREFILL_CHUNK)
+    written = jnp.any(mask.reshape(chunks.shape), axis=(0, 2)).at[-1].set(True)
+    order = jnp.argsort(~written, stable=True)
+    return jnp.take(chunks, order, axis=1).reshape(ids.shape)
+
+
 @functools.partial(jax.jit, static_argnames=("env", "decoder", "max_new_tokens", "pad_id"))
 def rollout(env: protocol.Environment, decoder: sampler.DecodeModel, params: Any, env_params: Any, byte_table: Any,
-            env_state: Any, extra: Any, rng: jax.Array, temperature: jax.Array, top_p: jax.Array, eos_ids: jax.Array,
+            env_state: Any, rng: jax.Array, temperature: jax.Array, top_p: jax.Array, eos_ids: jax.Array,
             *, max_new_tokens: int, pad_id: int) -> Episodes:
-    """Roll out B episodes from reset env states (leaves [B, ...]). extra: the decoder's per-batch state (Mllama
-    image K/V of each episode's image, else None; tasks with images in several conversations need it per
-    conversation and are not supported here). byte_table: `token_bytes.token_byte_table` of the tokenizer.
-    temperature/top_p: float32[] sampling settings (temperature 0 = greedy); eos_ids int32[E]. Pure and jittable."""
-    if env.vision and env.conversations > 1:
-        raise NotImplementedError("images in several conversations per episode need per-conversation image K/V")
+    """Roll out B episodes from reset env states (leaves [B, ...]). byte_table: `token_bytes.token_byte_table` of
+    the tokenizer. temperature/top_p: float32[] sampling settings (temperature 0 = greedy); eos_ids int32[E]. Image
+    tasks need a decoder with `image_extra(params, images uint8[B, H, W, 3], slot ids int32[B, S]) -> extra`.
+    Pure and jittable."""
+    if env.vision and not hasattr(decoder, "image_extra"):
+        raise ValueError(f"the task shows images: its decoder {type(decoder).__name__} has no image_extra")
     shapes = rollout_shapes(env, max_new_tokens)
     batch = jax.tree_util.tree_leaves(env_state)[0].shape[0]
     n = max_new_tokens
-    params = decoder.decode_params(params)
+    stored_params, params = params, decoder.decode_params(params)
     empty_counts = {name: (jnp.zeros((batch,), jnp.int32), jnp.zeros((batch,), jnp.int32)) for name in env.count_names}
     # the forced step's reply: real replies' width; behind a barrier so XLA does not constant-fold the verifier on it
     empty_reply = jax.lax.optimization_barrier((jnp.zeros((batch, n * byte_table.bytes.shape[1]), jnp.uint8),
@@ -163,7 +185,7 @@ def rollout(env: protocol.Environment, decoder: sampler.DecodeModel, params: Any
                     jnp.zeros((batch,), jnp.int32), jnp.zeros((batch,), jnp.int32), jnp.zeros((batch,), jnp.float32),
                     jnp.zeros((batch,), bool))
 
-    def generate(cache, slot_tokens, logits, rng, progress, live):
+    def generate(cache, slot_tokens, logits, rng, progress, live, extra):
         """Sample the live rows' replies after a prefill whose last logits are `logits`, and step the env."""
         start = jnp.sum(cache.valid, axis=1, dtype=jnp.int32)
         index = cache.index
@@ -179,17 +201,17 @@ def rollout(env: protocol.Environment, decoder: sampler.DecodeModel, params: Any
         follows = live & ~out.done & ~out.fresh  # the conversation goes on with this row
         return cache, slot_tokens, rng, progress, out, follows, turn, (pending, pending_valid)
 
-    def write(cache, slot_tokens, ids, mask):
+    def write(cache, slot_tokens, ids, mask, extra):
         slot_tokens = jax.lax.dynamic_update_slice(slot_tokens, ids, (0, cache.index))
         logits, cache = decoder.step(params, ids, mask, cache, extra)
         return logits, cache, slot_tokens
 
-    def prefill(cache, slot_tokens, ids, mask):
+    def prefill(cache, slot_tokens, ids, mask, extra):
         """Write left-padded prompts in chunks of PREFILL_CHUNK columns, skipping chunks that are padding in every
         row (the prompt width is the task's worst case; real prompts are often much shorter)."""
         width = ids.shape[1]
         if width <= PREFILL_CHUNK:
-            return write(cache, slot_tokens, ids, mask)
+            return write(cache, slot_tokens, ids, mask, extra)
         extra_cols = -width % PREFILL_CHUNK
         ids = jnp.pad(ids, ((0, 0), (extra_cols, 0)), constant_values=pad_id)
         mask = jnp.pad(mask, ((0, 0), (extra_cols, 0)))
@@ -197,11 +219,12 @@ def rollout(env: protocol.Environment, decoder: sampler.DecodeModel, params: Any
 
         def chunk(carry, xs):
             c_ids, c_mask = xs
-            carry = jax.lax.cond(jnp.any(c_mask), lambda c: write(*c, c_ids, c_mask)[1:], lambda c: c, carry)
+            carry = jax.lax.cond(jnp.any(c_mask), lambda c: write(*c, c_ids, c_mask, extra)[1:], lambda c: c,
+                                 carry)
             return carry, None
 
         (cache, slot_tokens), _ = jax.lax.scan(chunk, (cache, slot_tokens), (chunks(ids), chunks(mask)))
-        return write(cache, slot_tokens, ids[:, -PREFILL_CHUNK:], mask[:, -PREFILL_CHUNK:])
+        return write(cache, slot_tokens, ids[:, -PREFILL_CHUNK:], mask[:, -PREFILL_CHUNK:], extra)
 
     def conversation(progress: _Progress, rng: jax.Array):
         prompt = protocol.prompt_batch(env, progress.state, env_params)
@@ -209,11 +232,16 @@ def rollout(env: protocol.Environment, decoder: sampler.DecodeModel, params: Any
         ended = ~progress.done & prompt.overflow
         progress = progress._replace(done=progress.done | ended, overflow=progress.overflow | ended)
         ids, mask = left_padded(prompt.ids, prompt.length, pad_id)
+        mask = mask & live[:, None]
+        extra = None
+        if env.vision:
+            images = protocol.image_batch(env, progress.state, env_params, chunk=IMAGE_CHUNK)
+            extra = decoder.image_extra(stored_params, images, slot_layout(ids, mask))
         cache = decoder.init_cache(batch, shapes.capacity)
         slot_tokens = jnp.zeros((batch, shapes.capacity + max(n, shapes.chunk_width)), jnp.int32)
-        logits, cache, slot_tokens = prefill(cache, slot_tokens, ids, mask & live[:, None])
+        logits, cache, slot_tokens = prefill(cache, slot_tokens, ids, mask, extra)
         cache, slot_tokens, rng, progress, out, follows, first, pending = generate(
-            cache, slot_tokens, logits, rng, progress, live)
+            cache, slot_tokens, logits, rng, progress, live, extra)
 
         def next_turn(carry):
             cache, slot_tokens, rng, progress, out, follows, (pending, pending_valid) = carry
@@ -223,9 +251,9 @@ def rollout(env: protocol.Environment, decoder: sampler.DecodeModel, params: Any
             feedback, feedback_mask = left_padded(out.feedback_ids, out.feedback_len, pad_id)
             chunk = jnp.concatenate([pending[:, None], feedback], axis=1)
             chunk_mask = jnp.concatenate([(pending_valid & live)[:, None], feedback_mask & live[:, None]], axis=1)
-            logits, cache, slot_tokens = write(cache, slot_tokens, chunk, chunk_mask)
+            logits, cache, slot_tokens = write(cache, slot_tokens, chunk, chunk_mask, extra)
             cache, slot_tokens, rng, progress, out, follows, turn, pending = generate(
-                cache, slot_tokens, logits, rng, progress, live)
+                cache, slot_tokens, logits, rng, progress, live, extra)
             return (cache, slot_tokens, rng, progress, out, follows, pending), turn
 
         def body(carry, _):
@@ -244,18 +272,22 @@ def rollout(env: protocol.Environment, decoder: sampler.DecodeModel, params: Any
                           turns)
 
     def round_(progress, key):
-        return jax.lax.cond(jnp.all(progress.done), skipped, conversation, progress, key)
+        opening = progress.state if env.vision else None
+        progress, out = jax.lax.cond(jnp.all(progress.done), skipped, conversation, progress, key)
+        return progress, (out, opening)
 
     progress = _Progress(env_state, jnp.zeros((batch,), bool), jnp.zeros((batch,), bool), jnp.zeros((batch,), bool),
                          empty_counts)
-    progress, (slots, valid, turns) = jax.lax.scan(round_, progress, jax.random.split(rng, env.conversations))
+    progress, ((slots, valid, turns), opening) = jax.lax.scan(round_, progress,
+                                                               jax.random.split(rng, env.conversations))
     rounds_first = lambda x: jnp.moveaxis(x, 0, 1)  # [R, B, ...] -> [B, R, ...]
     turns_inner = lambda x: jnp.moveaxis(x, (0, 1, 2), (1, 2, 0))  # [R, T, B, ...] -> [B, R, T, ...]
     return Episodes(
         slot_tokens=rounds_first(slots), slot_valid=rounds_first(valid), reply_tokens=turns_inner(turns.tokens),
         reply_len=turns_inner(turns.length), reply_start=turns_inner(turns.start),
         sample_logp=turns_inner(turns.logp), reward=turns_inner(turns.reward), turn_valid=turns_inner(turns.played),
-        success=progress.success, overflow=progress.overflow, counts=progress.counts, state=progress.state)
+        success=progress.success, overflow=progress.overflow, counts=progress.counts, state=progress.state,
+        conversation_state=jax.tree_util.tree_map(rounds_first, opening))
 
 
 def compact(slot_tokens: jax.Array, slot_valid: jax.Array, width: int, pad_id: int) -> tuple[jax.Array, jax.Array]:

@@ -21,8 +21,7 @@ def training_task(config: mlc.ConfigDict, tokenizer) -> Task:
     if task.name == "virl":
         from jaxrl_vlm.envs.virl.task import make_task
 
-        return make_task(tokenizer, "in_distribution", task.route_dir, verify_iter=task.verify_iter,
-                         vision=not task.language_only)
+        return make_task(tokenizer, "in_distribution", task.route_dir, **_virl_settings(config))
     from jaxrl_vlm.envs.general_points.task import GPSplit, make_task
 
     return make_task(tokenizer, GPSplit(task.face_cards_as_10, task.ood, task.suits), **_gp_settings(config))
@@ -35,8 +34,8 @@ def evaluation_tasks(config: mlc.ConfigDict, tokenizer) -> dict[str, Task]:
     if task.name == "virl":
         from jaxrl_vlm.envs.virl.task import make_task
 
-        return {s: make_task(tokenizer, s, task[config_lib.VIRL_ROUTE_KEYS[s]], verify_iter=task.verify_iter,
-                             vision=not task.language_only) for s in splits}
+        return {s: make_task(tokenizer, s, task[config_lib.VIRL_ROUTE_KEYS[s]], **_virl_settings(config))
+                for s in splits}
     from jaxrl_vlm.envs.general_points.task import make_task
 
     return {s: make_task(tokenizer, s, **_gp_settings(config)) for s in splits}
@@ -47,3 +46,9 @@ def _gp_settings(config: mlc.ConfigDict) -> dict[str, Any]:
     return dict(language_only=task.language_only, target=task.target, verify_iter=task.verify_iter,
                 feedback_tokens=config.ppo.feedback_tokens, resolution=task.resolution,
                 card_dir=task.card_dir or None)
+
+
+def _virl_settings(config: mlc.ConfigDict) -> dict[str, Any]:
+    task = config.task
+    return dict(verify_iter=task.verify_iter, vision=not task.language_only, view_size=task.view_size,
+                resolution=task.resolution)

@@ -30,3 +30,14 @@ def tiny_checkpoint(tmp_path_factory, smollm2_tokenizer):
     tiny_hf_llama(directory, tied=True, vocab_size=512, max_shard_size=None)  # >= len(tokenizer), divisible by 8
     tokenizer.save_pretrained(directory)
     return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_mllama_checkpoint(tmp_path_factory):
+    """A tiny random MllamaForConditionalGeneration (28 px tiles, 2x2 tiles at most) over the tiny GP vocabulary
+    with a ChatML template that writes <|image|> for image parts (`tiny_models.save_tiny_gp_mllama`)."""
+    from tiny_models import save_tiny_gp_mllama
+
+    directory = str(tmp_path_factory.mktemp("tiny_mllama"))
+    save_tiny_gp_mllama(directory)
+    return directory

@@ -1,8 +1,8 @@
 """Scripted GeneralPoints policies dressed as a model object, for testing the evaluation numbers end to end.
 
 `ScriptedPolicyModel` offers what a loaded model offers to the evaluator (`evaluation.evaluator.Evaluator`) and the
-on-device rollout (`jaxrl_vlm.rollout`): `decoder`, `params`, `mesh_rules`, `put_batch`, `sampler_extra`,
-`eos_token_ids`, `pad_id` and, for GP-VL, `vision_inputs`. So it goes through the real rollout, sampler, prompt
+on-device rollout (`jaxrl_vlm.rollout`): `decoder` (for GP-VL with `image_extra`), `params`, `mesh_rules`,
+`put_batch`, `eos_token_ids`, `pad_id`. So it goes through the real rollout, image rendering, sampler, prompt
 assembly, token-to-byte conversion and device verifier; nothing of the evaluator is patched.
 
 The rollout prefills a conversation's prompt once and then continues the KV cache: each decoder step is given only
@@ -10,8 +10,8 @@ the new tokens (a prompt, one sampled token, or a revision chunk: the pending re
 So the decoder (`ScriptedDecoder`) keeps the token id of each KV-cache slot in the cache (`token_cache`,
 `write_tokens`) and, at every step, hands each row's whole history, the valid slots in order, to the host
 (`jax.pure_callback`). The host decodes the conversation up to its last generation prompt, reads the hand from it
-(GP-L: the `Cards: [...]` line; GP-VL: the card images, recognised exactly against the card atlas by
-`sampler_extra`, the model's "vision encoder"), reads the face rule from the prompt text and the earlier replies and
+(GP-L: the `Cards: [...]` line; GP-VL: the card images the rollout rendered, recognised exactly against the card
+atlas by `image_extra`, the model's "vision encoder", on the host), reads the face rule from the prompt text and the earlier replies and
 their feedback from the revision turns, asks the Python policy which kind of reply to give, and forces that reply
 token by token (then EOS), each token at its offset from the generation prompt.
 
@@ -117,6 +117,12 @@ class ScriptedDecoder:
     vocab: int
     host: Any
 
+    def image_extra(self, params, images, input_ids):
+        """The cards recognised in each row's image uint8[B, H, W, 3], int32[B, 4, 2] (on the host)."""
+        del params, input_ids
+        return jax.pure_callback(self.host.recognise, jax.ShapeDtypeStruct((images.shape[0], 4, 2), jnp.int32),
+                                 images)
+
     def decode_params(self, params):
         return params
 
@@ -150,8 +156,7 @@ class ScriptedPolicyModel:
         self.decoder = ScriptedDecoder(len(tokenizer), self)
         self._gen_prompt = np.asarray(tokenizer(GEN_PROMPT, add_special_tokens=False)["input_ids"])
         self._replies: dict[tuple[bytes, bytes], tuple[list[int], Conversation | None]] = {}
-        if vision:  # only a vision model has vision_inputs (the GP-VL evaluator checks for it)
-            self.vision_inputs = self._vision_inputs
+        if vision:
             atlas = card_atlas()
             self._tiles = {atlas[s, r - 1].tobytes(): (s, r) for s in range(atlas.shape[0]) for r in range(1, 14)}
             assert len(self._tiles) == atlas.shape[0] * 13, "card tiles are not all distinct"
@@ -176,26 +181,18 @@ class ScriptedPolicyModel:
     def put_batch(self, x):
         return jnp.asarray(np.asarray(x))
 
-    def _vision_inputs(self, images, input_ids):
-        """The images as pixel_values uint8[B, H, W, 3] (one image per conversation)."""
-        del input_ids
-        assert all(len(per_sample) == 1 for per_sample in images), "one image per GP conversation"
-        return {"pixel_values": np.stack([np.asarray(image) for [image] in images])}
-
-    def sampler_extra(self, params, **vision):
-        """The recognised cards of each image, int32[B, 4, 2] of (suit, rank), -1 where a card is not an exact
-        atlas tile; None without images (GP-L)."""
-        del params
-        if not vision:
-            return None
-        pixels = np.asarray(vision["pixel_values"])
+    def recognise(self, images) -> np.ndarray:
+        """The recognised cards of each image uint8[B, H, W, 3], int32[B, 4, 2] of (suit, rank), -1 where a card is
+        not an exact atlas tile."""
+        assert self.vision, "a text-only scripted model was shown images"
+        pixels = np.asarray(images)
         assert pixels.shape[1:] == (CANVAS_SIZE, CANVAS_SIZE, 3), pixels.shape
         cards = np.full((pixels.shape[0], 4, 2), -1, np.int32)
         for b, image in enumerate(pixels):
             for i, x in enumerate(CARD_XS):
                 tile = np.ascontiguousarray(image[CARD_Y:CARD_Y + CARD_HEIGHT, x:x + CARD_WIDTH])
                 cards[b, i] = self._tiles.get(tile.tobytes(), (-1, -1))
-        return jnp.asarray(cards)
+        return cards
 
     # --- the host side of the decoder ---
     def next_tokens(self, ids: np.ndarray, cards: np.ndarray) -> np.ndarray:

@@ -5,7 +5,6 @@ import json
 import os
 
 import pytest
-from tiny_models import save_tiny_gp_mllama
 
 from jaxrl_vlm import config as config_lib
 from jaxrl_vlm.envs.virl import cities
@@ -20,13 +19,6 @@ def load_config(name):
     config = module.get_config()
     config.mesh.data = 1  # the tests' 8 fake devices would be 8 batch shards
     return config
-
-
-@pytest.fixture(scope="module")
-def tiny_mllama(tmp_path_factory):
-    directory = str(tmp_path_factory.mktemp("tiny_mllama"))
-    save_tiny_gp_mllama(directory)
-    return directory
 
 
 @pytest.fixture
@@ -72,7 +64,7 @@ def test_bad_route_dir_names_the_key(tmp_path):
         config_lib.validate(config)
 
 
-def test_vision_task_needs_a_vision_language_model(tmp_path, tiny_mllama):
+def test_vision_task_needs_a_vision_language_model(tmp_path, tiny_mllama_checkpoint):
     """language_only=False with the embedded GGUF or a text-only HF checkpoint fails naming task.language_only and
     model.path; a (tiny) Mllama checkpoint passes. ppo_virl_vl's default model.path is the text-only one."""
     text_hf = tmp_path / "text_hf"
@@ -86,7 +78,7 @@ def test_vision_task_needs_a_vision_language_model(tmp_path, tiny_mllama):
             config_lib.validate(config)
         assert ("model_type 'llama'" in str(error.value)) == (path == str(text_hf))
     config = load_config("ppo_virl_vl")
-    config.model.path = tiny_mllama
+    config.model.path = tiny_mllama_checkpoint
     config_lib.validate(config)
     config = load_config("ppo_gp")  # GP-VL too
     config.task.language_only = False

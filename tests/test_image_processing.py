@@ -78,3 +78,22 @@ def test_bad_inputs_raise_clear_errors(tmp_path):
         ip.MllamaImageProcessorConfig.from_dict({"size": {"height": 10, "width": 20}})
     with pytest.raises(ValueError, match="images"):
         ip.preprocess([])
+
+
+@pytest.mark.parametrize("height,width,tile", [(69, 69, 28), (1200, 1200, 560), (2405, 2405, 560), (20, 24, 28),
+                                               (30, 80, 28)])
+def test_device_preprocessing_equals_the_host_path(height, width, tile):
+    """`preprocess_on_device` (jitted, a batch of equally sized images) gives the host path's arrays bit for bit:
+    the tiny Mllama's 2x2 tiles of a 69 px V-IRL grid, GP-VL's 1200 px canvas and V-IRL-VL's 2405 px grid at the
+    11B's 560 px tiles with CLIP mean/std, an up-scaled image and a padded non-square one."""
+    import jax
+
+    config = ip.MllamaImageProcessorConfig(tile_size=tile, image_mean=(0.48145466, 0.4578275, 0.40821073),
+                                           image_std=(0.26862954, 0.26130258, 0.27577711), resample=2)
+    rng = np.random.default_rng(height)
+    images = rng.integers(0, 256, size=(2, height, width, 3), dtype=np.uint8)
+    host = ip.preprocess([[image] for image in images], config)
+    device = jax.jit(ip.preprocess_on_device, static_argnums=1)(images, config)
+    np.testing.assert_array_equal(np.asarray(device["pixel_values"]), host.pixel_values)
+    np.testing.assert_array_equal(np.asarray(device["aspect_ratio_ids"]), host.aspect_ratio_ids)
+    np.testing.assert_array_equal(np.asarray(device["aspect_ratio_mask"]), host.aspect_ratio_mask)

@@ -22,7 +22,7 @@ TURNS, MAX_NEW, EPISODES = 3, 64, 8
 
 @dataclasses.dataclass(frozen=True)
 class ScriptedDecoder:
-    """A `DecodeModel` that answers every turn of row b with the token ids extra[b] (then EOS), whatever it is asked.
+    """A `DecodeModel` that answers every turn of row b with the token ids params[b] (then EOS), whatever it is asked.
 
     It keeps the ids written to each cache slot in cache.k, finds the last generation prompt (`gen_prompt` ids) in
     the row's history and forces the next scripted token by its offset from there."""
@@ -38,7 +38,7 @@ class ScriptedDecoder:
         return token_cache(batch, capacity)
 
     def step(self, params, input_ids, token_mask, cache, extra):
-        del params
+        del extra
         cache, ids = write_tokens(cache, input_ids, token_mask)
         valid = cache.valid
         order = jnp.argsort(~valid, axis=1, stable=True)
@@ -50,7 +50,7 @@ class ScriptedDecoder:
         hit = jnp.all(windows == jnp.asarray(self.gen_prompt), axis=-1) & (starts + p <= count[:, None])
         last = jnp.max(jnp.where(hit, starts, -1), axis=1)
         offset = count - (last + p)
-        script = extra
+        script = params
         forced = jnp.take_along_axis(script, jnp.clip(offset, 0, script.shape[1] - 1)[:, None], axis=1)[:, 0]
         forced = jnp.where(offset < script.shape[1], forced, self.eos)
         return jax.nn.one_hot(forced, self.vocab) * 100.0, cache
@@ -94,8 +94,8 @@ def rolled_out(smollm2_tokenizer):
         ids = tokenizer(reply, add_special_tokens=False)["input_ids"][:MAX_NEW - 1]
         script[b, :len(ids)] = ids
     decoder = ScriptedDecoder(len(tokenizer), eos, gen_prompt)
-    episodes = rollout_lib.rollout(env, decoder, None, env_params, token_byte_table(tokenizer, "empty"), state,
-                                   jnp.asarray(script), jax.random.key(0), jnp.float32(0.0), jnp.float32(1.0),
+    episodes = rollout_lib.rollout(env, decoder, jnp.asarray(script), env_params, token_byte_table(tokenizer, "empty"),
+                                   state, jax.random.key(0), jnp.float32(0.0), jnp.float32(1.0),
                                    jnp.asarray([eos], jnp.int32), max_new_tokens=MAX_NEW, pad_id=0)
     capacity = rollout_lib.rollout_shapes(env, MAX_NEW).capacity
     assert episodes.slot_tokens.shape == (EPISODES, 1, capacity)

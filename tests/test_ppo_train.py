@@ -12,7 +12,6 @@ import pytest
 
 from jaxrl_vlm import config as config_lib
 from jaxrl_vlm import job
-from tiny_models import save_tiny_gp_mllama
 
 
 def load_config(name):
@@ -255,10 +254,8 @@ def test_bad_ppo_config_is_a_clear_error(tmp_path, tiny_checkpoint):
         config_lib.validate(config)
 
 
-def test_gp_vl_ppo_on_tiny_mllama(tmp_path):
-    checkpoint = str(tmp_path / "tiny_mllama")
-    save_tiny_gp_mllama(checkpoint)
-    config = small(load_config("ppo_gp_vl"), tmp_path / "run", checkpoint)
+def test_gp_vl_ppo_on_tiny_mllama(tmp_path, tiny_mllama_checkpoint):
+    config = small(load_config("ppo_gp_vl"), tmp_path / "run", tiny_mllama_checkpoint)
     config.task.resolution = 64
     config.ppo.updates = 1
     config.eval.splits = "in_dist,visual_ood"

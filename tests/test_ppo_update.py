@@ -55,7 +55,7 @@ def host_batch(tiny_checkpoint):
     env, env_params = tasks.training_task(config, tokenizer)
     state = protocol.reset_batch(env, jax.random.key(0), env_params, config.ppo.episodes)
     ep = rollout_lib.rollout(env, policy.decoder, model.params, env_params, token_byte_table(tokenizer, "empty"),
-                             state, None, jax.random.key(1), jnp.float32(1.0), jnp.float32(1.0),
+                             state, jax.random.key(1), jnp.float32(1.0), jnp.float32(1.0),
                              jnp.asarray(model.eos_token_ids, jnp.int32), max_new_tokens=config.ppo.max_new_tokens,
                              pad_id=model.pad_id)
     index, row_valid = conversation_rows(np.asarray(ep.turn_valid), config.ppo.episodes)

@@ -50,7 +50,7 @@ def rollout_setup(tiny_checkpoint):
     width = rollout_lib.rollout_shapes(env, config.ppo.max_new_tokens).capacity  # one width: one compilation
 
     def run(top_p: float, seed: int):
-        ep = rollout_lib.rollout(env, model.decoder, model.params, env_params, byte_table, state, None,
+        ep = rollout_lib.rollout(env, model.decoder, model.params, env_params, byte_table, state,
                                  jax.random.key(seed), jnp.float32(TEMPERATURE), jnp.float32(top_p),
                                  jnp.asarray(model.eos_token_ids, jnp.int32),
                                  max_new_tokens=config.ppo.max_new_tokens, pad_id=model.pad_id)

@@ -13,7 +13,7 @@ from virl_routes import write_small_city
 
 from jaxrl_vlm import config as config_lib
 from jaxrl_vlm.data.expert import expert_conversations
-from jaxrl_vlm.data.virl_expert import expert_steps, sft_source
+from jaxrl_vlm.data.virl_expert import expert_steps
 from jaxrl_vlm.envs.virl.rails import route_template
 from jaxrl_vlm.envs.virl.reader import load_route_set
 from jaxrl_vlm.training.sft import train_sft
@@ -127,18 +127,14 @@ def test_bad_task_config_names_the_key(tmp_path, tiny_checkpoint, city_dir, data
         expert_conversations(config, tokenizer)
 
 
-def test_vl_sft_step_on_tiny_mllama(tmp_path, city_dir, monkeypatch):
+def test_vl_sft_step_on_tiny_mllama(tmp_path, city_dir, tiny_mllama_checkpoint):
     """V-IRL-VL: each example shows its step's 2x2 grid (the views renderer on the step's panorama and heading)
     before the Q_VIRL_VL prompt, and one SFT step of a tiny Mllama on them runs."""
-    from tiny_models import save_tiny_gp_mllama
-
     from jaxrl_vlm.data.virl_expert.builder import grid_renderer
 
-    checkpoint = str(tmp_path / "mllama")
-    save_tiny_gp_mllama(checkpoint)
-    monkeypatch.setattr(sft_source, "VIEW_SIZE", 8)  # 640 px views take seconds each on a CPU
+    checkpoint = tiny_mllama_checkpoint
     config = virl_config(tmp_path / "run", checkpoint, city_dir, str(tmp_path / "data"), task__language_only=False,
-                         task__resolution=8, data__num_examples=2, sft__steps=1, sft__global_batch_size=2,
+                         task__resolution=8, task__view_size=8,  # 640 px views take seconds each on a CPU data__num_examples=2, sft__steps=1, sft__global_batch_size=2,
                          checkpoint__every=1)
     tokenizer = transformers.AutoTokenizer.from_pretrained(checkpoint)
     get_example, count = expert_conversations(config, tokenizer)

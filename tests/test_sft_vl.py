@@ -9,7 +9,6 @@ import pytest
 from jaxrl_vlm import config as config_lib
 from jaxrl_vlm import job
 from jaxrl_vlm.training.sft import train_sft
-from tiny_models import save_tiny_gp_mllama
 
 
 def vl_config(tmp_path, checkpoint):
@@ -44,11 +43,9 @@ def test_vl_config_without_checkpoint_is_a_clear_error(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tiny_mllama(tmp_path_factory):
+def tiny_mllama(tmp_path_factory, tiny_mllama_checkpoint):
     """(checkpoint, expert data directory) shared by the tests of this module."""
-    directory = tmp_path_factory.mktemp("tiny_mllama")
-    save_tiny_gp_mllama(str(directory / "model"))
-    return str(directory / "model"), str(directory / "data")
+    return tiny_mllama_checkpoint, str(tmp_path_factory.mktemp("tiny_mllama_data"))
 
 
 def split_params(params):

@@ -7,13 +7,12 @@ One small city, one rollout shape per env (ROWS rows, MAX_NEW tokens a reply): t
 reuse the rollout compiled for the direct rollout test."""
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import virl_scripted as vs
+from virl_replay import model_eos, replay, reply_text
 from virl_host_eval import virl_conversation
 from virl_routes import write_small_city
 
@@ -55,80 +54,6 @@ def model(smollm2_tokenizer):
     return vs.ScriptedVirlModel(smollm2_tokenizer)
 
 
-@dataclasses.dataclass
-class HostConversation:
-    """One conversation as the host replay played it: the prompt it opened with, each reply's text, the verifier's
-    message on it, the host's and the device's reward, and the reply's (conversation, turn) place in the device
-    arrays."""
-
-    prompt: str
-    replies: list[str] = dataclasses.field(default_factory=list)
-    feedbacks: list[str] = dataclasses.field(default_factory=list)
-    rewards: list[float] = dataclasses.field(default_factory=list)
-    device_rewards: list[float] = dataclasses.field(default_factory=list)
-    positions: list[tuple[int, int]] = dataclasses.field(default_factory=list)
-
-
-@dataclasses.dataclass
-class HostEpisode:
-    conversations: list[HostConversation]
-    success: bool = False
-    steps: int = 0  # env steps: replies and the forced failure
-    correct: int = 0
-    forced: str | None = None  # the ground-truth action of the point whose budget ran out
-    missing: tuple[int, int] | None = None  # where the host expected a reply the device did not play
-
-
-def model_eos(tokenizer) -> int:
-    return tokenizer.convert_tokens_to_ids("<|im_end|>")
-
-
-def reply_text(tokenizer, ep, b, r, t, eos) -> tuple[list[int], bool, str]:
-    """(reply token ids without a final stop token, whether it stopped, its text as the env reads it)."""
-    tokens = ep.reply_tokens[b, r, t, :ep.reply_len[b, r, t]].tolist()
-    stopped = bool(tokens) and tokens[-1] == eos
-    tokens = tokens[:-1] if stopped else tokens
-    return tokens, stopped, tokenizer.decode(tokens, clean_up_tokenization_spaces=False)
-
-
-def replay(tokenizer, ep, b, host: HostNavigationEnv, turns: int, eos: int) -> HostEpisode:
-    """Feed row b's device replies to the host env in the order the protocol (spec §1.9) plays them: after a
-    correct move the next reply opens conversation r + 1, after a wrong one it continues conversation r, and
-    after `turns` wrong replies the forced failure (an env step without a reply) ends the episode (§1.6)."""
-    episode, r, t = HostEpisode([]), 0, 0
-    while True:
-        if t == 0:
-            episode.conversations.append(HostConversation(host.prompt()))
-        conv = episode.conversations[-1]
-        if not ep.turn_valid[b, r, t]:
-            episode.missing = (r, t)
-            return episode
-        _, _, text = reply_text(tokenizer, ep, b, r, t, eos)
-        gt = host.point.gt_action
-        reward, terminated, truncated, info = host.step(text)
-        assert not truncated
-        episode.steps += 1
-        episode.correct += reward == 1.0
-        conv.replies.append(text)
-        conv.feedbacks.append(info["Verify Info"])
-        conv.rewards.append(reward)
-        conv.device_rewards.append(float(ep.reward[b, r, t]))
-        conv.positions.append((r, t))
-        if terminated:
-            episode.success = host.is_success
-            return episode
-        if reward == 1.0:
-            r, t = r + 1, 0
-        elif t + 1 < turns:
-            t += 1
-        else:
-            reward, terminated, truncated, info = host.step("")  # the model's reply is not read (§1.6)
-            episode.steps += 1
-            assert reward == -1.0 and truncated and terminated == (gt == "stop()")
-            episode.forced = gt
-            return episode
-
-
 def test_scripted_oracle_reads_the_rail_from_the_prompt(templates):
     """The scripted model's oracle (`virl_scripted.read_point`) names each point's ground truth from the prompt text
     alone: the host rail's action, observation and sentence, for compass and relative turns and random drops."""
@@ -160,7 +85,7 @@ def rolled_out(smollm2_tokenizer, task, templates, model):
     heading0, draws = jax.vmap(lambda k: episode_randomness(jax.random.split(k)[1], max_legs(params.env)))(keys)
     model.reset(vs.per_row([policy for policy, _ in SCRIPT]))
     ep = rollout_lib.rollout(env, model.decoder, model.params, params, token_byte_table(tokenizer, "empty"), state,
-                             None, jax.random.key(0), jnp.float32(0.0), jnp.float32(1.0),
+                             jax.random.key(0), jnp.float32(0.0), jnp.float32(1.0),
                              jnp.asarray(model.eos_token_ids, jnp.int32), max_new_tokens=MAX_NEW, pad_id=model.pad_id)
     ep = jax.device_get(ep)
     hosts = []

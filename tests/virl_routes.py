@@ -34,8 +34,11 @@ def milestone_info(blocks) -> str:
     return out
 
 
-def write_route_dir(directory: Path, routes: list[dict], mapping: dict, skip_files: tuple[str, ...] = ()) -> Path:
-    """Write route_infos.json, gps_pano_mapping.pkl and street_views/ (tiny jpgs + metadata) for every mapped pano."""
+def write_route_dir(directory: Path, routes: list[dict], mapping: dict, skip_files: tuple[str, ...] = (),
+                    pano_image=None) -> Path:
+    """Write route_infos.json, gps_pano_mapping.pkl and street_views/ (jpgs + metadata) for every mapped pano;
+    pano_image(i, pano_id) -> PIL image (default: a 16 x 8 uniform colour per pano). A given image is written
+    losslessly (PNG data under the .jpg name, which PIL reads by content), so renders of it are exact."""
     from PIL import Image
 
     directory.mkdir(parents=True, exist_ok=True)
@@ -45,7 +48,9 @@ def write_route_dir(directory: Path, routes: list[dict], mapping: dict, skip_fil
     views = directory / "street_views"
     views.mkdir(exist_ok=True)
     for i, pano in enumerate(mapping.values()):
-        if f"{pano}.jpg" not in skip_files:
+        if f"{pano}.jpg" not in skip_files and pano_image is not None:
+            pano_image(i, pano).save(views / f"{pano}.jpg", format="PNG")
+        elif f"{pano}.jpg" not in skip_files:
             Image.new("RGB", (16, 8), ((37 * i) % 256, 90, 160)).save(views / f"{pano}.jpg")
         if f"{pano}.metadata.json" not in skip_files:
             (views / f"{pano}.metadata.json").write_text(json.dumps({"rotation": float(i * 10 % 360), "pano_id": pano}))
@@ -93,11 +98,15 @@ def straight_route(prefix: str, start, bearings_lengths, landmarks, init_heading
     return route, mapping
 
 
-def write_small_city(directory: Path) -> Path:
-    """Three routes: MoMA (fixed heading 137), and two with a random initial heading (init_heading 0)."""
+SMALL_CITY_DESTINATIONS = ("m_moma", "a_g2", "b_g0")  # the pano of each route's destination, in route order
+
+
+def write_small_city(directory: Path, pano_image=None) -> Path:
+    """Three routes: MoMA (fixed heading 137), and two with a random initial heading (init_heading 0); pano_image as
+    in `write_route_dir`."""
     r0, m0 = moma_route()
     r1, m1 = straight_route("a", (40.7300, -73.9900), [(90, 120), (0, 60), (270, 45)],
                             ["Cafe A is on your right", "No landmark nearby",
                              "The destination Shop B is on your left front"])
     r2, m2 = straight_route("b", (40.7400, -73.9800), [(180, 80)], ["The destination Park C is on your behind"])
-    return write_route_dir(directory, [r0, r1, r2], {**m0, **m1, **m2})
+    return write_route_dir(directory, [r0, r1, r2], {**m0, **m1, **m2}, pano_image=pano_image)

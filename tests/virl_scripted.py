@@ -10,6 +10,11 @@ reply and 'You failed this trial because ' + the verifier's message), works out 
 action from the prompt text alone (`read_point`), asks the policy for the reply and forces it token by token (then
 EOS). A conversation it cannot read gets NOT_UNDERSTOOD and is logged in `ScriptedVirlModel.not_understood`.
 
+V-IRL-VL (`ScriptedVirlModel(..., vision=True)`): the decoder's `image_extra` hands each conversation's rendered
+2x2 grids to the host, which logs them (`images`) and tells the destination apart by its view alone: test cities
+give every destination a white panorama (`DESTINATION_WHITE`). The Q_VIRL_VL prompt shows every other point the
+same way ("You observe an image of 4 views; "), so that is what the oracle reads from the image.
+
 A policy is a function `Query -> reply text`; `REPLIES` are the building blocks (oracle, wrong, malformed, over-long).
 """
 from __future__ import annotations
@@ -22,12 +27,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrl_vlm.envs.virl.prompts import FEEDBACK_PREFIX, INTERSECTION_TEXT, expert_response
+from jaxrl_vlm.envs.virl.prompts import FEEDBACK_PREFIX, INTERSECTION_TEXT, VL_CURRENT_OBSERVATION, expert_response
 from jaxrl_vlm.models.layers import KVCache
+from scripted_policy import token_cache, write_tokens
 
 GEN_PROMPT = "<|im_start|>assistant\n"
 NOT_UNDERSTOOD = "I do not know."
 START_OBSERVATION = "No landmarks nearby; "  # the oracle text of the start and of interpolated points (spec §1.5)
+DESTINATION_WHITE = 0.5  # a grid with more than this share of 255 values shows a (white) destination panorama
 
 
 class Point(NamedTuple):
@@ -68,10 +75,11 @@ def instruction_text(prompt: str) -> str:
     return _between(prompt, "[Instruction]\n", "\n\n[Action space]")
 
 
-def read_point(prompt: str) -> Point:
-    """The rail point a Q_VIRL_L prompt shows, with its ground-truth action, from the text alone (spec §1.4-1.5): the
+def read_point(prompt: str, destination_in_view: bool = False) -> Point:
+    """The rail point a Q_VIRL prompt shows, with its ground-truth action, from the text (spec §1.4-1.5): the
     start and every intersection ask for the next 'Turn ... to face ...' sentence's turn (compass or relative word as
-    the action space says), the destination (all turns done, a landmark in view) for stop(), other points forward()."""
+    the action space says), the destination (all turns done, a landmark in view; Q_VIRL_VL: destination_in_view,
+    what the image shows) for stop(), other points forward()."""
     sentences = [s for _, s in re.findall(r"^(\d+)\. (.*)$", instruction_text(prompt), re.M)]
     seq = _between(prompt, "[Observations and actions sequence]\n", "\n\n[Output]")
     observations = re.findall(r"^O_\d+: (.*)$", seq, re.M)
@@ -85,7 +93,9 @@ def read_point(prompt: str) -> Point:
         sentence = sentences[2 * turns]
         relative, compass = re.fullmatch(r"(?:First, turn|Turn) (.+) to face (\w+)\.", sentence).groups()
         return Point(t, f"turn_direction({compass if absolute else relative})", observation, sentence)
-    if turns == len(sentences) // 2 and observation != START_OBSERVATION:
+    at_destination = (destination_in_view if observation.startswith(VL_CURRENT_OBSERVATION)
+                      else observation != START_OBSERVATION)
+    if turns == len(sentences) // 2 and at_destination:
         return Point(t, "stop()", observation, sentences[-1])
     return Point(t, "forward()", observation, sentences[2 * turns - 1])
 
@@ -171,24 +181,6 @@ def per_row(policies: list[Policy]) -> Policy:
 
 
 # --- the model ---
-def token_cache(batch: int, capacity: int) -> KVCache:
-    """A `KVCache` that stores the token id written to each slot (in k[0, b, slot, 0, 0]) instead of keys/values."""
-    return KVCache(k=jnp.zeros((1, batch, capacity, 1, 1), jnp.int32), v=jnp.zeros((1, batch, capacity, 1, 1)),
-                   valid=jnp.zeros((batch, capacity), bool), next_pos=jnp.zeros((batch,), jnp.int32),
-                   index=jnp.zeros((), jnp.int32))
-
-
-def write_tokens(cache: KVCache, input_ids: jax.Array, token_mask: jax.Array) -> tuple[KVCache, jax.Array]:
-    """Append a chunk int32[B, T] to a `token_cache` as a decoder step does; returns the cache and every slot's id
-    int32[B, S] (-1 where the slot is not valid)."""
-    k = jax.lax.dynamic_update_slice(cache.k, input_ids[None, :, :, None, None].astype(jnp.int32),
-                                     (0, 0, cache.index, 0, 0))
-    valid = jax.lax.dynamic_update_slice(cache.valid, token_mask.astype(bool), (0, cache.index))
-    cache = KVCache(k, cache.v, valid, cache.next_pos + token_mask.sum(1, dtype=jnp.int32),
-                    cache.index + input_ids.shape[1])
-    return cache, jnp.where(valid, k[0, :, :, 0, 0], -1)
-
-
 @dataclasses.dataclass(frozen=True, eq=False)
 class ScriptedVirlDecoder:
     """A `sampler.DecodeModel` whose cache holds token ids and whose logits force the host's reply (one-hot * 100).
@@ -203,10 +195,17 @@ class ScriptedVirlDecoder:
     def init_cache(self, batch: int, capacity: int) -> KVCache:
         return token_cache(batch, capacity)
 
+    def image_extra(self, params, images, input_ids):
+        """int32[B]: 1 where the row's grid uint8[B, H, W, 3] shows a destination (`ScriptedVirlModel.see`)."""
+        del params, input_ids
+        return jax.pure_callback(self.host.see, jax.ShapeDtypeStruct((images.shape[0],), jnp.int32), images)
+
     def step(self, params, input_ids, token_mask, cache, extra):
-        del params, extra
+        del params
         cache, ids = write_tokens(cache, input_ids, token_mask)
-        forced = jax.pure_callback(self.host.next_tokens, jax.ShapeDtypeStruct((input_ids.shape[0],), jnp.int32), ids)
+        destination = jnp.zeros((input_ids.shape[0],), jnp.int32) if extra is None else extra
+        forced = jax.pure_callback(self.host.next_tokens, jax.ShapeDtypeStruct((input_ids.shape[0],), jnp.int32), ids,
+                                   destination)
         return jax.nn.one_hot(forced, self.vocab, dtype=jnp.float32) * 100.0, cache
 
 
@@ -215,24 +214,34 @@ class ScriptedVirlModel:
 
     asked: one Query per reply the model started (at the first token of each reply: batch by batch, conversation by
     conversation, row by row; padding rows included). not_understood: the conversation texts it could not read.
+    images (vision): the grids uint8[B, H, W, 3] of every conversation round, in order.
     """
 
     mesh_rules = None
 
-    def __init__(self, tokenizer):
+    def __init__(self, tokenizer, vision: bool = False):
         self.tokenizer = tokenizer
+        self.vision = vision
         self.eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
         self.policy: Policy | None = None
         self.asked: list[Query] = []
         self.not_understood: list[str] = []
+        self.images: list[np.ndarray] = []
         self.params = jnp.zeros((), jnp.float32)
         self.decoder = ScriptedVirlDecoder(len(tokenizer), self)
         self._gen_prompt = np.asarray(tokenizer(GEN_PROMPT, add_special_tokens=False)["input_ids"])
-        self._replies: dict[tuple[int, bytes], tuple[list[int], Query | None]] = {}
+        self._replies: dict[tuple[int, bytes, int], tuple[list[int], Query | None]] = {}
 
     def reset(self, policy: Policy) -> "ScriptedVirlModel":
-        self.policy, self.asked, self.not_understood, self._replies = policy, [], [], {}
+        self.policy, self.asked, self.not_understood, self.images, self._replies = policy, [], [], [], {}
         return self
+
+    def see(self, images) -> np.ndarray:
+        """Log a round's grids; int32[B] 1 where one shows a destination (mostly white)."""
+        assert self.vision, "a V-IRL-L scripted model was shown images"
+        images = np.array(images)
+        self.images.append(images)
+        return ((images == 255).mean(axis=(1, 2, 3)) > DESTINATION_WHITE).astype(np.int32)
 
     @property
     def eos_token_ids(self) -> tuple[int, ...]:
@@ -245,9 +254,10 @@ class ScriptedVirlModel:
     def put_batch(self, x):
         return jnp.asarray(np.asarray(x))
 
-    def next_tokens(self, ids: np.ndarray) -> np.ndarray:
-        """The forced token of each row: the next token of its reply to the conversation it holds (then EOS)."""
-        ids = np.asarray(ids)
+    def next_tokens(self, ids: np.ndarray, destination: np.ndarray) -> np.ndarray:
+        """The forced token of each row: the next token of its reply to the conversation it holds (then EOS);
+        destination int32[B]: its image shows the destination (V-IRL-VL)."""
+        ids, destination = np.asarray(ids), np.asarray(destination)
         p = len(self._gen_prompt)
         out = np.full((ids.shape[0],), self.eos, np.int32)
         for b in range(ids.shape[0]):
@@ -257,9 +267,9 @@ class ScriptedVirlModel:
             if not hits:
                 continue
             cut = hits[-1] + p
-            key = (b, history[:cut].tobytes())
+            key = (b, history[:cut].tobytes(), int(destination[b]))
             if key not in self._replies:
-                self._replies[key] = self._answer(b, history[:cut])
+                self._replies[key] = self._answer(b, history[:cut], bool(destination[b]))
             reply, query = self._replies[key]
             done = len(history) - cut
             if done == 0 and query is not None:  # the reply's first token: once per reply (no policy reply is empty)
@@ -268,11 +278,11 @@ class ScriptedVirlModel:
                 out[b] = reply[done]
         return out
 
-    def _answer(self, row: int, prompt_ids: np.ndarray) -> tuple[list[int], Query | None]:
+    def _answer(self, row: int, prompt_ids: np.ndarray, destination: bool) -> tuple[list[int], Query | None]:
         text = self.tokenizer.decode(prompt_ids.tolist(), clean_up_tokenization_spaces=False)
         conv = read_conversation(text)
         try:
-            query = None if conv is None else Query(row, conv[0], read_point(conv[0]), tuple(conv[1]),
+            query = None if conv is None else Query(row, conv[0], read_point(conv[0], destination), tuple(conv[1]),
                                                     tuple(conv[2]))
         except (ValueError, AttributeError, IndexError):
             query = None

@@ -121,6 +121,9 @@ def prompt_batch(env: Environment, state: Any, params: Any) -> Prompt:
     return jax.vmap(env.prompt, in_axes=(0, None))(state, params)
 
 
-def image_batch(env: Environment, state: Any, params: Any) -> jax.Array:
-    """`image` over a batch of states: uint8[B, H, W, 3]."""
-    return jax.vmap(env.image, in_axes=(0, None))(state, params)
+def image_batch(env: Environment, state: Any, params: Any, chunk: int | None = None) -> jax.Array:
+    """`image` over a batch of states: uint8[B, H, W, 3]; chunk: render that many at a time (`lax.map`), which
+    bounds a renderer's temporaries (V-IRL's views hold int32 copies of every view), else all at once."""
+    if chunk is None:
+        return jax.vmap(env.image, in_axes=(0, None))(state, params)
+    return jax.lax.map(lambda s: env.image(s, params), state, batch_size=chunk)

@@ -13,7 +13,6 @@ from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from tqdm.auto import tqdm
 
 from jaxrl_vlm import rollout as rollout_lib
@@ -26,23 +25,21 @@ from jaxrl_vlm.stats import binomial_stderr
 class Evaluator:
     """Evaluates a loaded model (or other params of it) on named task splits {split: (Environment, env params)}.
 
-    decoder: the sampler's `DecodeModel` (default: the model's own); image tasks need a vision model
-    (`vision_inputs`, `sampler_extra`).
+    decoder: the sampler's `DecodeModel` (default: the model's own); image tasks need one that encodes images
+    (`image_extra`, e.g. Mllama's).
     """
 
     def __init__(self, model: Any, tokenizer, splits: Mapping[str, tuple[protocol.Environment, Any]],
                  decoder: Any = None):
-        for name, (env, _) in splits.items():
-            if env.vision and not hasattr(model, "vision_inputs"):
-                raise ValueError(f"split {name!r} shows images: it needs a vision-language model, "
-                                 f"got {type(model).__name__}")
         self.model = model
         self.splits = dict(splits)
         self.decoder = decoder if decoder is not None else model.decoder
+        for name, (env, _) in self.splits.items():
+            if env.vision and not hasattr(self.decoder, "image_extra"):
+                raise ValueError(f"split {name!r} shows images: it needs a vision-language model, "
+                                 f"got {type(model).__name__}")
         self.byte_table = token_byte_table(tokenizer, special_tokens="empty")
         self._reset = jax.jit(protocol.reset_batch, static_argnums=(0, 3))
-        self._images = jax.jit(protocol.image_batch, static_argnums=0)
-        self._prompts = jax.jit(protocol.prompt_batch, static_argnums=0)
 
     def evaluate(self, split: str, *, episodes: int, batch_size: int, max_new_tokens: int, temperature: float = 0.0,
                  top_p: float = 1.0, seed: int = 0, params: Any = None) -> dict[str, Any]:
@@ -65,10 +62,9 @@ class Evaluator:
             n = min(batch_size, episodes - start)
             key, reset_key, sample_key = jax.random.split(key, 3)
             state = self._reset(env, reset_key, env_params, rows, start)
-            extra = self._extra(env, env_params, state, params)
             state = jax.tree_util.tree_map(lambda x: self.model.put_batch(to_host(x)), state)
-            out = rollout_lib.rollout(env, self.decoder, params, env_params, self.byte_table, state, extra,
-                                      sample_key, jnp.float32(temperature), jnp.float32(top_p), eos_ids,
+            out = rollout_lib.rollout(env, self.decoder, params, env_params, self.byte_table, state, sample_key,
+                                      jnp.float32(temperature), jnp.float32(top_p), eos_ids,
                                       max_new_tokens=max_new_tokens, pad_id=self.model.pad_id)
             played = to_host(out.turn_valid)[:n]
             totals["success"] += int(to_host(out.success)[:n].sum())
@@ -90,16 +86,6 @@ class Evaluator:
             result.update({name: rate, f"{name}_stderr": binomial_stderr(rate, trials) if trials else float("nan"),
                            env.count_names[name]: trials})
         return result
-
-    def _extra(self, env: protocol.Environment, env_params: Any, state: Any, params: Any) -> Any:
-        """The decoder's per-batch extra: image K/V of each episode's image (image tasks), else None."""
-        if not env.vision:
-            return None
-        images = to_host(self._images(env, state, env_params))
-        prompt = self._prompts(env, state, env_params)
-        ids, _ = rollout_lib.left_padded(prompt.ids, prompt.length, self.model.pad_id)
-        vision = self.model.vision_inputs([[image] for image in images], to_host(ids))
-        return self.model.sampler_extra(params, **vision)
 
 
 def headline(result: Mapping[str, Any]) -> float:

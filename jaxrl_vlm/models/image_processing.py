@@ -1,4 +1,5 @@
-"""Llama-3.2-Vision (Mllama) image preprocessing in NumPy + PIL, equal to transformers' `MllamaImageProcessor`.
+"""Llama-3.2-Vision (Mllama) image preprocessing in NumPy + PIL, equal to transformers' `MllamaImageProcessor`, and
+the same on the device for batches of equally sized images (`preprocess_on_device`, bit-exact with the host path).
 
 Each image is resized (aspect ratio preserved, PIL bilinear on uint8) to fit the best canvas of at most
 `max_image_tiles` square tiles, zero-padded at the bottom/right to that canvas, rescaled to [0, 1] and normalised with
@@ -16,8 +17,12 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Union
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from PIL import Image
+
+from jaxrl_vlm import pil_resample
 
 ImageLike = Union[Image.Image, np.ndarray]
 
@@ -204,3 +209,41 @@ def preprocess(
             counts.append(len(tiles))
         num_tiles.append(counts)
     return MllamaImageBatch(pixel_values, aspect_ratio_ids, aspect_ratio_mask, num_tiles)
+
+
+@lru_cache(maxsize=64)
+def _rescale_normalise_table(config: MllamaImageProcessorConfig) -> np.ndarray:
+    """float32[256, 3]: the host path's rescale (in float64, then float32) and normalisation of each uint8 value per
+    channel, so the device path is a lookup with the host's exact rounding."""
+    values = (np.arange(256, dtype=np.float64)[:, None] * config.rescale_factor).astype(np.float32)
+    mean = np.asarray(config.image_mean, dtype=np.float32)
+    std = np.asarray(config.image_std, dtype=np.float32)
+    return (values - mean) / std
+
+
+def preprocess_on_device(images: jax.Array, config: MllamaImageProcessorConfig) -> dict[str, jax.Array]:
+    """Mllama inputs of one image per sample, on the device (jittable; the tile layout is static for the static
+    image size): images uint8[B, H, W, 3] -> {pixel_values float32[B, 1, T, 3, tile, tile], aspect_ratio_ids
+    int32[B, 1], aspect_ratio_mask int32[B, 1, T]} with T = max_image_tiles, equal to `preprocess` of the same
+    images (the PIL resize through `pil_resample`)."""
+    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != jnp.uint8:
+        raise ValueError(f"expected uint8 images [batch, height, width, 3], got {images.dtype} {images.shape}")
+    if config.resample not in pil_resample.PIL_RESAMPLE_IDS:
+        raise ValueError(f"device preprocessing supports PIL resample {sorted(pil_resample.PIL_RESAMPLE_IDS)} "
+                         f"(bilinear, bicubic), got {config.resample}")
+    batch, height, width = images.shape[:3]
+    tile, tiles = config.tile_size, config.max_image_tiles
+    canvas_h, canvas_w = optimal_tiled_canvas(height, width, tiles, tile)
+    new_h, new_w = size_fit_to_canvas(height, width, canvas_h, canvas_w, tile)
+    resized = pil_resample.resize(images, new_h, new_w, pil_resample.PIL_RESAMPLE_IDS[config.resample])
+    canvas = jnp.pad(resized, ((0, 0), (0, canvas_h - new_h), (0, canvas_w - new_w), (0, 0)))
+    table = jnp.asarray(_rescale_normalise_table(config))
+    pixels = table[canvas.astype(jnp.int32), jnp.arange(3)]  # [B, canvas_h, canvas_w, 3]
+    nh, nw = canvas_h // tile, canvas_w // tile
+    grid = pixels.reshape(batch, nh, tile, nw, tile, 3).transpose(0, 1, 3, 5, 2, 4).reshape(batch, nh * nw, 3, tile,
+                                                                                            tile)
+    pixel_values = jnp.zeros((batch, 1, tiles, 3, tile, tile), jnp.float32).at[:, 0, :nh * nw].set(grid)
+    ratio_id = supported_aspect_ratios(tiles).index((nh, nw)) + 1
+    mask = (jnp.arange(tiles) < nh * nw).astype(jnp.int32)
+    return {"pixel_values": pixel_values, "aspect_ratio_ids": jnp.full((batch, 1), ratio_id, jnp.int32),
+            "aspect_ratio_mask": jnp.broadcast_to(mask, (batch, 1, tiles))}

@@ -28,6 +28,7 @@ import numpy as np
 
 from jaxrl_vlm.models import llama
 from jaxrl_vlm.models import mllama_vision as vision_lib
+from jaxrl_vlm.models.image_processing import MllamaImageProcessorConfig, preprocess_on_device
 from jaxrl_vlm.models.config import LlamaConfig, dtype_from_name
 from jaxrl_vlm.models.layers import (KVCache, cache_mask, cached_decoder_layers, causal_mask, decoder_layer, dense,
                                      gqa_attention, init_kv_cache, kv_cache_logical_axes, layer_logical_axes,
@@ -273,6 +274,25 @@ def encode_images(params: Params, pixel_values: jax.Array, aspect_ratio_ids: jax
     return compute_cross_kv(params, states, cross_attention_mask, config)
 
 
+def image_cross_attention_mask(input_ids: jax.Array, image_token_id: int, aspect_ratio_mask: jax.Array) -> jax.Array:
+    """transformers' cross_attention_mask int32[B, S, 1, T] of token rows int32[B, S] holding at most one image
+    each, on the device: the tokens from the <|image|> token on see the image's used tiles (aspect_ratio_mask
+    int32[B, 1, T]); a row without an image token sees nothing (its text skips cross-attention)."""
+    seen = jnp.cumsum(input_ids == image_token_id, axis=1) > 0
+    return (seen[:, :, None, None] & (aspect_ratio_mask[:, None, :, :] > 0)).astype(jnp.int32)
+
+
+def vision_inputs_on_device(images: jax.Array, input_ids: jax.Array, config: MllamaConfig,
+                            image_config: MllamaImageProcessorConfig) -> dict[str, jax.Array]:
+    """Model inputs of one image per row, all on the device (jittable): images uint8[B, H, W, 3] and the token rows
+    int32[B, S] that show them -> pixel_values, aspect_ratio_ids, aspect_ratio_mask (`preprocess_on_device`) and
+    cross_attention_mask int32[B, S, 1, T] (`image_cross_attention_mask`), as `MllamaModel.vision_inputs` on the
+    host."""
+    vision = preprocess_on_device(images, image_config)
+    cross = image_cross_attention_mask(input_ids, config.image_token_index, vision["aspect_ratio_mask"])
+    return {**vision, "cross_attention_mask": cross}
+
+
 def cross_attention_token_mask(mask: jax.Array, slots: jax.Array, num_patches: int) -> tuple[jax.Array, jax.Array]:
     """Text->vision attention of the tokens at cache slots int[T] from the prompt mask int32[B,S,M,T_tiles].
 
@@ -420,6 +440,7 @@ class MllamaDecoder:
 
     config: MllamaConfig
     mesh_rules: MeshRules | None = None
+    image_config: MllamaImageProcessorConfig | None = None
 
     def decode_params(self, params: Params) -> Params:
         """Params with the self- and cross-attention layers unstacked (`layers.unstack_layers`), for `step` in a
@@ -431,6 +452,17 @@ class MllamaDecoder:
              extra: CrossAttentionState | None) -> tuple[jax.Array, KVCache]:
         """See `decode_step`."""
         return decode_step(params, input_ids, token_mask, cache, extra, self.config, self.mesh_rules)
+
+    def image_extra(self, params: Params, images: jax.Array, input_ids: jax.Array) -> CrossAttentionState:
+        """The `extra` of a conversation showing one image per row, on the device: images uint8[B, H, W, 3]
+        preprocessed as the model's image processor (`image_config`), encoded (vision tower, projector,
+        cross-attention K/V) with the mask of input_ids int32[B, S], the prompt's tokens in the order of their cache
+        slots. params: the model's params as stored (not `decode_params`)."""
+        if self.image_config is None:
+            raise ValueError("MllamaDecoder.image_config is needed to preprocess images on the device")
+        vision = vision_inputs_on_device(images, input_ids, self.config, self.image_config)
+        return encode_images(params, vision["pixel_values"], vision["aspect_ratio_ids"], vision["aspect_ratio_mask"],
+                             vision["cross_attention_mask"], self.config)
 
     def init_cache(self, batch: int, capacity: int) -> KVCache:
         """Empty self-attention cache (see `init_cache`), sharded by the logical rules when there is a mesh."""

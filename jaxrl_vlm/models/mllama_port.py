@@ -239,9 +239,9 @@ class MllamaModel:
         self.config = config
         self.params = params
         self.mesh_rules = None if mesh is None else MeshRules(mesh)
-        self.decoder = mllama.MllamaDecoder(config, self.mesh_rules)
         self.image_config = image_config or MllamaImageProcessorConfig(
             tile_size=config.vision.image_size, max_image_tiles=config.vision.max_num_tiles)
+        self.decoder = mllama.MllamaDecoder(config, self.mesh_rules, self.image_config)
 
     @property
     def eos_token_ids(self) -> tuple[int, ...]:

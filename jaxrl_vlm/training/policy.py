@@ -16,10 +16,9 @@ import jax
 from jaxrl_vlm.models import llama, mllama
 from jaxrl_vlm.models.api import LlamaModel
 from jaxrl_vlm.models.config import LlamaConfig
+from jaxrl_vlm.models.image_processing import MllamaImageProcessorConfig
 from jaxrl_vlm.models.mllama_port import MllamaModel
 from jaxrl_vlm.models.sharding import MeshRules
-
-VISION_KEYS = ("pixel_values", "aspect_ratio_ids", "aspect_ratio_mask")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,6 +27,7 @@ class PolicyModel:
 
     config: Any
     mesh_rules: MeshRules | None = None
+    image_config: MllamaImageProcessorConfig | None = None
 
     @property
     def is_vision(self) -> bool:
@@ -44,8 +44,14 @@ class PolicyModel:
         """The sampler's `DecodeModel` (KV-cache prefill/decode step) with the same dtypes."""
         if self.is_vision:
             return mllama.MllamaDecoder(dataclasses.replace(self.config, text=dataclasses.replace(
-                self.config.text, remat=False)), self.mesh_rules)
+                self.config.text, remat=False)), self.mesh_rules, self.image_config)
         return llama.LlamaDecoder(dataclasses.replace(self.config, remat=False), self.mesh_rules)
+
+    def vision_inputs(self, images: jax.Array, input_ids: jax.Array) -> dict[str, jax.Array]:
+        """Mllama inputs (pixel_values, aspect_ratio_ids, aspect_ratio_mask, cross_attention_mask) of one image per
+        row on the device: images uint8[B, H, W, 3] shown by the token rows int32[B, S]
+        (`mllama.vision_inputs_on_device`)."""
+        return mllama.vision_inputs_on_device(images, input_ids, self.config, self.image_config)
 
     def encode_images(self, params: Any, vision: Mapping[str, jax.Array] | None,
                       cross_attention_mask: jax.Array | None = None) -> Any:
@@ -80,5 +86,5 @@ def policy_model(model: Any, param_dtype: str, compute_dtype: str, remat: bool =
         return PolicyModel(dataclasses.replace(config, remat=remat), model.mesh_rules)
     if isinstance(model, MllamaModel):
         return PolicyModel(dataclasses.replace(config, text=dataclasses.replace(config.text, remat=remat)),
-                           model.mesh_rules)
+                           model.mesh_rules, model.image_config)
     raise NotImplementedError(f"PPO supports Llama and Mllama models, got {type(model).__name__}")

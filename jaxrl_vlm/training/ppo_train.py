@@ -37,13 +37,12 @@ from jaxrl_vlm.training.checkpoint import Checkpointer
 from jaxrl_vlm.training.flops import ComputeMeter, param_count
 from jaxrl_vlm.training.metrics import MetricsLogger
 from jaxrl_vlm.training.optim import adamw
-from jaxrl_vlm.training.policy import VISION_KEYS, PolicyModel, policy_model
+from jaxrl_vlm.training.policy import PolicyModel, policy_model
 from jaxrl_vlm.training.ppo import PPOBatch, PPOHyper, init_ppo_params, make_ppo_update, score_replies
 from jaxrl_vlm.training.sft import mesh_of, place_on_mesh
 from jaxrl_vlm.training.sft_step import TrainState
 
 WIDTH_ROUNDING = 128  # conversation widths of the update are rounded up to this: few shapes, few compilations
-RENDER_CHUNK = 64
 
 
 def action_pattern(tokenizer, action_key: str | None) -> np.ndarray:
@@ -88,17 +87,6 @@ def ppo_hyper(config: mlc.ConfigDict) -> PPOHyper:
                     thought_coef=p.thought_coef, kl_coef=p.kl_coef, entropy_coef=p.entropy_coef)
 
 
-def compact_cross_attention_mask(ids: np.ndarray, image_token_id: int, aspect_ratio_mask: np.ndarray) -> np.ndarray:
-    """transformers' cross_attention_mask int32[E, L, 1, tiles] of compact conversations int[E, L] holding one image
-    each: the tokens from the <|image|> token on see the image's used tiles (aspect_ratio_mask int[E, 1, tiles])."""
-    has = ids == image_token_id
-    if not has.any(axis=1).all():
-        raise ValueError("a VL conversation holds no <|image|> token")
-    first = np.argmax(has, axis=1)
-    rows = np.arange(ids.shape[1])[None, :] >= first[:, None]
-    return (rows[:, :, None, None] & (np.asarray(aspect_ratio_mask)[:, None, :, :] > 0)).astype(np.int32)
-
-
 def conversation_rows(turn_valid: np.ndarray, multiple: int) -> tuple[np.ndarray, np.ndarray]:
     """Rows of the update batch from episodes' conversations (turn_valid bool[B, R, T] on the host): (index int[E]
     into the flattened [B * R] conversations, played ones in episode-major time order, then padding copies of the
@@ -112,37 +100,26 @@ def conversation_rows(turn_valid: np.ndarray, multiple: int) -> tuple[np.ndarray
     return index.astype(np.int32), np.arange(rows) < len(played)
 
 
-@functools.partial(jax.jit, static_argnames=("width", "pad_id"))
-def _update_rows(episodes: rollout_lib.Episodes, index: jax.Array, row_valid: jax.Array, *, width: int,
-                 pad_id: int):
-    """(compact ids int32[E, width], mask, PPOBatch fields of the selected conversations, their episode ids)."""
+@functools.partial(jax.jit, static_argnames=("env", "policy", "width", "pad_id"))
+def _update_rows(env: protocol.Environment, policy: PolicyModel, env_params: Any, episodes: rollout_lib.Episodes,
+                 index: jax.Array, row_valid: jax.Array, *, width: int, pad_id: int) -> PPOBatch:
+    """The PPOBatch of the selected conversations (index int32[E] into the flattened [B * R] ones): compact ids
+    int32[E, width] with their replies, rewards and episode ids, and for image tasks each conversation's image
+    rendered again from its opening state and preprocessed on the device (the update's vision tower sees it)."""
     b, r = episodes.turn_valid.shape[:2]
     pick = lambda x: x.reshape(b * r, *x.shape[2:])[index]
     ids, mask = rollout_lib.compact(pick(episodes.slot_tokens), pick(episodes.slot_valid), width, pad_id)
     episode = jnp.where(row_valid, index // r, -1 - jnp.arange(index.shape[0]))
-    return (ids, mask, pick(episodes.reply_tokens), pick(episodes.reply_len), pick(episodes.reply_start),
-            pick(episodes.turn_valid) & row_valid[:, None], pick(episodes.reward), episode.astype(jnp.int32))
+    vision = None
+    if env.vision:
+        opening = jax.tree_util.tree_map(pick, episodes.conversation_state)
+        images = protocol.image_batch(env, opening, env_params, chunk=rollout_lib.IMAGE_CHUNK)
+        vision = policy.vision_inputs(images, ids)
+    return PPOBatch(ids, mask, pick(episodes.reply_tokens), pick(episodes.reply_len), pick(episodes.reply_start),
+                    pick(episodes.turn_valid) & row_valid[:, None], pick(episodes.reward), vision,
+                    episode=episode.astype(jnp.int32))
 
 
-def _encode_images_fn(policy: PolicyModel):
-    return jax.jit(lambda params, vision: policy.encode_images(
-        params, {k: vision[k] for k in VISION_KEYS}, vision["cross_attention_mask"]))
-
-
-def _vision_inputs(model: Any, env: protocol.Environment, env_params: Any, state: Any) -> dict[str, Any]:
-    """Preprocessed images of each episode (image tasks), on the batch sharding: the model's host processor over
-    env.image, rendered on the device in chunks (a render holds a float copy of its canvas)."""
-    images = np.concatenate([
-        to_host(_images(env, jax.tree_util.tree_map(lambda x: x[i:i + RENDER_CHUNK], state), env_params))
-        for i in range(0, jax.tree_util.tree_leaves(state)[0].shape[0], RENDER_CHUNK)])
-    prompt = _prompts(env, state, env_params)
-    ids, _ = rollout_lib.left_padded(prompt.ids, prompt.length, model.pad_id)
-    vision = model.vision_inputs([[image] for image in images], to_host(ids))
-    return {k: model.put_batch(np.asarray(v)) for k, v in vision.items()}
-
-
-_images = jax.jit(protocol.image_batch, static_argnums=0)
-_prompts = jax.jit(protocol.prompt_batch, static_argnums=0)
 _reset = jax.jit(protocol.reset_batch, static_argnums=(0, 3))
 
 
@@ -160,9 +137,9 @@ def train_ppo(config: mlc.ConfigDict, model: Any, tokenizer, task: tuple[protoco
     """
     ppo = config.ppo
     env, env_params = task
-    if env.vision and not hasattr(model, "vision_inputs"):
-        raise ValueError(f"the task shows images: it needs a vision-language model, got {type(model).__name__}")
     policy = policy_model(model, config.model.param_dtype, config.model.dtype, remat=ppo.remat)
+    if env.vision and not policy.is_vision:
+        raise ValueError(f"the task shows images: it needs a vision-language model, got {type(model).__name__}")
     hyper = ppo_hyper(config)
     steps_per_update = ppo.epochs * ppo.minibatches
     # a copy: the train state starts from (and donates) the model's own param buffers
@@ -173,7 +150,6 @@ def train_ppo(config: mlc.ConfigDict, model: Any, tokenizer, task: tuple[protoco
     update_fn = jax.jit(make_ppo_update(policy, tx, hyper, pattern),
                         donate_argnums=0, out_shardings=(shardings, None))
     score_ref = jax.jit(lambda p, b: score_replies(policy, {"policy": p}, b, pattern, hyper).logp)
-    encode_images = _encode_images_fn(policy)
     byte_table = token_byte_table(tokenizer, special_tokens="empty")
     capacity = rollout_lib.rollout_shapes(env, ppo.max_new_tokens).capacity
     meter = ComputeMeter(param_count(model.params), init_tokens=init_tokens)
@@ -205,11 +181,9 @@ def train_ppo(config: mlc.ConfigDict, model: Any, tokenizer, task: tuple[protoco
         clock = time.perf_counter()
         reset_key, sample_key, update_key = jax.random.split(jax.random.fold_in(key, update), 3)
         env_state = _reset(env, reset_key, env_params, ppo.episodes, 0)
-        vision = _vision_inputs(model, env, env_params, env_state) if env.vision else None
         env_state = jax.tree_util.tree_map(lambda x: model.put_batch(to_host(x)), env_state)
-        extra = None if vision is None else encode_images(state.params["policy"], vision)
         episodes = rollout_lib.rollout(env, policy.decoder, state.params["policy"], env_params, byte_table,
-                                       env_state, extra, sample_key, jnp.float32(ppo.temperature),
+                                       env_state, sample_key, jnp.float32(ppo.temperature),
                                        jnp.float32(ppo.top_p), eos_ids, max_new_tokens=ppo.max_new_tokens,
                                        pad_id=model.pad_id)
         turn_valid = to_host(episodes.turn_valid)
@@ -217,17 +191,8 @@ def train_ppo(config: mlc.ConfigDict, model: Any, tokenizer, task: tuple[protoco
         lengths = to_host(jnp.sum(episodes.slot_valid, axis=-1)).reshape(-1)[index[row_valid]]
         rollout_s = time.perf_counter() - clock
         width = min(round_up(int(lengths.max()), WIDTH_ROUNDING), capacity)
-        ids, mask, reply_tokens, reply_len, reply_start, valid, reward, episode = _update_rows(
-            episodes, model.put_batch(index), model.put_batch(row_valid), width=width, pad_id=model.pad_id)
-        batch_vision = None
-        if vision is not None:
-            rows = index // turn_valid.shape[1]
-            cross = compact_cross_attention_mask(to_host(ids), model.config.image_token_index,
-                                                 to_host(vision["aspect_ratio_mask"])[rows])
-            batch_vision = {**{k: model.put_batch(to_host(vision[k])[rows]) for k in VISION_KEYS},
-                            "cross_attention_mask": model.put_batch(cross)}
-        batch = PPOBatch(ids, mask, reply_tokens, reply_len, reply_start, valid, reward, batch_vision,
-                         episode=episode)
+        batch = _update_rows(env, policy, env_params, episodes, model.put_batch(index), model.put_batch(row_valid),
+                             width=width, pad_id=model.pad_id)
         if reference is not None:
             batch = batch._replace(ref_logp=score_ref(reference, batch))
         state, metrics = update_fn(state, batch, update_key)

@@ -3,7 +3,7 @@
 data.num_examples counts SFT examples (rail steps), as for GP, not episodes: the dataset holds the first
 data.num_examples steps of the expert episodes drawn with data.seed over task.route_dir, so the last episode may be
 cut short. Every episode has at least one step, so that many episodes always suffice. Actions are absolute (the
-in-distribution action space the reference trains on); V-IRL-VL grids are views of VIEW_SIZE px resized to
+in-distribution action space the reference trains on); V-IRL-VL grids are views of task.view_size px resized to
 task.resolution, as evaluated.
 """
 from __future__ import annotations
@@ -13,9 +13,6 @@ import os
 import ml_collections as mlc
 
 from jaxrl_vlm.data.virl_expert.builder import VirlExpert, build_expert_dataset
-
-VIEW_SIZE = 640  # spec virl.md §1.10: 640 px views (the evaluation's size; no config key)
-
 
 def build_sft_dataset(config: mlc.ConfigDict, data_dir: str) -> VirlExpert:
     """Build (or reuse) under data_dir the V-IRL expert dataset of config.task (config 'l' if task.language_only
@@ -30,5 +27,5 @@ def build_sft_dataset(config: mlc.ConfigDict, data_dir: str) -> VirlExpert:
                                 "directory, e.g. from python -m jaxrl_vlm.envs.virl.make_city)")
     n = config.data.num_examples
     return build_expert_dataset(data_dir, "l" if config.task.language_only else "vl", route_dir, n,
-                                config.data.seed, max_examples=n, view_size=VIEW_SIZE,
+                                config.data.seed, max_examples=n, view_size=config.task.view_size,
                                 resolution=config.task.resolution)

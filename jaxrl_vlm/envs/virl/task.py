@@ -14,9 +14,16 @@ action string itself gets the thought weight (0.5), the closing quote, brace and
 The intended split (`"action":`) would weight the action string fully; it changes the effective policy gradient.
 Splits (`SPLITS`): in_distribution (absolute turns), rule_ood (relative turns) draw routes uniformly; visual_ood
 runs its route directory in file order, one episode per route.
+
+V-IRL-VL (vision=True): the Q_VIRL_VL prompt after the template's image placeholder, and `image` renders the
+current point's 2x2 grid of views on the device (`views.view_grid`: views of view_size px resized to resolution,
+spec §1.5) from the route set's panoramas, which live on the device (`Panoramas`: every panorama a rail can visit,
+M x H x W x 3 bytes, replicated; loaded once per route directory and process). That bounds the route sets a device
+holds: the synthetic 1000-route city's 459 panoramas of 2048 x 1024 px take 2.9 GB.
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -29,9 +36,28 @@ from jaxrl_vlm.envs import protocol
 from jaxrl_vlm.envs.chat import chat_layout, concat_ids
 from jaxrl_vlm.envs.virl.env import BUDGET_FEEDBACK, VirlConfig, VirlEnv, VirlParams, build_params, prompt_length_bound
 from jaxrl_vlm.envs.virl.evaluation import SPLITS, load_templates
+from jaxrl_vlm.envs.virl.observation import PanoramaStore
 from jaxrl_vlm.envs.virl.prompts import FEEDBACK_PREFIX
 from jaxrl_vlm.envs.virl.verifier import BUDGET_EXHAUSTED_MESSAGE, FEEDBACK_MESSAGES
+from jaxrl_vlm.envs.virl.views import view_grid
 from jaxrl_vlm.shapes import round_up
+
+
+@struct.dataclass
+class Panoramas:
+    """Device panoramas of a route set: images uint8[M, H, W, 3], row int32[N] (mapping pano index -> image row,
+    -1 where a pano is never visited), rotation float32[M] (degrees, from the metadata)."""
+
+    images: jax.Array
+    row: jax.Array
+    rotation: jax.Array
+
+
+@functools.lru_cache(maxsize=4)
+def _panoramas(route_dir: str) -> Panoramas:
+    route_set, templates = load_templates(route_dir)
+    store = PanoramaStore(route_set, templates)
+    return Panoramas(store.panoramas, jnp.asarray(store.row), store.rotations)
 
 
 @struct.dataclass
@@ -39,7 +65,7 @@ class VirlTaskParams:
     """env: `VirlParams` of the split's routes; head/tail int32[H]/[U] (lengths int32[]): the chat template around
     the first user content (tail: through the generation prompt); feedback int32[5, F] with feedback_len int32[5]:
     the continuation after a reply for each feedback code (`env.step`'s: 0 correct (unused: a correct move opens a
-    fresh conversation), 1-3 the verifier's message, 4 the budget's)."""
+    fresh conversation), 1-3 the verifier's message, 4 the budget's); panoramas: V-IRL-VL's, else None."""
 
     env: VirlParams
     head: jax.Array
@@ -48,24 +74,28 @@ class VirlTaskParams:
     tail_len: jax.Array
     feedback: jax.Array
     feedback_len: jax.Array
+    panoramas: Panoramas | None = None
 
 
 class VirlTask(protocol.Environment):
     """V-IRL episodes (state `env.VirlState`), one conversation per route point."""
 
     def __init__(self, env: VirlEnv, *, prompt_width: int, feedback_width: int, conversations: int,
-                 ordered_episodes: int | None):
+                 ordered_episodes: int | None, vision: bool = False, view_size: int = 640, resolution: int = 1200):
         self.env = env
         self.prompt_width = prompt_width
         self.feedback_width = feedback_width
         self.turns = env.config.verify_iter
         self.conversations = conversations
-        self.vision = False
+        self.vision = vision
+        self.view_size = view_size
+        self.resolution = resolution
         self.count_names = {"step_accuracy": "steps"}
         self.ordered_episodes = ordered_episodes
 
     def static_key(self) -> tuple:
-        return (self.env.config, self.prompt_width, self.feedback_width, self.conversations, self.ordered_episodes)
+        return (self.env.config, self.prompt_width, self.feedback_width, self.conversations, self.ordered_episodes,
+                self.vision, self.view_size, self.resolution)
 
     def reset(self, key, params: VirlTaskParams, index):
         num_routes = params.env.slot_valid.shape[0]
@@ -89,6 +119,15 @@ class VirlTask(protocol.Environment):
             feedback_overflow=jnp.zeros((), bool), counts={"step_accuracy": (correct, active)})
 
 
+    def image(self, state, params: VirlTaskParams) -> jax.Array:
+        """uint8[2 r + 5, 2 r + 5, 3] (r = resolution): the 2x2 view grid of the current rail point."""
+        pano, heading = VirlEnv.current_view(state)
+        p = params.panoramas
+        row = p.row[pano]
+        return view_grid(p.images[row], heading.astype(jnp.float32), p.rotation[row], view_size=self.view_size,
+                         resolution=self.resolution)
+
+
 def _encode(tokenizer, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
 
@@ -102,14 +141,13 @@ def _rows(rows: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def make_task(tokenizer, split: str, route_dir: str | Path, *, verify_iter: int = 2, vision: bool = False,
+              view_size: int = 640, resolution: int = 1200,
               template_kwargs: Mapping[str, Any] | None = None) -> tuple[VirlTask, VirlTaskParams]:
     """(VirlTask, VirlTaskParams) of a split of `SPLITS` on the routes of route_dir, with the tokenizer's chat
-    template (probed once; prompt pieces tokenized without special tokens)."""
+    template (probed once; prompt pieces tokenized without special tokens). vision: V-IRL-VL, whose images are
+    grids of views of view_size px resized to resolution px (spec §1.10: 640 and 1200)."""
     if split not in SPLITS:
         raise ValueError(f"unknown V-IRL split {split!r}; expected one of {sorted(SPLITS)}")
-    if vision:
-        raise NotImplementedError("V-IRL-VL rollouts need the 2x2 view grid encoded in every conversation; "
-                                  "only V-IRL-L runs on the device rollout so far")
     setting = SPLITS[split]
     _, templates = load_templates(route_dir)
     layout = chat_layout(tokenizer, language_only=not vision, template_kwargs=template_kwargs)
@@ -127,8 +165,10 @@ def make_task(tokenizer, split: str, route_dir: str | Path, *, verify_iter: int 
     prompt_width = round_up(int(head_len[0]) + env.config.max_prompt_tokens + int(user_len[0]), 16)
     task = VirlTask(env, prompt_width=prompt_width, feedback_width=int(feedback_len.max()),
                     conversations=int(env_params.slot_valid.shape[1]),
-                    ordered_episodes=len(templates) if setting.ordered else None)
+                    ordered_episodes=len(templates) if setting.ordered else None, vision=vision,
+                    view_size=view_size, resolution=resolution)
     params = VirlTaskParams(env_params, jnp.asarray(head[0]), jnp.asarray(head_len[0]), jnp.asarray(user[0]),
-                            jnp.asarray(user_len[0]), jnp.asarray(feedback), jnp.asarray(feedback_len))
+                            jnp.asarray(user_len[0]), jnp.asarray(feedback), jnp.asarray(feedback_len),
+                            _panoramas(str(Path(route_dir).resolve())) if vision else None)
     return task, params
 

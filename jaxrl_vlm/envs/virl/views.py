@@ -15,8 +15,8 @@ The maps themselves are computed in float32 here (float64 in the reference), so 
 to the neighbouring 1/32 px: end to end against cv2 4.11 on a rendered 2048x1024 panorama, 640 px views differ by
 0.002 intensity levels on average and < 0.03% of values differ by more than 1.
 "bilinear" (cv2 INTER_LINEAR, same fixed-point scheme) is offered as a cheaper alternative.
-Each uint8 view is resized to `resolution` bit-exactly as PIL's default `Image.resize` (bicubic a = -0.5,
-antialiased when shrinking, 22-bit fixed point, horizontal pass first with a uint8 intermediate) and pasted on a
+Each uint8 view is resized to `resolution` bit-exactly as PIL's default `Image.resize` (bicubic,
+`jaxrl_vlm.pil_resample`) and pasted on a
 black (2 res + 5)^2 canvas at (x, y) = (0, 0), (res+5, 0), (0, res+5), (res+5, res+5) in view order. That is the
 reference's layout, which disagrees with the prompt's "[front, right / back, left]" (quirk §1.12.3).
 
@@ -26,11 +26,12 @@ Everything is a pure jnp function of (panorama, heading, rotation), jit-able and
 from __future__ import annotations
 
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from jaxrl_vlm import pil_resample
 
 GRID_OFFSETS_DEG = (-135.0, -45.0, 45.0, 135.0)
 GRID_GAP_PX = 5
@@ -38,8 +39,6 @@ REMAP_SUBPIXEL = 32.0
 REMAP_COEF_BITS = 15
 REMAP_COEF_SCALE = 1 << REMAP_COEF_BITS
 CV2_CUBIC_A = -0.75
-PIL_CUBIC_A = -0.5
-PIL_PRECISION_BITS = 22
 
 
 def grid_headings(heading: jax.Array | float) -> jax.Array:
@@ -161,63 +160,10 @@ def perspective_view(panorama: jax.Array, heading: jax.Array | float, rotation: 
     return sample_panorama(panorama, x, y, interpolation)
 
 
-def _pil_bicubic(x: float) -> float:
-    """PIL's bicubic filter (a = -0.5)."""
-    x = abs(x)
-    if x < 1.0:
-        return ((PIL_CUBIC_A + 2.0) * x - (PIL_CUBIC_A + 3.0)) * x * x + 1
-    if x < 2.0:
-        return (((x - 5) * x + 8) * x - 4) * PIL_CUBIC_A
-    return 0.0
-
-
-@functools.lru_cache(maxsize=16)
-def pil_resample_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(source index int32[out, k], fixed-point weight int32[out, k]) of PIL's bicubic resampling of one axis.
-
-    Mirrors Pillow's `precompute_coeffs` + `normalize_coeffs_8bpc`: support 2 * max(scale, 1), weights normalised
-    in float64 then rounded to PIL_PRECISION_BITS fixed point; unused taps have weight 0.
-    """
-    scale = in_size / out_size
-    filter_scale = max(scale, 1.0)
-    support = 2.0 * filter_scale
-    ksize = int(math.ceil(support)) * 2 + 1
-    index = np.zeros((out_size, ksize), np.int32)
-    weight = np.zeros((out_size, ksize), np.int32)
-    for xx in range(out_size):
-        centre = (xx + 0.5) * scale
-        xmin = max(int(centre - support + 0.5), 0)
-        xmax = min(int(centre + support + 0.5), in_size) - xmin
-        k = [_pil_bicubic((x + xmin - centre + 0.5) / filter_scale) for x in range(xmax)]
-        total = sum(k)
-        for x in range(xmax):
-            w = k[x] / total if total != 0.0 else k[x]
-            weight[xx, x] = int(-0.5 + w * (1 << PIL_PRECISION_BITS)) if w < 0 else int(
-                0.5 + w * (1 << PIL_PRECISION_BITS))
-            index[xx, x] = xmin + x
-    return index, weight
-
-
-def _resample_axis(image: jax.Array, axis: int, out_size: int) -> jax.Array:
-    """uint8 image resampled along `axis` (0 rows, 1 columns) with PIL's 8-bit fixed-point arithmetic."""
-    index, weight = pil_resample_taps(image.shape[axis], out_size)
-    acc = jnp.int32(1 << (PIL_PRECISION_BITS - 1))
-    for tap in range(index.shape[1]):
-        w = jnp.asarray(weight[:, tap])
-        w = w[:, None, None] if axis == 0 else w[None, :, None]
-        acc = acc + jnp.take(image, jnp.asarray(index[:, tap]), axis=axis).astype(jnp.int32) * w
-    return jnp.clip(jnp.right_shift(acc, PIL_PRECISION_BITS), 0, 255).astype(jnp.uint8)
-
-
 def resize_view(view: jax.Array, resolution: int) -> jax.Array:
     """uint8[resolution, resolution, C] resize of a uint8[h, w, C] view, bit-exact with PIL's default
     `Image.resize((resolution, resolution))` (bicubic, antialiased, horizontal pass first, uint8 in between)."""
-    out = view
-    if view.shape[1] != resolution:
-        out = _resample_axis(out, 1, resolution)
-    if view.shape[0] != resolution:
-        out = _resample_axis(out, 0, resolution)
-    return out
+    return pil_resample.resize(view, resolution, resolution, "bicubic")
 
 
 def assemble_grid(views: jax.Array) -> jax.Array:
