@@ -133,9 +133,10 @@ def test_vl_sft_step_on_tiny_mllama(tmp_path, city_dir, tiny_mllama_checkpoint):
     from jaxrl_vlm.data.virl_expert.builder import grid_renderer
 
     checkpoint = tiny_mllama_checkpoint
+    # 8 px views resized to 8 px: 640 px views take seconds each on a CPU
     config = virl_config(tmp_path / "run", checkpoint, city_dir, str(tmp_path / "data"), task__language_only=False,
-                         task__resolution=8, task__view_size=8,  # 640 px views take seconds each on a CPU data__num_examples=2, sft__steps=1, sft__global_batch_size=2,
-                         checkpoint__every=1)
+                         task__resolution=8, task__view_size=8, data__num_examples=2, sft__steps=1,
+                         sft__global_batch_size=2, checkpoint__every=1)
     tokenizer = transformers.AutoTokenizer.from_pretrained(checkpoint)
     get_example, count = expert_conversations(config, tokenizer)
     route_set, steps = host_expert(city_dir, 2, vision=True)

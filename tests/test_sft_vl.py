@@ -71,9 +71,9 @@ def test_sft_and_eval_on_tiny_mllama(tmp_path, tiny_mllama):
     frozen_after, text_after = split_params(state.params)
     for before, after in zip(frozen_before, frozen_after):
         np.testing.assert_array_equal(after, before)
-    # not every leaf: the cross-attention projections sit behind gates that start at 0, so they see no gradient yet
+    # every language-model leaf, the cross-attention ones included (the tiny model's gates are open, 0.5)
     changed = [not np.array_equal(a, b) for a, b in zip(text_after, text_before)]
-    assert sum(changed) > len(changed) // 2, changed
+    assert all(changed), changed
     results = job.evaluate(config, model, tokenizer, params=state.params)
     assert set(results) == {"visual_ood", "recognition"}
     assert results["recognition"]["replies"] == 2
@@ -95,11 +95,9 @@ def test_default_sft_trains_vision_and_projector(tmp_path, tiny_mllama):
     _, state = train_sft(config, model=model, tokenizer=tokenizer)
     after = {jax.tree_util.keystr(path): np.asarray(x)
              for path, x in jax.tree_util.tree_leaves_with_path({k: state.params[k] for k in frozen})}
-    # The text model's cross-attention gates start at 0, so step 1 gives the vision tower no gradient, and the
-    # tile tables sit behind vision gates that are still 0 at step 2: only they may stay as they were.
+    # the tiny model's gates are open (0.5), so every vision and projector leaf gets a gradient at the first step
     unchanged = sorted(k for k in before if np.array_equal(after[k], before[k]))
-    assert all("tile" in k and "embed" in k for k in unchanged), unchanged
-    assert len(unchanged) < len(before) // 4
+    assert unchanged == [], unchanged
 
 
 @pytest.mark.parametrize("setting,frozen", [("all", set()), ("freeze_vision", {"vision"}),

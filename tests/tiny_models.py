@@ -33,9 +33,11 @@ MULTIMODAL_CHATML = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
 
 
-def save_tiny_gp_mllama(directory: str, seed: int = 0) -> None:
+def save_tiny_gp_mllama(directory: str, seed: int = 0, gate: float = 0.5) -> None:
     """A tiny random MllamaForConditionalGeneration (28 px tiles) with a GP tokenizer whose chat template writes
-    `<|image|>` for image parts; the image token is the first of the 8 extra embedding rows, as in the 11B."""
+    `<|image|>` for image parts; the image token is the first of the 8 extra embedding rows, as in the 11B. Every
+    scalar gate (text cross-attention and MLP, vision tower layers and tile embeddings) is `gate`: transformers'
+    init leaves them 0, which would make the model blind to its images."""
     import torch
     import transformers
 
@@ -53,5 +55,10 @@ def save_tiny_gp_mllama(directory: str, seed: int = 0) -> None:
                          num_attention_heads=4, num_key_value_heads=2, cross_attention_layers=[1],
                          pad_token_id=0, bos_token_id=1, eos_token_id=2, max_position_embeddings=1024),
         image_token_index=image_token)
-    transformers.MllamaForConditionalGeneration(config).save_pretrained(directory)
+    model = transformers.MllamaForConditionalGeneration(config)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.numel() == 1 and "gate" in name:
+                param.fill_(gate)
+    model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
