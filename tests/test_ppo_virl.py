@@ -1,6 +1,7 @@
-"""PPO on V-IRL-L end to end on a tiny random Llama and a small route directory: the job trains through the
-environment protocol (configs/ppo_virl.py), evaluates the three V-IRL splits with per-step accuracy, and a run
-killed after its first update and resumed equals the uninterrupted one bitwise."""
+"""PPO on V-IRL end to end on small route directories: V-IRL-L on a tiny random Llama (configs/ppo_virl.py) trains
+through the environment protocol, evaluates the three V-IRL splits with per-step accuracy, and a run killed after
+its first update and resumed equals the uninterrupted one bitwise; V-IRL-VL (configs/ppo_virl_vl.py) runs the main
+job on a tiny random Mllama, its rollouts and update seeing each point's view grid."""
 import importlib.util
 import json
 import os
@@ -11,13 +12,13 @@ import pytest
 from virl_routes import write_small_city
 
 from jaxrl_vlm import config as config_lib
-from jaxrl_vlm import job
+from jaxrl_vlm import job, main
 
 SPLITS = ("in_distribution", "rule_ood", "visual_ood")
 
 
-def virl_config(out_dir, checkpoint, city):
-    spec = importlib.util.spec_from_file_location("ppo_virl", os.path.join("configs", "ppo_virl.py"))
+def virl_config(out_dir, checkpoint, city, name="ppo_virl"):
+    spec = importlib.util.spec_from_file_location(name, os.path.join("configs", f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     config = module.get_config()
@@ -99,3 +100,33 @@ def test_virl_kill_and_resume_is_bitwise_equal(tmp_path, tiny_checkpoint, city, 
             assert a[key] == b[key], key
     assert out["compute"] == resumed["compute"]
     assert resumed["history"] == out["history"]
+
+
+def test_virl_vl_main_job_on_tiny_mllama(tmp_path, tiny_mllama_checkpoint):
+    """configs/ppo_virl_vl.py through `main.run_ppo_job` on a tiny Mllama (8 px views, 8 px grid cells: a 21 px
+    grid in 2x2 tiles of 28 px): route success and per-step accuracy before and after one update, results.json, and
+    a vision tower changed by the update (the re-rendered grids reach the loss). One split and float32, so training
+    and evaluation share one rollout compilation (the splits' handling is task-independent, tested on V-IRL-L)."""
+    from virl_routes import write_small_city
+
+    city = str(write_small_city(tmp_path / "city"))
+    config = virl_config(tmp_path / "run", tiny_mllama_checkpoint, city, name="ppo_virl_vl")
+    config.model.dtype = "float32"
+    config.task.view_size = config.task.resolution = 8
+    config.ppo.updates = 1
+    config.ppo.episodes = config.eval.batch_size = 2
+    config.ppo.minibatches = 1
+    config.ppo.max_new_tokens = config.eval.max_new_tokens
+    config.eval.splits = "in_distribution"
+    config_lib.validate(config)
+    model, _ = job.load_checkpoint(config, None)
+    vision_before = [np.asarray(x) for x in jax.tree.leaves(model.params["vision"])]
+    results = main.run_ppo_job(config)
+    for evaluation in (results["before_ppo"], results["after_ppo"]):
+        assert set(evaluation["results"]) == {"in_distribution"}
+        for r in evaluation["results"].values():
+            assert r["episodes"] == 2 and r["steps"] >= 4 and 0.0 <= r["step_accuracy"] <= 1.0
+    assert os.path.isfile(tmp_path / "run" / "results.json")
+    trained = job.restore_params(config, model, str(tmp_path / "run" / "checkpoints"))
+    after = [np.asarray(x) for x in jax.tree.leaves(trained["vision"])]
+    assert any(not np.array_equal(a, b) for a, b in zip(after, vision_before))
