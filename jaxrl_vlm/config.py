@@ -35,7 +35,9 @@ def base_config(job: str, run_name: str) -> mlc.ConfigDict:
     accumulation within a mini-batch), Adam and cosine settings (lr_max_steps: the cosine period in updates), PPO
     coefficients (clip, value_coef, gamma, lam, thought_coef, kl_coef, entropy_coef), rollout sampling (temperature,
     top_p, max_new_tokens) and feedback_tokens (revision-turn feedback budget; a longer feedback ends the episode).
-    eval.every: evaluate every N PPO updates (0: before and after only)."""
+    eval.every: evaluate every N PPO updates (0: before and after only). eval.trim_replies: with a chat template that
+    trims contents (Llama 3), revision turns show earlier replies trimmed, as the reference re-renders them (PPO's
+    rollouts keep them as sampled; no effect on ChatML templates such as SmolLM2's)."""
     c = mlc.ConfigDict()
     c.job = job
     c.run_name = run_name
@@ -58,7 +60,7 @@ def base_config(job: str, run_name: str) -> mlc.ConfigDict:
                                 entropy_coef=0.0, remat=True))
     c.checkpoint = mlc.ConfigDict(dict(every=50, keep=3, resume=True, async_save=True, export_hf=True))
     c.eval = mlc.ConfigDict(dict(every=0, episodes=234, batch_size=64, max_new_tokens=256, temperature=0.0,
-                                 splits="in_dist,rule_ood", checkpoint=""))
+                                 splits="in_dist,rule_ood", checkpoint="", trim_replies=True))
     c.log = mlc.ConfigDict(dict(tensorboard=True, wandb_project="", every=1))
     c.lock()
     return c

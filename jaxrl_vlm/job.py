@@ -86,7 +86,8 @@ def trained_tokens(target: str) -> int:
 
 def evaluator(config: mlc.ConfigDict, model: Any, tokenizer) -> Evaluator:
     """The on-device evaluator of config.eval.splits for a loaded model."""
-    return Evaluator(model, tokenizer, tasks.evaluation_tasks(config, tokenizer))
+    return Evaluator(model, tokenizer, tasks.evaluation_tasks(config, tokenizer),
+                     trim_replies=config.eval.trim_replies)
 
 
 def evaluate(config: mlc.ConfigDict, model: Any, tokenizer, *, params=None,

@@ -3,26 +3,35 @@
 For a batch of B reset episodes, `rollout` runs up to `env.conversations` conversations per episode (`lax.scan`),
 each of up to `env.turns` replies (an inner `lax.scan`), with the KV cache carried from turn to turn:
 
-    prefill env.prompt(state) (in chunks, skipping all-padding ones) -> [sample a reply (`sampler.decode`) -> reply tokens to bytes -> env.step
-    -> append the pending reply token and step.feedback_ids] x turns -> the budget's forced step
+    prefill env.prompt(state) (in chunks, skipping all-padding ones) -> [sample a reply (`sampler.decode`) -> reply
+    tokens to bytes -> env.step -> append the pending reply token and step.feedback_ids] x turns -> the budget's
+    forced step
 
 Every conversation starts from an empty cache (GeneralPoints has one conversation per episode; V-IRL one per route
 point, spec virl.md §1.9). Image tasks (`env.vision`) show one image per conversation: at its opening the rollout
 renders `env.image` of every row's state (in chunks of IMAGE_CHUNK) and the decoder turns them into its `extra`
-(`decoder.image_extra`: Mllama preprocesses, encodes and computes the cross-attention K/V on the device), so a V-IRL-VL
-route sees a new 2x2 view grid at every point without leaving the jit. Conversations are synchronous across rows: a row whose step says `fresh` (a correct V-IRL
-move) waits, masked, until the others finish the conversation, then every running row opens its next one. Rows that
-are done stop generating; a conversation round that no row needs is skipped (`lax.cond`).
+(`decoder.image_extra`: Mllama preprocesses, encodes and computes the cross-attention K/V on the device), so a
+V-IRL-VL route sees a new 2x2 view grid at every point without leaving the jit. Conversations are synchronous across
+rows: a row whose step says `fresh` (a correct V-IRL move) waits, masked, until the others finish the conversation,
+then every running row opens its next one. Rows that are done stop generating; a conversation round that no row
+needs is skipped (`lax.cond`).
 
 The conversation a row sees is exactly its cache: the prompt ids, each reply's tokens as sampled, and the feedback.
 When a reply ends with a stop token, the stop token is not written: the chat template's assistant tail (which starts
-with the end-of-turn token for ChatML and Llama 3) closes the turn instead. Templates that trim message contents
-(Llama 3) see the reply untrimmed in the cache.
+with the end-of-turn token for ChatML and Llama 3) closes the turn instead.
+
+Chat templates that trim message contents (Llama 3's `| trim`) render an earlier reply trimmed when the reference
+re-renders the conversation for the next turn. `trim` (a `chat.ReplyTrim`) does that on the device: before a
+continuation the reply's slots are marked invalid and its trimmed ids are written after them with the feedback, so
+the next reply sees exactly the re-rendered conversation (positions follow the valid slots). Evaluation uses it for
+such templates; PPO does not (it scores each reply in the conversation it was sampled in, one sequence per
+conversation, which needs the replies as sampled in the cache).
 
 Every token written to the cache is also written, at the same slot, into `slot_tokens`; `compact` turns the slots
 into right-padded conversations for teacher-forced scoring. Turn t's reply starts at `reply_start[..., t]` in the
 compact conversation (the count of tokens before it), so its value is read at `reply_start - 1`, the last prompt
-token, and reply token j is scored by the logits at `reply_start + j - 1`.
+token, and reply token j is scored by the logits at `reply_start + j - 1`. (With `trim`, the slots hold each
+conversation's final re-rendered form, in which only the last reply is as sampled.)
 
 Budget (a fidelity decision, see ppo.py): after `turns` replies without `done` or `fresh`, the env's forced step is
 called with an empty reply instead of generating one more reply (the reference generates it and ignores it). A
@@ -38,6 +47,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxrl_vlm.envs import protocol
+from jaxrl_vlm.envs.chat import MAX_STRIP_PIECE, ReplyTrim, left_padded, trim_reply
 from jaxrl_vlm.models import sampler
 from jaxrl_vlm.models.token_bytes import tokens_to_bytes
 from jaxrl_vlm.shapes import round_up
@@ -55,11 +65,14 @@ class RolloutShapes:
     max_new_tokens: int
     prompt_width: int
     feedback_width: int
+    trim: bool = False
 
     @property
     def chunk_width(self) -> int:
-        """Width of a continuation chunk: the pending last reply token plus the feedback."""
-        return 1 + self.feedback_width
+        """Width of a continuation chunk: the pending last reply token (re-rendering: the whole trimmed reply) plus
+        the feedback."""
+        reply = self.max_new_tokens + 2 * MAX_STRIP_PIECE if self.trim else 1
+        return reply + self.feedback_width
 
     @property
     def capacity(self) -> int:
@@ -67,11 +80,11 @@ class RolloutShapes:
         return self.prompt_width + self.max_new_tokens + (self.turns - 1) * (self.chunk_width + self.max_new_tokens)
 
 
-def rollout_shapes(env: protocol.Environment, max_new_tokens: int) -> RolloutShapes:
+def rollout_shapes(env: protocol.Environment, max_new_tokens: int, trim: bool = False) -> RolloutShapes:
     """The conversation sizes of an env for replies of up to max_new_tokens tokens (the prompt width as prefilled:
-    a multiple of PREFILL_CHUNK when wider than one chunk)."""
+    a multiple of PREFILL_CHUNK when wider than one chunk); trim: replies re-rendered trimmed (`rollout`'s trim)."""
     width = env.prompt_width if env.prompt_width <= PREFILL_CHUNK else round_up(env.prompt_width, PREFILL_CHUNK)
-    return RolloutShapes(env.turns, max_new_tokens, width, env.feedback_width)
+    return RolloutShapes(env.turns, max_new_tokens, width, env.feedback_width, trim)
 
 
 class Episodes(NamedTuple):
@@ -128,14 +141,6 @@ def _where_rows(rows: jax.Array, new: Any, old: Any) -> Any:
                                   new, old)
 
 
-def left_padded(ids: jax.Array, lengths: jax.Array, pad_id: int) -> tuple[jax.Array, jax.Array]:
-    """Right-padded ids int32[B, W] with lengths int32[B] -> (left-padded ids (pad_id before), mask bool[B, W])."""
-    width = ids.shape[1]
-    cols = (jnp.arange(width)[None, :] - (width - lengths)[:, None]) % width
-    mask = jnp.arange(width)[None, :] >= (width - lengths)[:, None]
-    return jnp.where(mask, jnp.take_along_axis(ids, cols, axis=1), pad_id), mask
-
-
 def _apply_step(env, env_params, progress: _Progress, rows: jax.Array, reply: jax.Array, reply_len: jax.Array):
     """env.step for the rows (bool[B]) only; (progress, step outputs)."""
     stepped, out = protocol.step_batch(env, progress.state, reply, reply_len, env_params)
@@ -166,14 +171,15 @@ def slot_layout(ids: jax.Array, mask: jax.Array) -> jax.Array:
 @functools.partial(jax.jit, static_argnames=("env", "decoder", "max_new_tokens", "pad_id"))
 def rollout(env: protocol.Environment, decoder: sampler.DecodeModel, params: Any, env_params: Any, byte_table: Any,
             env_state: Any, rng: jax.Array, temperature: jax.Array, top_p: jax.Array, eos_ids: jax.Array,
-            *, max_new_tokens: int, pad_id: int) -> Episodes:
+            trim: ReplyTrim | None = None, *, max_new_tokens: int, pad_id: int) -> Episodes:
     """Roll out B episodes from reset env states (leaves [B, ...]). byte_table: `token_bytes.token_byte_table` of
     the tokenizer. temperature/top_p: float32[] sampling settings (temperature 0 = greedy); eos_ids int32[E]. Image
     tasks need a decoder with `image_extra(params, images uint8[B, H, W, 3], slot ids int32[B, S]) -> extra`.
-    Pure and jittable."""
+    trim: re-render each continued conversation's replies as a template that trims contents does (`chat.ReplyTrim`
+    of the tokenizer); None: continue the cache with the replies as sampled. Pure and jittable."""
     if env.vision and not hasattr(decoder, "image_extra"):
         raise ValueError(f"the task shows images: its decoder {type(decoder).__name__} has no image_extra")
-    shapes = rollout_shapes(env, max_new_tokens)
+    shapes = rollout_shapes(env, max_new_tokens, trim is not None)
     batch = jax.tree_util.tree_leaves(env_state)[0].shape[0]
     n = max_new_tokens
     stored_params, params = params, decoder.decode_params(params)
@@ -199,7 +205,21 @@ def rollout(env: protocol.Environment, decoder: sampler.DecodeModel, params: Any
         progress, out = _apply_step(env, env_params, progress, live, reply_bytes, byte_len)
         turn = _Turn(tokens, logp, length, start, jnp.where(live, out.reward, 0.0), live)
         follows = live & ~out.done & ~out.fresh  # the conversation goes on with this row
-        return cache, slot_tokens, rng, progress, out, follows, turn, (pending, pending_valid)
+        return cache, slot_tokens, rng, progress, out, follows, turn, (pending, pending_valid, tokens, text_len, index)
+
+    def reply_chunk(cache, reply, live):
+        """(cache, ids, mask) of what opens a continuation of the live rows: the pending last reply token, or with
+        `trim` the reply's ids as the template renders it (trimmed), its sampled slots given up for them."""
+        pending, pending_valid, tokens, text_len, index = reply
+        if trim is None:
+            return cache, pending[:, None], (pending_valid & live)[:, None]
+        slots = jnp.arange(cache.valid.shape[1])
+        dropped = live[:, None] & cache.valid & (slots >= index) & (slots < index + n)
+        cache = cache._replace(valid=cache.valid & ~dropped,
+                               next_pos=cache.next_pos - jnp.sum(dropped, axis=1, dtype=jnp.int32))
+        trimmed, trimmed_len = jax.vmap(lambda r, k: trim_reply(trim, r, k))(tokens, text_len)
+        ids, mask = left_padded(trimmed, trimmed_len, pad_id)
+        return cache, ids, mask & live[:, None]
 
     def write(cache, slot_tokens, ids, mask, extra):
         slot_tokens = jax.lax.dynamic_update_slice(slot_tokens, ids, (0, cache.index))
@@ -244,13 +264,14 @@ def rollout(env: protocol.Environment, decoder: sampler.DecodeModel, params: Any
             cache, slot_tokens, logits, rng, progress, live, extra)
 
         def next_turn(carry):
-            cache, slot_tokens, rng, progress, out, follows, (pending, pending_valid) = carry
+            cache, slot_tokens, rng, progress, out, follows, reply = carry
             overflow = follows & out.feedback_overflow
             progress = progress._replace(done=progress.done | overflow, overflow=progress.overflow | overflow)
             live = follows & ~overflow
             feedback, feedback_mask = left_padded(out.feedback_ids, out.feedback_len, pad_id)
-            chunk = jnp.concatenate([pending[:, None], feedback], axis=1)
-            chunk_mask = jnp.concatenate([(pending_valid & live)[:, None], feedback_mask & live[:, None]], axis=1)
+            cache, head, head_mask = reply_chunk(cache, reply, live)
+            chunk = jnp.concatenate([head, feedback], axis=1)
+            chunk_mask = jnp.concatenate([head_mask, feedback_mask & live[:, None]], axis=1)
             logits, cache, slot_tokens = write(cache, slot_tokens, chunk, chunk_mask, extra)
             cache, slot_tokens, rng, progress, out, follows, turn, pending = generate(
                 cache, slot_tokens, logits, rng, progress, live, extra)

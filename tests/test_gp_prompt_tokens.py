@@ -156,7 +156,7 @@ def test_smollm2_gp_l_episode_decodes_to_host_text(smollm2, padding_side):
     texts = feedback_fragment_texts()
     for face in (True, False):
         codec = pt.build_prompt_codec(smollm2, language_only=True, face_cards_as_10=face, fragment_texts=texts)
-        assert not codec.assistant_strip
+        assert codec.trim is None
         ranks = _hands(12, 1 + face)
         device, host = _episode(smollm2, codec, ranks, REPLIES, rng, texts, face=face, language_only=True,
                                 padding_side=padding_side, kwargs={})
@@ -182,7 +182,7 @@ def test_llama3_vocabulary_episode_decodes_to_host_text(llama3):
     texts = feedback_fragment_texts()
     codec = pt.build_prompt_codec(llama3, language_only=True, face_cards_as_10=False, fragment_texts=texts,
                                   template_kwargs=DATE)
-    assert codec.assistant_strip and codec.whitespace_only.shape[0] == 128257
+    assert codec.trim is not None and codec.trim.whitespace_only.shape[0] == 128257
     device, host = _episode(llama3, codec, _hands(8, 9), REPLIES + ["\u00e9t\u00e9 24 \n"], np.random.default_rng(8),
                             texts, face=False, language_only=True, padding_side="left", kwargs=DATE)
     assert device == host

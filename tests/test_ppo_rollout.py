@@ -163,3 +163,57 @@ def test_conversations_are_the_chat_template_rendering(rolled_out):
         # the value of turn t is read at the last token of its prompt: the generation prompt's newline
         for t in range(turns):
             assert tokenizer.decode([ids[b, ep.reply_start[b, t] - 1]]) == "\n"
+
+
+# ChatML whose message contents are trimmed, as Llama 3's template trims them (`content | trim`)
+TRIMMING_CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] | trim"
+                   " + '<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
+                   "{% endif %}")
+
+
+def test_trimming_template_turns_show_the_rerendered_replies(smollm2_tokenizer):
+    """With a template that trims contents and `trim` on (evaluation's setting), every revision turn sees the
+    conversation the reference re-renders: earlier replies trimmed ("\\n  reply \\n" -> "reply"), positions without
+    the dropped slots; the last reply stays as sampled. Checked on the final conversations and the last turn's
+    reply_start (the count of tokens before it). Fails when the reply is continued untrimmed (trim=None)."""
+    from jaxrl_vlm.envs.chat import reply_trim_tables
+
+    tokenizer = smollm2_tokenizer
+    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    env, env_params = make_task(tokenizer, "in_dist", language_only=True, verify_iter=TURNS, feedback_tokens=64,
+                                template_kwargs={"chat_template": TRIMMING_CHATML})
+    assert env.trims_replies
+    gen_prompt = tuple(tokenizer("<|im_start|>assistant\n", add_special_tokens=False)["input_ids"])
+    state = protocol.reset_batch(env, jax.random.key(5), env_params, EPISODES)
+    ranks = np.asarray(state.ranks)
+    replies = ["\n  " + reply + " \n" for reply in scripted_replies(ranks)]
+    script = np.full((EPISODES, MAX_NEW), eos, np.int32)
+    for b, reply in enumerate(replies):
+        ids = tokenizer(reply, add_special_tokens=False)["input_ids"][:MAX_NEW - 1]
+        script[b, :len(ids)] = ids
+    episodes = jax.device_get(rollout_lib.rollout(
+        env, ScriptedDecoder(len(tokenizer), eos, gen_prompt), jnp.asarray(script), env_params,
+        token_byte_table(tokenizer, "empty"), state, jax.random.key(0), jnp.float32(0.0), jnp.float32(1.0),
+        jnp.asarray([eos], jnp.int32), reply_trim_tables(tokenizer), max_new_tokens=MAX_NEW, pad_id=0))
+    ids, mask = rollout_lib.compact(episodes.slot_tokens[:, 0], episodes.slot_valid[:, 0],
+                                    episodes.slot_tokens.shape[-1], 0)
+    ids, lengths = np.asarray(ids), np.asarray(mask).sum(-1)
+    continued = 0
+    for b in range(EPISODES):
+        turns = int(episodes.turn_valid[b, 0].sum())
+        texts, feedbacks = [], []
+        for t in range(turns):
+            tokens = episodes.reply_tokens[b, 0, t, :episodes.reply_len[b, 0, t] - 1].tolist()
+            texts.append(tokenizer.decode(tokens, clean_up_tokenization_spaces=False))
+            feedbacks.append(verifier.score_response(texts[-1], ranks[b].tolist(), face_cards_as_10=True,
+                                                     language_only=True)[1])
+            history = prompt_tokens.gp_conversation(ranks[b].tolist(), texts[:-1], feedbacks[:-1],
+                                                    face_cards_as_10=True, language_only=True)
+        rendered = tokenizer.apply_chat_template(history, tokenize=False, add_generation_prompt=True,
+                                                 chat_template=TRIMMING_CHATML)
+        got = tokenizer.decode(ids[b, :lengths[b]].tolist(), clean_up_tokenization_spaces=False)
+        assert got == rendered + texts[-1], b
+        start = int(episodes.reply_start[b, 0, turns - 1])
+        assert tokenizer.decode(ids[b, :start].tolist(), clean_up_tokenization_spaces=False) == rendered, b
+        continued += turns > 1
+    assert continued >= EPISODES // 2 and replies[0] != replies[0].strip()

@@ -116,3 +116,51 @@ def test_sampled_logprobs_equal_teacher_forced_scores(rollout_setup, top_p):
         np.testing.assert_allclose(sampled[turn_of == t], forced[turn_of == t], rtol=0, atol=ATOL,
                                    err_msg=f"turn {t}")
     assert in_nucleus.all(), f"{(~in_nucleus).sum()} of {in_nucleus.size} tokens drawn outside the top-p nucleus"
+
+
+def test_trimmed_turns_score_as_their_rerendered_conversations(tiny_checkpoint):
+    """With a template that trims contents and the rollout's `trim` (evaluation's re-rendering), each turn's sampled
+    log-probs equal a full forward over the conversation that turn saw: the earlier replies trimmed, the turn's own
+    reply as sampled. The final compacted conversation holds the trimmed earlier replies; reply_start counts the
+    tokens before each reply. Catches positions that count the dropped reply slots (next_pos not rewound)."""
+    from test_ppo_rollout import TRIMMING_CHATML
+
+    from jaxrl_vlm.envs.chat import reply_trim_tables
+    from jaxrl_vlm.envs.general_points.task import make_task
+
+    model, tokenizer = api.load(tiny_checkpoint), load_tokenizer(tiny_checkpoint)
+    model = api.with_params(model, {**model.params, "final_norm": model.params["final_norm"] * LOGIT_SCALE})
+    env, env_params = make_task(tokenizer, "in_dist", verify_iter=TURNS, template_kwargs={
+        "chat_template": TRIMMING_CHATML})
+    state = protocol.reset_batch(env, jax.random.key(0), env_params, 8)
+    ep = jax.device_get(rollout_lib.rollout(
+        env, model.decoder, model.params, env_params, token_byte_table(tokenizer, special_tokens="empty"), state,
+        jax.random.key(3), jnp.float32(TEMPERATURE), jnp.float32(1.0), jnp.asarray(model.eos_token_ids, jnp.int32),
+        reply_trim_tables(tokenizer), max_new_tokens=12, pad_id=model.pad_id))
+    width = ep.slot_tokens.shape[-1]
+    ids, _ = rollout_lib.compact(ep.slot_tokens[:, 0], ep.slot_valid[:, 0], width, model.pad_id)
+    ids = np.asarray(ids)
+    rows, places = [], []
+    for b in range(ids.shape[0]):
+        for t in np.flatnonzero(ep.turn_valid[b, 0]):
+            start, n = int(ep.reply_start[b, 0, t]), int(ep.reply_len[b, 0, t])
+            rows.append(np.concatenate([ids[b, :start], ep.reply_tokens[b, 0, t, :n]]))
+            places.append((b, t, start, n))
+    assert sum(t > 0 for _, t, _, _ in places) >= 8  # continued turns really ran
+    batch = np.full((len(rows), max(map(len, rows))), model.pad_id, np.int32)
+    mask = np.zeros(batch.shape, bool)
+    for i, row in enumerate(rows):
+        batch[i, :len(row)], mask[i, :len(row)] = row, True
+    logits = model.logits(batch, mask).astype(np.float64) / TEMPERATURE
+    trimmed = 0
+    for i, (b, t, start, n) in enumerate(places):
+        scaled = logits[i, start - 1:start - 1 + n]
+        logp = scaled - scaled.max(-1, keepdims=True)
+        logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+        expected = logp[np.arange(n), ep.reply_tokens[b, 0, t, :n]]
+        np.testing.assert_allclose(ep.sample_logp[b, 0, t, :n], expected, rtol=0, atol=ATOL, err_msg=f"{b}, {t}")
+        if t > 0:
+            prev = int(ep.reply_start[b, 0, t - 1])
+            trimmed += not np.array_equal(rows[i][prev:prev + int(ep.reply_len[b, 0, t - 1]) - 1],
+                                          ep.reply_tokens[b, 0, t - 1, :int(ep.reply_len[b, 0, t - 1]) - 1])
+    assert trimmed > 0  # some earlier reply really changed when re-rendered

@@ -64,7 +64,9 @@ class Environment(abc.ABC):
     `image(state, params)`), count_names ({rate name: trial-count name}), ordered_episodes (None: episodes are drawn
     at random; an int: the split is a fixed list of that many episodes, reset by index, e.g. V-IRL's 18 visual-OOD
     routes), action_key (the text after which a reply's action part starts, for PPO's thought/action split of the
-    reply log-prob, training.md §4.4; None: the action part is the reply's last tokens).
+    reply log-prob, training.md §4.4; None: the action part is the reply's last tokens), trims_replies (the chat
+    template of the task's conversations trims assistant contents, e.g. Llama 3's `| trim`: a re-rendered
+    conversation shows earlier replies trimmed, `rollout`'s trim).
     """
 
     prompt_width: int
@@ -75,6 +77,7 @@ class Environment(abc.ABC):
     count_names: dict[str, str] = {}
     ordered_episodes: int | None = None
     action_key: str | None = None
+    trims_replies: bool = False
 
     def static_key(self) -> tuple:
         """Everything that, besides the params' pytree structure and shapes, decides what the methods trace: equal

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from jaxrl_vlm import rollout as rollout_lib
 from jaxrl_vlm.envs import protocol
+from jaxrl_vlm.envs.chat import reply_trim_tables
 from jaxrl_vlm.models.sharding import padded_rows, to_host
 from jaxrl_vlm.models.token_bytes import token_byte_table
 from jaxrl_vlm.stats import binomial_stderr
@@ -26,12 +27,16 @@ class Evaluator:
     """Evaluates a loaded model (or other params of it) on named task splits {split: (Environment, env params)}.
 
     decoder: the sampler's `DecodeModel` (default: the model's own); image tasks need one that encodes images
-    (`image_extra`, e.g. Mllama's).
+    (`image_extra`, e.g. Mllama's). trim_replies: where a split's chat template trims assistant contents
+    (`Environment.trims_replies`, Llama 3), revision turns show the earlier replies trimmed, as the reference's
+    re-rendered conversations do (`rollout`'s trim); False: as sampled, as PPO's rollouts show them.
     """
 
     def __init__(self, model: Any, tokenizer, splits: Mapping[str, tuple[protocol.Environment, Any]],
-                 decoder: Any = None):
+                 decoder: Any = None, trim_replies: bool = True):
         self.model = model
+        self.trim = reply_trim_tables(tokenizer) if trim_replies and any(
+            env.trims_replies for env, _ in splits.values()) else None
         self.splits = dict(splits)
         self.decoder = decoder if decoder is not None else model.decoder
         for name, (env, _) in self.splits.items():
@@ -65,7 +70,8 @@ class Evaluator:
             state = jax.tree_util.tree_map(lambda x: self.model.put_batch(to_host(x)), state)
             out = rollout_lib.rollout(env, self.decoder, params, env_params, self.byte_table, state, sample_key,
                                       jnp.float32(temperature), jnp.float32(top_p), eos_ids,
-                                      max_new_tokens=max_new_tokens, pad_id=self.model.pad_id)
+                                      self.trim if env.trims_replies else None, max_new_tokens=max_new_tokens,
+                                      pad_id=self.model.pad_id)
             played = to_host(out.turn_valid)[:n]
             totals["success"] += int(to_host(out.success)[:n].sum())
             totals["replies"] += int(played.sum())

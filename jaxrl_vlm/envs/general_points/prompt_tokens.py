@@ -26,13 +26,8 @@ decoding without clean-up of tokenization spaces. Templates that insert the curr
 `strftime_now`) must get it explicitly through `template_kwargs` (e.g. `{"date_string": "26 Jul 2024"}`); the same
 kwargs must be used for host renderings that are compared with these ids.
 
-Trimming templates: a user content is trimmed on the host before tokenizing. The assistant content is the model's
-reply ids, trimmed on the device: reply tokens that decode to whitespace only are dropped at both ends and the first
-and last remaining tokens are replaced by the pre-tokenized stripped text of that token (tables over the vocabulary).
-Whitespace is judged per token from `decode([id])`. Known limitation: a boundary token whose bytes are not complete
-UTF-8 (byte-level BPE pieces of a multi-byte character) is left untouched, so if the first/last token of a reply is
-such a piece with a leading/trailing space, or a multi-byte Unicode space is split over byte tokens at an end, the
-device ids keep whitespace that the template would trim. Reply ids past the tokenizer's vocabulary count as content.
+Trimming templates: a user content is trimmed on the host before tokenizing; the assistant content is the model's
+reply ids, trimmed on the device (`chat.trim_reply`, with its known limitation).
 
 Reply ids must exclude the stop token (the template writes its own end-of-turn marker). The VL prompt is the user
 content [image, text]: with a multimodal template (content as a list of parts) the template places its image
@@ -41,7 +36,6 @@ user messages are plain strings in both modes. `gp_conversation` builds the matc
 """
 from __future__ import annotations
 
-import weakref
 from typing import Any, Mapping, NamedTuple, Sequence
 
 import jax
@@ -49,12 +43,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from jaxrl_vlm.envs.chat import ChatLayout, chat_layout, first_user_message, split_once
+from jaxrl_vlm.envs.chat import (ChatLayout, ReplyTrim, chat_layout, first_user_message, left_padded,
+                                 reply_trim_tables, split_once, trim_reply)
 from jaxrl_vlm.envs.general_points import env, prompts
 
 _CARDS_SENTINEL = "<<GP_CARDS>>"
 _CARD_OPEN, _CARD_SEP, _CARD_CLOSE = "['", "', '", "']"
-_MAX_STRIP_PIECE = 8
 
 
 def gp_conversation(
@@ -85,22 +79,14 @@ class PromptCodec:
     bank: int32[N] all piece token ids, concatenated; piece_start/piece_len: int32[P].
     Pieces: chat head, first user content before/after the cards list (GP-VL: all of it, no cards list), `['`,
     `', '`, `']`, user tail, assistant tail, feedback prefix, the 13 card names, the feedback fragments.
-    Assistant trimming tables (int32[V, S] ids and int32[V] lengths; V = 1 when the template does not trim):
-    lstrip/rstrip/strip variants of each token, and whitespace_only bool[V].
+    trim: the reply trimming tables when the template trims assistant contents, else None.
     """
 
     bank: jax.Array
     piece_start: jax.Array
     piece_len: jax.Array
-    whitespace_only: jax.Array
-    lstrip_ids: jax.Array
-    lstrip_len: jax.Array
-    rstrip_ids: jax.Array
-    rstrip_len: jax.Array
-    strip_ids: jax.Array
-    strip_len: jax.Array
+    trim: ReplyTrim | None
     language_only: bool = struct.field(pytree_node=False)
-    assistant_strip: bool = struct.field(pytree_node=False)
     num_fragments: int = struct.field(pytree_node=False)
 
 
@@ -149,39 +135,6 @@ def _card_list_cut(tokenizer, layout: ChatLayout, pre: str, post: str) -> tuple[
     return pre, _CARD_OPEN, _CARD_CLOSE, post
 
 
-_STRIP_TABLES: "weakref.WeakKeyDictionary[Any, tuple[int, tuple[np.ndarray, ...]]]" = weakref.WeakKeyDictionary()
-
-
-def _strip_tables(tokenizer, vocab_size: int) -> tuple[np.ndarray, ...]:
-    """Per-token whitespace flag and the token ids of each token's lstrip/rstrip/strip text (padded to S); cached per
-    tokenizer object and vocabulary size."""
-    cached = _STRIP_TABLES.get(tokenizer)
-    if cached is not None and cached[0] == vocab_size:
-        return cached[1]
-    tables = _build_strip_tables(tokenizer, vocab_size)
-    _STRIP_TABLES[tokenizer] = (vocab_size, tables)
-    return tables
-
-
-def _build_strip_tables(tokenizer, vocab_size: int) -> tuple[np.ndarray, ...]:
-    texts = tokenizer.batch_decode([[i] for i in range(vocab_size)], clean_up_tokenization_spaces=False)
-    whitespace = np.array([t.strip() == "" and "\ufffd" not in t for t in texts], dtype=bool)
-    tables = []
-    for strip in (str.lstrip, str.rstrip, str.strip):
-        ids = np.zeros((vocab_size, _MAX_STRIP_PIECE), dtype=np.int32)
-        lens = np.ones(vocab_size, dtype=np.int32)
-        ids[:, 0] = np.arange(vocab_size)
-        changed = [i for i, t in enumerate(texts) if "\ufffd" not in t and strip(t) != t and not whitespace[i]]
-        encoded = tokenizer([strip(texts[i]) for i in changed], add_special_tokens=False)["input_ids"] if changed else []
-        for i, toks in zip(changed, encoded):
-            if len(toks) > _MAX_STRIP_PIECE:
-                raise ValueError(f"token {i} ({texts[i]!r}) re-tokenizes to more than {_MAX_STRIP_PIECE} ids")
-            ids[i, : len(toks)] = toks
-            lens[i] = len(toks)
-        tables += [ids, lens]
-    return (whitespace, *tables)
-
-
 def build_prompt_codec(
     tokenizer,
     *,
@@ -221,18 +174,9 @@ def build_prompt_codec(
     lengths = np.array([len(p) for p in pieces], dtype=np.int32)
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int32)
     bank = np.array([tok for p in pieces for tok in p] or [0], dtype=np.int32)
-    vocab = len(tokenizer) if layout.assistant_strip else 1
-    if layout.assistant_strip:
-        whitespace, l_ids, l_len, r_ids, r_len, s_ids, s_len = _strip_tables(tokenizer, vocab)
-    else:
-        whitespace = np.zeros(1, dtype=bool)
-        l_ids = r_ids = s_ids = np.zeros((1, _MAX_STRIP_PIECE), dtype=np.int32)
-        l_len = r_len = s_len = np.ones(1, dtype=np.int32)
     return PromptCodec(
         bank=jnp.asarray(bank), piece_start=jnp.asarray(starts), piece_len=jnp.asarray(lengths),
-        whitespace_only=jnp.asarray(whitespace), lstrip_ids=jnp.asarray(l_ids), lstrip_len=jnp.asarray(l_len),
-        rstrip_ids=jnp.asarray(r_ids), rstrip_len=jnp.asarray(r_len), strip_ids=jnp.asarray(s_ids),
-        strip_len=jnp.asarray(s_len), language_only=language_only, assistant_strip=layout.assistant_strip,
+        trim=reply_trim_tables(tokenizer) if layout.assistant_strip else None, language_only=language_only,
         num_fragments=len(fragment_texts),
     )
 
@@ -272,13 +216,6 @@ def _to_right_padded(ids: jax.Array, lengths: jax.Array) -> jax.Array:
     return jnp.take_along_axis(ids, cols, axis=1)
 
 
-def _to_left_padded(ids: jax.Array, lengths: jax.Array) -> jax.Array:
-    """Right-padded int32[B, T] -> left-padded."""
-    shift = ids.shape[1] - lengths
-    cols = (jnp.arange(ids.shape[1])[None, :] - shift[:, None]) % ids.shape[1]
-    return jnp.take_along_axis(ids, cols, axis=1)
-
-
 class TokenBatch(NamedTuple):
     """ids int32[B, T] padded on one side; lengths int32[B] (clipped to T); overflow bool[B]: the text was cut at T."""
 
@@ -292,10 +229,10 @@ def _check_padding_side(padding_side: str) -> None:
         raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
 
 
-def _finish(ids: jax.Array, lengths: jax.Array, overflow: jax.Array, padding_side: str) -> TokenBatch:
+def _finish(ids: jax.Array, lengths: jax.Array, overflow: jax.Array, padding_side: str, pad_id: int) -> TokenBatch:
     """Right-padded assembly -> TokenBatch padded on padding_side."""
     if padding_side == "left":
-        ids = _to_left_padded(ids, lengths)
+        ids, _ = left_padded(ids, lengths, pad_id)
     return TokenBatch(ids, lengths, overflow)
 
 
@@ -323,46 +260,7 @@ def prompt_ids(
     extra = jnp.zeros((1,), jnp.int32)
     assemble = jax.vmap(lambda o: _assemble_row(p.piece_start[o], p.piece_len[o], p.bank, extra, width, pad_id))
     ids, lengths, overflow = assemble(order)
-    return _finish(ids, lengths, overflow, padding_side)
-
-
-def _reply_pieces(codec: PromptCodec, reply: jax.Array, reply_len: jax.Array, offset: int):
-    """(starts, lengths, extra ids) of one reply row's assistant content, trimmed if the template trims.
-
-    offset: where the reply begins in the row's extra source (start values are relative to the bank's end).
-    """
-    n_bank = codec.bank.shape[0]
-    width = reply.shape[0]
-    if not codec.assistant_strip:
-        return (jnp.array([n_bank + offset], jnp.int32), reply_len[None].astype(jnp.int32),
-                jnp.zeros((2 * _MAX_STRIP_PIECE,), jnp.int32))
-    i = jnp.arange(width)
-    vocab = codec.whitespace_only.shape[0]
-    known = (reply >= 0) & (reply < vocab)  # ids past the tokenizer's vocabulary count as content, kept as they are
-    safe = jnp.where(known, reply, 0)
-    content = (i < reply_len) & ~(known & codec.whitespace_only[safe])
-    first = jnp.min(jnp.where(content, i, width))
-    last = jnp.max(jnp.where(content, i, -1))
-    single = first == last
-
-    def stripped(pos, ids_table, len_table):
-        pos = jnp.clip(pos, 0, width - 1)
-        as_is = jnp.zeros((_MAX_STRIP_PIECE,), jnp.int32).at[0].set(reply[pos].astype(jnp.int32))
-        return (jnp.where(known[pos], ids_table[safe[pos]], as_is), jnp.where(known[pos], len_table[safe[pos]], 1))
-
-    head_ids, head_len = stripped(first, codec.lstrip_ids, codec.lstrip_len)
-    both_ids, both_len = stripped(first, codec.strip_ids, codec.strip_len)
-    head_ids, head_len = jnp.where(single, both_ids, head_ids), jnp.where(single, both_len, head_len)
-    tail_ids, tail_len = stripped(last, codec.rstrip_ids, codec.rstrip_len)
-    tail_len = jnp.where(single, 0, tail_len)
-    empty = last < first
-    head_len = jnp.where(empty, 0, head_len)
-    tail_len = jnp.where(empty, 0, tail_len)
-    middle_len = jnp.maximum(last - first - 1, 0)
-    base = n_bank + offset
-    starts = jnp.stack([base + width, base + first + 1, base + width + _MAX_STRIP_PIECE]).astype(jnp.int32)
-    lens = jnp.stack([head_len, middle_len, tail_len]).astype(jnp.int32)
-    return starts, lens, jnp.concatenate([head_ids, tail_ids])
+    return _finish(ids, lengths, overflow, padding_side, pad_id)
 
 
 def append_revision(
@@ -392,15 +290,16 @@ def append_revision(
     k = fragments.shape[1]
 
     def row(prev_row, prev_len, reply_row, r_len, frag_row, n_frag):
-        r_starts, r_lens, strip_extra = _reply_pieces(p, reply_row, r_len, t_prev)
+        reply_row = reply_row.astype(jnp.int32)
+        reply_ids, reply_len = (reply_row, r_len) if p.trim is None else trim_reply(p.trim, reply_row, r_len)
         frag_piece = _FRAGMENT0 + jnp.clip(frag_row, 0, max(p.num_fragments - 1, 0))
         frag_len = jnp.where(jnp.arange(k) < n_frag, p.piece_len[frag_piece], 0)
         fixed = jnp.array([_ASSISTANT_TAIL, _FEEDBACK_PREFIX], jnp.int32)
-        starts = jnp.concatenate([jnp.array([n_bank], jnp.int32), r_starts, p.piece_start[fixed],
+        starts = jnp.concatenate([jnp.array([n_bank, n_bank + t_prev], jnp.int32), p.piece_start[fixed],
                                   p.piece_start[frag_piece], p.piece_start[_USER_TAIL][None]])
-        lens = jnp.concatenate([prev_len[None], r_lens, p.piece_len[fixed], frag_len, p.piece_len[_USER_TAIL][None]])
-        extra = jnp.concatenate([prev_row, reply_row.astype(jnp.int32), strip_extra])
-        return _assemble_row(starts, lens, p.bank, extra, width, pad_id)
+        lens = jnp.concatenate([prev_len[None], jnp.asarray(reply_len, jnp.int32)[None], p.piece_len[fixed], frag_len,
+                                p.piece_len[_USER_TAIL][None]])
+        return _assemble_row(starts, lens, p.bank, jnp.concatenate([prev_row, reply_ids]), width, pad_id)
 
     ids, lengths, overflow = jax.vmap(row)(prev_ids, prev.lengths, reply_ids, reply_len, fragments, num_fragments)
-    return _finish(ids, lengths, overflow | prev.overflow, padding_side)
+    return _finish(ids, lengths, overflow | prev.overflow, padding_side, pad_id)

@@ -21,7 +21,6 @@ from jaxrl_vlm.envs.general_points.verifier import REWARD_INCORRECT_VISION
 from jaxrl_vlm.shapes import round_up
 
 
-
 class GPSplit(NamedTuple):
     """A named evaluation split: face rule, OOD hands, suit set, and whether replies are verified repeatedly."""
 
@@ -53,8 +52,9 @@ class GPTask(protocol.Environment):
     """GeneralPoints episodes: state `env.EnvState`; the prompt holds the hand (GP-L) or the image (GP-VL)."""
 
     def __init__(self, *, prompt_width: int, feedback_width: int, verify_iter: int, language_only: bool,
-                 resolution: int):
+                 resolution: int, trims_replies: bool = False):
         self.prompt_width = prompt_width
+        self.trims_replies = trims_replies
         self.feedback_width = feedback_width
         self.turns = verify_iter
         self.conversations = 1
@@ -64,7 +64,7 @@ class GPTask(protocol.Environment):
         self.count_names = {} if language_only else {"recognition_accuracy": "recognition_replies"}
 
     def static_key(self) -> tuple:
-        return (self.prompt_width, self.feedback_width, self.turns, self.vision, self.resolution)
+        return (self.prompt_width, self.feedback_width, self.turns, self.vision, self.resolution, self.trims_replies)
 
     def reset(self, key, params: GPTaskParams, index):
         _, state = gp_env.reset(key, params.env)
@@ -121,6 +121,6 @@ def make_task(tokenizer, split: str | GPSplit, *, language_only: bool = True, ta
     longest = int(jnp.max(prompt_tokens.prompt_ids(codec, hands, width=4096).lengths))
     task = GPTask(prompt_width=round_up(longest, 16),
                   feedback_width=prompt_tokens.revision_overhead(codec) + feedback_tokens, verify_iter=turns,
-                  language_only=language_only, resolution=resolution)
+                  language_only=language_only, resolution=resolution, trims_replies=codec.trim is not None)
     atlas = None if language_only else jnp.asarray(card_atlas(card_dir))
     return task, GPTaskParams(env_params, codec, atlas)

@@ -81,8 +81,10 @@ class VirlTask(protocol.Environment):
     """V-IRL episodes (state `env.VirlState`), one conversation per route point."""
 
     def __init__(self, env: VirlEnv, *, prompt_width: int, feedback_width: int, conversations: int,
-                 ordered_episodes: int | None, vision: bool = False, view_size: int = 640, resolution: int = 1200):
+                 ordered_episodes: int | None, vision: bool = False, view_size: int = 640, resolution: int = 1200,
+                 trims_replies: bool = False):
         self.env = env
+        self.trims_replies = trims_replies
         self.prompt_width = prompt_width
         self.feedback_width = feedback_width
         self.turns = env.config.verify_iter
@@ -95,7 +97,7 @@ class VirlTask(protocol.Environment):
 
     def static_key(self) -> tuple:
         return (self.env.config, self.prompt_width, self.feedback_width, self.conversations, self.ordered_episodes,
-                self.vision, self.view_size, self.resolution)
+                self.vision, self.view_size, self.resolution, self.trims_replies)
 
     def reset(self, key, params: VirlTaskParams, index):
         num_routes = params.env.slot_valid.shape[0]
@@ -166,7 +168,7 @@ def make_task(tokenizer, split: str, route_dir: str | Path, *, verify_iter: int 
     task = VirlTask(env, prompt_width=prompt_width, feedback_width=int(feedback_len.max()),
                     conversations=int(env_params.slot_valid.shape[1]),
                     ordered_episodes=len(templates) if setting.ordered else None, vision=vision,
-                    view_size=view_size, resolution=resolution)
+                    view_size=view_size, resolution=resolution, trims_replies=layout.assistant_strip)
     params = VirlTaskParams(env_params, jnp.asarray(head[0]), jnp.asarray(head_len[0]), jnp.asarray(user[0]),
                             jnp.asarray(user_len[0]), jnp.asarray(feedback), jnp.asarray(feedback_len),
                             _panoramas(str(Path(route_dir).resolve())) if vision else None)
