@@ -16,7 +16,7 @@ from jaxrl_vlm.models.sharding import make_mesh
 from jaxrl_vlm.models.token_bytes import token_byte_table
 from jaxrl_vlm.models.tokenizer import load_tokenizer
 from jaxrl_vlm.training.policy import policy_model
-from jaxrl_vlm.training.ppo import PPOBatch, advantages_and_returns, make_ppo_update, score_replies
+from jaxrl_vlm.training.ppo import advantages_and_returns, make_ppo_update, score_replies
 from jaxrl_vlm.training.ppo_math import kl_penalty, normalize_advantages
 from jaxrl_vlm.training.ppo_train import (_update_rows, action_pattern, conversation_rows, initial_ppo_state,
                                           ppo_hyper)
@@ -61,10 +61,8 @@ def host_batch(tiny_checkpoint):
     index, row_valid = conversation_rows(np.asarray(ep.turn_valid), config.ppo.episodes)
     assert row_valid.all() and len(index) == config.ppo.episodes  # GP: one conversation per episode
     width = int(np.asarray(ep.slot_valid.sum(-1)).max())
-    ids, mask, reply_tokens, reply_len, reply_start, valid, reward, episode = _update_rows(
-        ep, jnp.asarray(index), jnp.asarray(row_valid), width=width, pad_id=model.pad_id)
-    np.testing.assert_array_equal(episode, np.arange(config.ppo.episodes))
-    batch = PPOBatch(ids, mask, reply_tokens, reply_len, reply_start, valid, reward, episode=episode)
+    batch = _update_rows(ep, jnp.asarray(index), jnp.asarray(row_valid), width=width, pad_id=model.pad_id)
+    np.testing.assert_array_equal(batch.episode, np.arange(config.ppo.episodes))
     return jax.device_get(batch)
 
 
@@ -203,9 +201,8 @@ def test_gae_runs_across_the_conversations_of_an_episode():
     index, row_valid = conversation_rows(turn_valid, 5)
     np.testing.assert_array_equal(index[row_valid], [0, 1, 2, 5])  # played conversations, episode-major
     assert len(index) == 5 and row_valid.sum() == 4
-    *_, valid, rows_reward, episode = _update_rows(episodes, jnp.asarray(index), jnp.asarray(row_valid), width=8,
-                                                   pad_id=0)
-    episode, valid, rows_reward = np.asarray(episode), np.asarray(valid), np.asarray(rows_reward)
+    rows = _update_rows(episodes, jnp.asarray(index), jnp.asarray(row_valid), width=8, pad_id=0)
+    episode, valid, rows_reward = np.asarray(rows.episode), np.asarray(rows.turn_valid), np.asarray(rows.reward)
     np.testing.assert_array_equal(episode[:4], [0, 0, 1, 2])
     assert episode[4] not in episode[:4] and not valid[4].any()  # the padding row is nobody's
     # values everywhere, large at the first turn of each row: a wrong bootstrap into it shows
@@ -231,3 +228,43 @@ def test_gae_runs_across_the_conversations_of_an_episode():
     _, ret_alone = advantages_and_returns(jnp.asarray(rows_reward), jnp.asarray(value), jnp.asarray(valid), None,
                                           gamma, lam)
     assert np.abs(np.asarray(ret_alone) - expected_ret).max() > 0.5
+
+
+@pytest.fixture(scope="module")
+def virl_host_batch(tiny_checkpoint, tmp_path_factory):
+    """Update rows of 4 V-IRL routes rolled out by the scripted model (`virl_scripted`: oracle, retry and failing
+    policies; the small city's short routes) in the tiny tokenizer: several conversations per episode, linked by
+    `episode` for GAE."""
+    import virl_scripted as vs
+    from virl_routes import write_small_city
+
+    from jaxrl_vlm.envs.virl.task import make_task
+    from jaxrl_vlm.shapes import round_up
+
+    tokenizer = load_tokenizer(tiny_checkpoint)
+    env, env_params = make_task(tokenizer, "in_distribution", write_small_city(tmp_path_factory.mktemp("city")))
+    model = vs.ScriptedVirlModel(tokenizer).reset(vs.per_row([vs.oracle, vs.retry, vs.fail_at(1), vs.wrong]))
+    keys = jax.random.split(jax.random.key(2), 4)
+    state = jax.vmap(env.env.reset, in_axes=(0, None, 0))(keys, env_params.env, jnp.asarray([2, 2, 1, 2]))
+    ep = rollout_lib.rollout(env, model.decoder, model.params, env_params, token_byte_table(tokenizer, "empty"),
+                             state, jax.random.key(0), jnp.float32(0.0), jnp.float32(1.0),
+                             jnp.asarray(model.eos_token_ids, jnp.int32), max_new_tokens=160, pad_id=0)
+    index, row_valid = conversation_rows(np.asarray(ep.turn_valid), 4)
+    width = round_up(int(np.asarray(ep.slot_valid.sum(-1)).max()), 128)
+    batch = jax.device_get(_update_rows(ep, jnp.asarray(index), jnp.asarray(row_valid), width=width, pad_id=0))
+    assert model.not_understood == [] and row_valid.sum() > 6 and batch.turn_valid.sum() > row_valid.sum()
+    return batch
+
+
+def test_virl_update_on_a_2x2x2_mesh_equals_one_device(tiny_checkpoint, virl_host_batch):
+    """The V-IRL update (rows of an episode's conversations, GAE across them, no action key) on a (data, fsdp,
+    tensor) = (2, 2, 2) mesh equals the one-device update."""
+    settings = dict(ppo__episodes=4, ppo__epochs=1, ppo__minibatches=1)
+    _, one, m1, *_ = run_update(tiny_checkpoint, virl_host_batch, None, **settings)
+    _, many, m8, *_ = run_update(tiny_checkpoint, virl_host_batch, None, mesh=make_mesh(data=2, fsdp=2, tensor=2),
+                                 **settings)
+    assert m1["turns"] == virl_host_batch.turn_valid.sum()
+    for key in ("loss", "policy_loss", "value_loss", "grad_norm", "approx_kl"):
+        np.testing.assert_allclose(m8[key], m1[key], rtol=2e-4, atol=1e-6, err_msg=key)
+    for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(many.params)):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-3, atol=1e-4)

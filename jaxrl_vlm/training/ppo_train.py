@@ -100,24 +100,30 @@ def conversation_rows(turn_valid: np.ndarray, multiple: int) -> tuple[np.ndarray
     return index.astype(np.int32), np.arange(rows) < len(played)
 
 
-@functools.partial(jax.jit, static_argnames=("env", "policy", "width", "pad_id"))
-def _update_rows(env: protocol.Environment, policy: PolicyModel, env_params: Any, episodes: rollout_lib.Episodes,
-                 index: jax.Array, row_valid: jax.Array, *, width: int, pad_id: int) -> PPOBatch:
-    """The PPOBatch of the selected conversations (index int32[E] into the flattened [B * R] ones): compact ids
-    int32[E, width] with their replies, rewards and episode ids, and for image tasks each conversation's image
-    rendered again from its opening state and preprocessed on the device (the update's vision tower sees it)."""
+@functools.partial(jax.jit, static_argnames=("width", "pad_id"))
+def _update_rows(episodes: rollout_lib.Episodes, index: jax.Array, row_valid: jax.Array, *, width: int,
+                 pad_id: int) -> PPOBatch:
+    """The PPOBatch (no images) of the selected conversations (index int32[E] into the flattened [B * R] ones):
+    compact ids int32[E, width] with their replies, rewards and episode ids (padding rows: -1 - row)."""
     b, r = episodes.turn_valid.shape[:2]
     pick = lambda x: x.reshape(b * r, *x.shape[2:])[index]
     ids, mask = rollout_lib.compact(pick(episodes.slot_tokens), pick(episodes.slot_valid), width, pad_id)
     episode = jnp.where(row_valid, index // r, -1 - jnp.arange(index.shape[0]))
-    vision = None
-    if env.vision:
-        opening = jax.tree_util.tree_map(pick, episodes.conversation_state)
-        images = protocol.image_batch(env, opening, env_params, chunk=rollout_lib.IMAGE_CHUNK)
-        vision = policy.vision_inputs(images, ids)
     return PPOBatch(ids, mask, pick(episodes.reply_tokens), pick(episodes.reply_len), pick(episodes.reply_start),
-                    pick(episodes.turn_valid) & row_valid[:, None], pick(episodes.reward), vision,
+                    pick(episodes.turn_valid) & row_valid[:, None], pick(episodes.reward),
                     episode=episode.astype(jnp.int32))
+
+
+@functools.partial(jax.jit, static_argnames=("env", "policy"))
+def _row_vision(env: protocol.Environment, policy: PolicyModel, env_params: Any, episodes: rollout_lib.Episodes,
+                index: jax.Array, ids: jax.Array) -> dict[str, jax.Array]:
+    """Image tasks: the Mllama inputs of the selected conversations' images (index int32[E]; their compact ids
+    int32[E, L]), each rendered again from the conversation's opening state and preprocessed on the device, so the
+    update's vision tower sees what the rollout's did."""
+    b, r = episodes.turn_valid.shape[:2]
+    opening = jax.tree_util.tree_map(lambda x: x.reshape(b * r, *x.shape[2:])[index], episodes.conversation_state)
+    images = protocol.image_batch(env, opening, env_params, chunk=rollout_lib.IMAGE_CHUNK)
+    return policy.vision_inputs(images, ids)
 
 
 _reset = jax.jit(protocol.reset_batch, static_argnums=(0, 3))
@@ -191,8 +197,10 @@ def train_ppo(config: mlc.ConfigDict, model: Any, tokenizer, task: tuple[protoco
         lengths = to_host(jnp.sum(episodes.slot_valid, axis=-1)).reshape(-1)[index[row_valid]]
         rollout_s = time.perf_counter() - clock
         width = min(round_up(int(lengths.max()), WIDTH_ROUNDING), capacity)
-        batch = _update_rows(env, policy, env_params, episodes, model.put_batch(index), model.put_batch(row_valid),
-                             width=width, pad_id=model.pad_id)
+        index, row_valid = model.put_batch(index), model.put_batch(row_valid)
+        batch = _update_rows(episodes, index, row_valid, width=width, pad_id=model.pad_id)
+        if env.vision:
+            batch = batch._replace(vision=_row_vision(env, policy, env_params, episodes, index, batch.ids))
         if reference is not None:
             batch = batch._replace(ref_logp=score_ref(reference, batch))
         state, metrics = update_fn(state, batch, update_key)
