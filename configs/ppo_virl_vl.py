@@ -5,8 +5,9 @@ model.path must be given: the default (the embedded text-only SmolLM2) fails val
 and model.path. E.g. `--config.model.path=/path/to/Llama-3.2-11B-Vision-Instruct
 --config.ppo.init=runs/sft_virl_vl/checkpoints` (or an exported HF directory), and choose a mesh, e.g.
 `--config.mesh.fsdp=8`. Empty route directories are synthetic cities built on first use under task.city_cache with
-2048 px panoramas (minutes on few cores; a V-IRL-L city of thumbnails there is rebuilt). Views of 640 px are resized
-to task.resolution=1200 (spec virl.md §1.10).
+2048 px panoramas (minutes on few cores; a V-IRL-L city of thumbnails there is rebuilt). Views of task.view_size=640
+px are resized to task.resolution=1200 (spec virl.md §1.10), rendered, preprocessed and encoded on the device at
+every route point of the rollout; the route set's panoramas live on the device (2.9 GB for the synthetic city).
 The reference's V-IRL-VL settings (training.md §4.6), set here: lr 1e-7, cosine T_max 20 updates, 15 updates,
 verify_iter 2, temperature 0.2, 512 new tokens, max_grad_norm 1.0; 2048 transitions per update:
 --config.ppo.episodes=2048 --config.ppo.minibatches=16; evaluation of 48 episodes (visual OOD: the 18-route benchmark).
