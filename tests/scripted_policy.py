@@ -11,9 +11,10 @@ So the decoder (`ScriptedDecoder`) keeps the token id of each KV-cache slot in t
 `write_tokens`) and, at every step, hands each row's whole history, the valid slots in order, to the host
 (`jax.pure_callback`). The host decodes the conversation up to its last generation prompt, reads the hand from it
 (GP-L: the `Cards: [...]` line; GP-VL: the card images the rollout rendered, recognised exactly against the card
-atlas by `image_extra`, the model's "vision encoder", on the host), reads the face rule from the prompt text and the earlier replies and
-their feedback from the revision turns, asks the Python policy which kind of reply to give, and forces that reply
-token by token (then EOS), each token at its offset from the generation prompt.
+atlas by `image_extra`, the model's "vision encoder", on the host), reads the face rule from the prompt text and the
+earlier replies and their feedback from the revision turns, asks the Python policy which kind of reply to give, and
+forces that reply token by token (then EOS), each token at its offset from the generation prompt (`forced_tokens`,
+shared with the V-IRL scripted model).
 
 A policy is a function `Conversation -> kind`, kind one of `REPLY_REWARDS`, whose reward the spec's table fixes
 (spec generalpoints.md §4): so a test knows each reply's reward from the policy's definition alone.
@@ -88,6 +89,37 @@ def scripted_reply(kind: str, ranks, face_cards_as_10: bool) -> str:
         wrong = [ranks[0] % 13 + 1] + ranks[1:]
         reply = reply.replace(repr(prompts.card_names(ranks)), repr(prompts.card_names(wrong)), 1)
     return reply
+
+
+def forced_tokens(ids: np.ndarray, gen_prompt: np.ndarray, eos: int, replies: dict, keys: list,
+                  answer: Callable[[int, np.ndarray], tuple[list[int], Any]]) -> tuple[np.ndarray, list]:
+    """The next forced token of each row of a scripted model, and the rows starting a reply.
+
+    ids int32[B, S]: each row's history (-1 where a slot is not valid). A row's reply answers its conversation up to
+    its last generation prompt (`gen_prompt` ids): answer(row, prompt ids) -> (reply ids ending with EOS, info),
+    cached in `replies` under (keys[row], prompt bytes); the forced token is the reply's token at the row's offset
+    from that prompt, EOS past it or without a prompt. Returns (int32[B], [(row, info) of rows whose prompt was
+    just written: each reply's first token])."""
+    p = len(gen_prompt)
+    out = np.full((ids.shape[0],), eos, np.int32)
+    started = []
+    for b in range(ids.shape[0]):
+        history = ids[b][ids[b] >= 0]
+        starts = np.flatnonzero(history[:max(len(history) - p + 1, 0)] == gen_prompt[0])
+        hits = [s for s in starts if (history[s:s + p] == gen_prompt).all()]
+        if not hits:
+            continue
+        cut = hits[-1] + p
+        key = (keys[b], history[:cut].tobytes())
+        if key not in replies:
+            replies[key] = answer(b, history[:cut])
+        reply, info = replies[key]
+        done = len(history) - cut
+        if done == 0:
+            started.append((b, info))
+        if done < len(reply):
+            out[b] = reply[done]
+    return out, started
 
 
 def token_cache(batch: int, capacity: int) -> KVCache:
@@ -198,26 +230,13 @@ class ScriptedPolicyModel:
     def next_tokens(self, ids: np.ndarray, cards: np.ndarray) -> np.ndarray:
         """The forced token of each row: the next token of its scripted reply (then EOS)."""
         ids, cards = np.asarray(ids), np.asarray(cards)  # the callback may get jax arrays: no eager jax ops here
-        p = len(self._gen_prompt)
-        out = np.full((ids.shape[0],), self.eos, np.int32)
-        for b in range(ids.shape[0]):
-            history = ids[b][ids[b] >= 0]
-            starts = np.flatnonzero(history[:len(history) - p + 1] == self._gen_prompt[0]) if len(history) >= p else []
-            hits = [s for s in starts if (history[s:s + p] == self._gen_prompt).all()]
-            if not hits:
-                continue
-            cut = hits[-1] + p
-            key = (history[:cut].tobytes(), cards[b].tobytes())
-            if key not in self._replies:
-                self._replies[key] = self._answer(history[:cut], cards[b])
-            reply, conv = self._replies[key]
-            done = len(history) - cut
-            if done == 0:  # the prompt's prefill: once per row and turn (identical hands in a batch each count)
-                self.turns_asked.append(None if conv is None else conv.turn)
-                if conv is not None and conv.turn == 0:
-                    self.seen.append((conv.ranks, conv.suits, conv.face_cards_as_10))
-            if done < len(reply):
-                out[b] = reply[done]
+        out, started = forced_tokens(ids, self._gen_prompt, self.eos, self._replies,
+                                     [card.tobytes() for card in cards],
+                                     lambda b, prompt: self._answer(prompt, cards[b]))
+        for _, conv in started:  # the prompt's prefill: once per row and turn (identical hands in a batch each count)
+            self.turns_asked.append(None if conv is None else conv.turn)
+            if conv is not None and conv.turn == 0:
+                self.seen.append((conv.ranks, conv.suits, conv.face_cards_as_10))
         return out
 
     def _answer(self, prompt_ids: np.ndarray, cards: np.ndarray) -> tuple[list[int], Conversation | None]:

@@ -29,7 +29,7 @@ import numpy as np
 
 from jaxrl_vlm.envs.virl.prompts import FEEDBACK_PREFIX, INTERSECTION_TEXT, VL_CURRENT_OBSERVATION, expert_response
 from jaxrl_vlm.models.layers import KVCache
-from scripted_policy import token_cache, write_tokens
+from scripted_policy import forced_tokens, token_cache, write_tokens
 
 GEN_PROMPT = "<|im_start|>assistant\n"
 NOT_UNDERSTOOD = "I do not know."
@@ -230,7 +230,7 @@ class ScriptedVirlModel:
         self.params = jnp.zeros((), jnp.float32)
         self.decoder = ScriptedVirlDecoder(len(tokenizer), self)
         self._gen_prompt = np.asarray(tokenizer(GEN_PROMPT, add_special_tokens=False)["input_ids"])
-        self._replies: dict[tuple[int, bytes, int], tuple[list[int], Query | None]] = {}
+        self._replies: dict[tuple[tuple[int, int], bytes], tuple[list[int], Query | None]] = {}
 
     def reset(self, policy: Policy) -> "ScriptedVirlModel":
         self.policy, self.asked, self.not_understood, self.images, self._replies = policy, [], [], [], {}
@@ -258,24 +258,10 @@ class ScriptedVirlModel:
         """The forced token of each row: the next token of its reply to the conversation it holds (then EOS);
         destination int32[B]: its image shows the destination (V-IRL-VL)."""
         ids, destination = np.asarray(ids), np.asarray(destination)
-        p = len(self._gen_prompt)
-        out = np.full((ids.shape[0],), self.eos, np.int32)
-        for b in range(ids.shape[0]):
-            history = ids[b][ids[b] >= 0]
-            starts = np.flatnonzero(history[:max(len(history) - p + 1, 0)] == self._gen_prompt[0])
-            hits = [s for s in starts if (history[s:s + p] == self._gen_prompt).all()]
-            if not hits:
-                continue
-            cut = hits[-1] + p
-            key = (b, history[:cut].tobytes(), int(destination[b]))
-            if key not in self._replies:
-                self._replies[key] = self._answer(b, history[:cut], bool(destination[b]))
-            reply, query = self._replies[key]
-            done = len(history) - cut
-            if done == 0 and query is not None:  # the reply's first token: once per reply (no policy reply is empty)
-                self.asked.append(query)
-            if done < len(reply):
-                out[b] = reply[done]
+        out, started = forced_tokens(ids, self._gen_prompt, self.eos, self._replies,
+                                     [(b, int(d)) for b, d in enumerate(destination)],
+                                     lambda b, prompt: self._answer(b, prompt, bool(destination[b])))
+        self.asked += [query for _, query in started if query is not None]  # once per reply (none is empty)
         return out
 
     def _answer(self, row: int, prompt_ids: np.ndarray, destination: bool) -> tuple[list[int], Query | None]:
