@@ -43,59 +43,19 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jaxrl_vlm import rollout as rollout_lib
 from jaxrl_vlm.config import base_config
-from jaxrl_vlm.envs import protocol
 from jaxrl_vlm.envs.general_points import prompt_tokens, verifier
 from jaxrl_vlm.envs.general_points.task import make_task
 from jaxrl_vlm.models import api, sampler
-from jaxrl_vlm.models.token_bytes import token_byte_table
 from jaxrl_vlm.models.tokenizer import load_tokenizer
-from jaxrl_vlm.training.policy import policy_model
+
+from device_rollout import DevicePath, decode_reply  # benchmarks/device_rollout.py
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "rollout_throughput.json")
 FACE_CARDS_AS_10 = True
-
-
-def decode_reply(tokenizer, tokens: np.ndarray) -> str:
-    """Reply text of int[N] token ids (special tokens dropped, no clean-up: the bytes the device verifier reads)."""
-    return tokenizer.decode([int(t) for t in tokens], skip_special_tokens=True, clean_up_tokenization_spaces=False)
-
-
-class DevicePath:
-    """The on-device rollout of B episodes from their hands, set up as `train_ppo` sets it up."""
-
-    def __init__(self, model: Any, tokenizer, *, batch: int, turns: int, max_new_tokens: int, feedback_tokens: int,
-                 dtype: str):
-        self.env, self.env_params = make_task(tokenizer, "in_dist", language_only=True, verify_iter=turns,
-                                              feedback_tokens=feedback_tokens)
-        assert self.env.conversations == 1 and self.env.turns == turns
-        self.shapes = rollout_lib.rollout_shapes(self.env, max_new_tokens)
-        self.batch = batch
-        self.max_new_tokens = max_new_tokens
-        self.decoder = policy_model(model, dtype, dtype).decoder
-        self.byte_table = token_byte_table(tokenizer, special_tokens="empty")
-        self.model = model
-        self.eos_ids = jnp.asarray(model.eos_token_ids, jnp.int32)
-        self.reset = jax.jit(protocol.reset_batch, static_argnums=(0, 3))
-
-    def hands(self, key: jax.Array) -> tuple[Any, np.ndarray]:
-        """(env states, ranks int[B, 4] on the host) of B fresh episodes."""
-        state = self.reset(self.env, key, self.env_params, self.batch)
-        return state, np.asarray(state.ranks)
-
-    def __call__(self, state: Any, key: jax.Array) -> tuple[rollout_lib.Episodes, dict[str, np.ndarray]]:
-        """Roll out the episodes of reset env states; returns the device Episodes and its host summary (the one
-        conversation of each episode: arrays [B, T])."""
-        episodes = rollout_lib.rollout(self.env, self.decoder, self.model.params, self.env_params, self.byte_table,
-                                       state, key, jnp.float32(0.0), jnp.float32(1.0), self.eos_ids,
-                                       max_new_tokens=self.max_new_tokens, pad_id=self.model.pad_id)
-        reward, reply_len, played, success = jax.device_get(
-            (episodes.reward[:, 0], episodes.reply_len[:, 0], episodes.turn_valid[:, 0], episodes.success))
-        return episodes, {"reward": reward, "reply_len": reply_len, "played": played, "success": success}
 
 
 def jax_generate(model: Any, max_new_tokens: int):
@@ -221,11 +181,17 @@ def main() -> None:
     path = api.default_model_path()
     model = api.load(path, dtype=args.dtype)
     tokenizer = load_tokenizer(path)
-    device = DevicePath(model, tokenizer, batch=args.batch, turns=args.turns, max_new_tokens=args.max_new_tokens,
-                        feedback_tokens=args.feedback_tokens, dtype=args.dtype)
+    task = make_task(tokenizer, "in_dist", language_only=True, verify_iter=args.turns,
+                     feedback_tokens=args.feedback_tokens)
+    assert task[0].conversations == 1 and task[0].turns == args.turns
+    device = DevicePath(model, tokenizer, task, batch=args.batch, max_new_tokens=args.max_new_tokens, dtype=args.dtype)
     reset_key, sample_key = jax.random.split(jax.random.key(args.seed))
-    state, ranks = device.hands(reset_key)
-    run_device = lambda: device(state, sample_key)
+    state = device.reset(reset_key)
+    ranks = np.asarray(state.ranks)
+
+    def run_device():  # GP plays one conversation per episode: drop the conversation axis (R = 1)
+        episodes, summary = device(state, sample_key)
+        return episodes, {k: v[:, 0] if k in ("reward", "reply_len", "played") else v for k, v in summary.items()}
     hosts = {"host_loop_jax": jax_generate(model, args.max_new_tokens)}
     if args.transformers:
         hosts["host_loop_transformers"] = torch_generate(path, model.pad_id, args.max_new_tokens, args.dtype)

@@ -53,7 +53,6 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
@@ -61,53 +60,16 @@ import virl_host_eval  # noqa: E402  (tests/virl_host_eval.py: the host-driven V
 
 from jaxrl_vlm import rollout as rollout_lib  # noqa: E402
 from jaxrl_vlm.config import EMBEDDED_MODEL, resolve_model_path  # noqa: E402
-from jaxrl_vlm.envs import protocol  # noqa: E402
 from jaxrl_vlm.envs.virl.cities import LANGUAGE_PANO_WIDTH, ensure_city  # noqa: E402
 from jaxrl_vlm.envs.virl.env import VirlConfig, build_params, prompt_length_bound  # noqa: E402
 from jaxrl_vlm.envs.virl.evaluation import SPLITS, VirlEvaluator, load_templates, utf8_encode  # noqa: E402
 from jaxrl_vlm.envs.virl.task import make_task  # noqa: E402
 from jaxrl_vlm.models import api, sampler  # noqa: E402
-from jaxrl_vlm.models.token_bytes import token_byte_table  # noqa: E402
 from jaxrl_vlm.models.tokenizer import load_tokenizer  # noqa: E402
-from jaxrl_vlm.training.policy import policy_model  # noqa: E402
+
+from device_rollout import DevicePath, decode_reply  # noqa: E402  (benchmarks/device_rollout.py)
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "virl_rollout_throughput.json")
-
-
-def decode_reply(tokenizer, tokens: np.ndarray) -> str:
-    """Reply text of int[N] token ids as the host policy decodes it (special tokens dropped, no clean-up)."""
-    return tokenizer.decode([int(t) for t in tokens], skip_special_tokens=True, clean_up_tokenization_spaces=False)
-
-
-class DevicePath:
-    """The on-device rollout of B V-IRL episodes, set up as `train_ppo` and the evaluator set it up."""
-
-    def __init__(self, model: Any, tokenizer, city_dir: str, *, split: str, batch: int, verify_iter: int,
-                 max_new_tokens: int, dtype: str):
-        self.env, self.env_params = make_task(tokenizer, split, city_dir, verify_iter=verify_iter)
-        self.shapes = rollout_lib.rollout_shapes(self.env, max_new_tokens)
-        self.batch = batch
-        self.max_new_tokens = max_new_tokens
-        self.decoder = policy_model(model, dtype, dtype).decoder
-        self.byte_table = token_byte_table(tokenizer, special_tokens="empty")
-        self.model = model
-        self.eos_ids = jnp.asarray(model.eos_token_ids, jnp.int32)
-        self.reset = jax.jit(protocol.reset_batch, static_argnums=(0, 3))
-
-    def episodes(self, seed: int) -> Any:
-        """Env states of the B episodes (the keys `VirlEvaluator.run` resets with)."""
-        return self.reset(self.env, jax.random.PRNGKey(seed), self.env_params, self.batch)
-
-    def __call__(self, state: Any, key: jax.Array) -> tuple[rollout_lib.Episodes, dict[str, np.ndarray]]:
-        """Roll out the episodes of reset env states; returns the device Episodes and its host summary."""
-        episodes = rollout_lib.rollout(self.env, self.decoder, self.model.params, self.env_params, self.byte_table,
-                                       state, key, jnp.float32(0.0), jnp.float32(1.0), self.eos_ids,
-                                       max_new_tokens=self.max_new_tokens, pad_id=self.model.pad_id)
-        reward, reply_len, played, success, overflow, (hits, steps) = jax.device_get(
-            (episodes.reward, episodes.reply_len, episodes.turn_valid, episodes.success, episodes.overflow,
-             episodes.counts["step_accuracy"]))
-        return episodes, {"reward": reward, "reply_len": reply_len, "played": played, "success": success,
-                          "overflow": overflow, "hits": hits, "steps": steps}
 
 
 class SampleMeter:
@@ -219,11 +181,11 @@ def main() -> None:
     tokenizer = load_tokenizer(path)
     with tempfile.TemporaryDirectory() as city_dir:
         ensure_city(city_dir, args.seed, args.routes, ("soho",), LANGUAGE_PANO_WIDTH)
-        device = DevicePath(model, tokenizer, city_dir, split=args.split, batch=args.batch,
-                            verify_iter=args.verify_iter, max_new_tokens=args.max_new_tokens, dtype=args.dtype)
+        device = DevicePath(model, tokenizer, make_task(tokenizer, args.split, city_dir, verify_iter=args.verify_iter),
+                            batch=args.batch, max_new_tokens=args.max_new_tokens, dtype=args.dtype)
         run_host = HostPath(model, tokenizer, city_dir, split=args.split, batch=args.batch,
                             verify_iter=args.verify_iter, max_new_tokens=args.max_new_tokens, seed=args.seed)
-    state = device.episodes(args.seed)
+    state = device.reset(jax.random.PRNGKey(args.seed))  # the keys `VirlEvaluator.run` resets with
     sample_key = jax.random.key(args.seed + 1)  # unused at temperature 0
     run_device = lambda: device(state, sample_key)
 
@@ -258,7 +220,8 @@ def main() -> None:
               "inside the timing)")
 
     played = summary["played"]
-    device_steps = int(summary["steps"].sum())
+    hits, steps = summary["counts"]["step_accuracy"]
+    device_steps = int(steps.sum())
     rounds_run = played[:, :, 0].any(axis=0)
     later_turns = int(played[:, :, 1:].any(axis=0).sum())
     device_prefilled = args.batch * (int(rounds_run.sum()) * device.shapes.prompt_width
@@ -275,7 +238,7 @@ def main() -> None:
             "forced_budget_replies": 0, "env_steps": device_steps,
             "prefill_positions": device_prefilled, "conversations": int(played[:, :, 0].sum()),
             "success": float(summary["success"].mean()),
-            "step_accuracy": int(summary["hits"].sum()) / max(device_steps, 1),
+            "step_accuracy": int(hits.sum()) / max(device_steps, 1),
             "overflow": int(summary["overflow"].sum())},
         "host_loop": {
             "seconds": host_s, "first_call_seconds": host_first_s, "episodes_per_s": args.batch / host_s,
