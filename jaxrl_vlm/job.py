@@ -11,7 +11,7 @@ import ml_collections as mlc
 
 from jaxrl_vlm import config as config_lib
 from jaxrl_vlm import tasks
-from jaxrl_vlm.evaluation.evaluator import Evaluator
+from jaxrl_vlm.evaluation.evaluator import Evaluator, outcome_shares
 from jaxrl_vlm.models import api as models_api
 from jaxrl_vlm.models.tokenizer import load_tokenizer
 from jaxrl_vlm.training.checkpoint import Checkpointer
@@ -114,25 +114,28 @@ def train_ppo(config: mlc.ConfigDict, model: Any, tokenizer, *, init_tokens: int
                  init_tokens=init_tokens, stop_after_update=stop_after_update)
 
 
-def _table_rows(split: str, r: dict) -> list[tuple[str, float, float]]:
-    """(row label, rate, standard error) of one result: the split's success, then one row per count rate
-    (e.g. "<split> step_accuracy")."""
+def _table_rows(split: str, r: dict) -> list[tuple[str, str]]:
+    """(row label, cell) of one result: the split's success, each count rate (e.g. "<split> step_accuracy") as
+    'p% ± se%', the mean reward, and the share of the replies of each verifier outcome."""
     rates = [k[:-len("_stderr")] for k in r if k.endswith("_stderr") and k != "success_stderr"]
-    return [(split, r["success"], r["success_stderr"])] + [(f"{split} {k}", r[k], r[f"{k}_stderr"]) for k in rates]
+    rows = [(split if k == "success" else f"{split} {k}", f"{100 * r[k]:6.1f}% ± {100 * r[f'{k}_stderr']:4.1f}%")
+            for k in ["success"] + rates]
+    rows.append((f"{split} mean reward", f"{r['mean_reward']:8.3f}"))
+    rows += [(f"{split}   {name}", f"{100 * share:6.1f}%") for name, share in outcome_shares(r).items()]
+    return rows
 
 
 def format_table(columns: dict[str, dict[str, dict]]) -> str:
-    """A text table: one row per split and per split's count rate, one column per evaluated model, cells
-    'p% ± se%'."""
+    """A text table: one column per evaluated model; per split, rows of success and the task's rates ('p% ± se%'),
+    the mean reward per reply and the share of the replies of each verifier outcome (what a policy gets wrong)."""
     names = list(columns)
     splits = list(next(iter(columns.values())))
     rows = {name: [row for split in splits for row in _table_rows(split, columns[name][split])] for name in names}
-    labels = [label for label, _, _ in rows[names[0]]]
+    labels = [label for label, _ in rows[names[0]]]
     width = max([14] + [len(label) + 2 for label in labels])
     lines = ["split".ljust(width) + "".join(n.rjust(20) for n in names)]
     for k, label in enumerate(labels):
-        lines.append(label.ljust(width) + "".join(
-            f"{100 * rows[name][k][1]:6.1f}% ± {100 * rows[name][k][2]:4.1f}%".rjust(20) for name in names))
+        lines.append(label.ljust(width) + "".join(rows[name][k][1].rjust(20) for name in names))
     return "\n".join(lines)
 
 

@@ -96,7 +96,8 @@ class Episodes(NamedTuple):
     sample_logp float32[B, R, T, N] (the sampler's log-probs, at the sampling temperature), reward float32[B, R, T],
     turn_valid bool[B, R, T] (the turn was played), success bool[B], overflow bool[B] (a prompt or feedback did
     not fit its width: the episode ended there, as a failure), counts {rate: (hits int32[B], trials int32[B])}
-    summed over the episode's env steps (forced steps included), state: the final env states,
+    summed over the episode's env steps (forced steps included), outcomes int32[B, K]: replies per verdict of
+    `env.outcome_names` (K of them; they sum to the played turns), state: the final env states,
     conversation_state: image tasks, the env state at each conversation's opening (leaves [B, R, ...]: what its
     image is rendered from), else None.
     """
@@ -112,18 +113,20 @@ class Episodes(NamedTuple):
     success: jax.Array
     overflow: jax.Array
     counts: dict[str, tuple[jax.Array, jax.Array]]
+    outcomes: jax.Array
     state: Any
     conversation_state: Any = None
 
 
 class _Progress(NamedTuple):
-    """Per-episode carry across conversations: env state, done, success, overflow, counts."""
+    """Per-episode carry across conversations: env state, done, success, overflow, counts, outcomes."""
 
     state: Any
     done: jax.Array
     success: jax.Array
     overflow: jax.Array
     counts: dict[str, tuple[jax.Array, jax.Array]]
+    outcomes: jax.Array
 
 
 class _Turn(NamedTuple):
@@ -147,9 +150,11 @@ def _apply_step(env, env_params, progress: _Progress, rows: jax.Array, reply: ja
     counts = {name: (hits + (rows & out.counts[name][0]).astype(jnp.int32),
                      trials + (rows & out.counts[name][1]).astype(jnp.int32))
               for name, (hits, trials) in progress.counts.items()}
+    outcomes = progress.outcomes + (rows[:, None] & (out.outcome[:, None] == jnp.arange(
+        progress.outcomes.shape[1]))).astype(jnp.int32)
     progress = _Progress(state=_where_rows(rows, stepped, progress.state), done=progress.done | (rows & out.done),
                          success=jnp.where(rows, out.success, progress.success), overflow=progress.overflow,
-                         counts=counts)
+                         counts=counts, outcomes=outcomes)
     return progress, out
 
 
@@ -298,7 +303,7 @@ def rollout(env: protocol.Environment, decoder: sampler.DecodeModel, params: Any
         return progress, (out, opening)
 
     progress = _Progress(env_state, jnp.zeros((batch,), bool), jnp.zeros((batch,), bool), jnp.zeros((batch,), bool),
-                         empty_counts)
+                         empty_counts, jnp.zeros((batch, len(env.outcome_names)), jnp.int32))
     progress, ((slots, valid, turns), opening) = jax.lax.scan(round_, progress,
                                                                jax.random.split(rng, env.conversations))
     rounds_first = lambda x: jnp.moveaxis(x, 0, 1)  # [R, B, ...] -> [B, R, ...]
@@ -307,7 +312,8 @@ def rollout(env: protocol.Environment, decoder: sampler.DecodeModel, params: Any
         slot_tokens=rounds_first(slots), slot_valid=rounds_first(valid), reply_tokens=turns_inner(turns.tokens),
         reply_len=turns_inner(turns.length), reply_start=turns_inner(turns.start),
         sample_logp=turns_inner(turns.logp), reward=turns_inner(turns.reward), turn_valid=turns_inner(turns.played),
-        success=progress.success, overflow=progress.overflow, counts=progress.counts, state=progress.state,
+        success=progress.success, overflow=progress.overflow, counts=progress.counts, outcomes=progress.outcomes,
+        state=progress.state,
         conversation_state=jax.tree_util.tree_map(rounds_first, opening))
 
 

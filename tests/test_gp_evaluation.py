@@ -31,7 +31,10 @@ SPLIT_SUITS = {"L": {"in_dist": "HSDC", "rule_ood": "HSDC"},
                "VL": {"in_dist": "SC", "rule_ood": "SC", "visual_ood": "HD", "recognition": "SC"}}
 ALL_SPLITS = [(mode, split) for mode, splits in SPLIT_SUITS.items() for split in splits]
 SPLIT_IDS = [f"{mode}-{split}" for mode, split in ALL_SPLITS]
-RESULT_KEYS = {"split", "episodes", "success", "success_stderr", "mean_reward", "replies", "overflow"}
+RESULT_KEYS = {"split", "episodes", "success", "success_stderr", "mean_reward", "replies", "overflow", "outcomes"}
+# the verifier's verdict (`GPTask.outcome_names`) on a reply of each scripted kind under the face-10 rule
+KIND_OUTCOMES = {"correct": "correct", "no_solution": "wrong_value", "wrong_numbers": "wrong_numbers",
+                 "illegal": "illegal_formula", "misread": "misread_cards", "memorised": "correct"}
 RECOGNITION_KEYS = {"recognition_accuracy", "recognition_accuracy_stderr", "recognition_replies"}
 
 
@@ -88,20 +91,34 @@ def stderr(p, n):
     return math.sqrt(p * (1 - p) / n)
 
 
+def outcome_of(kind, mode, face10):
+    """The verdict on a reply of a scripted kind: GP-L does not check the cards; the face-10 answer uses numbers the
+    hand lacks under the 11/12/13 rule."""
+    if kind == "misread" and mode == "L":
+        return "correct"
+    if kind == "memorised" and not face10:
+        return "wrong_numbers"
+    return KIND_OUTCOMES[kind]
+
+
 def expected_numbers(kinds, mode, split, verify_iter):
     """The spec §5 numbers for episodes whose every reply is of kinds[i]: an episode succeeds on its first reply or
-    fails after verify_iter replies (recognition: one reply); the mean reward is over every evaluated reply. GP-VL
-    also reports the recognition accuracy of every split: the fraction of evaluated replies that read the cards
-    right (not -1.5), its standard error over those replies, and their count."""
+    fails after verify_iter replies (recognition: one reply); the mean reward is over every evaluated reply, and
+    the outcomes count each reply's verdict (they sum to the replies). GP-VL also reports the recognition accuracy
+    of every split: the fraction of evaluated replies that read the cards right (not -1.5), its standard error over
+    those replies, and their count."""
     revise = split != "recognition"  # recognition: one reply per episode, verification off (spec §5)
     per_episode = [reward_of(kind, mode, face_cards_as_10(split)) for kind in kinds]
-    rewards = []
-    for r in per_episode:
-        rewards += [r] if r == 5 or not revise else [r] * verify_iter
+    rewards, outcomes = [], {name: 0 for name in ("correct", "partial", "wrong_value", "wrong_numbers",
+                                                  "illegal_formula", "misread_cards")}
+    for kind, r in zip(kinds, per_episode):
+        replies = 1 if r == 5 or not revise else verify_iter
+        rewards += [r] * replies
+        outcomes[outcome_of(kind, mode, face_cards_as_10(split))] += replies
     n = len(kinds)
     p = sum(r == 5 for r in per_episode) / n
     out = {"success": p, "success_stderr": stderr(p, n), "mean_reward": float(np.mean(rewards)),
-           "replies": len(rewards), "episodes": n, "overflow": 0}
+           "replies": len(rewards), "episodes": n, "overflow": 0, "outcomes": outcomes}
     if mode == "VL":
         q = 1 - sum(r == REPLY_REWARDS["misread"] for r in rewards) / len(rewards)
         out.update(recognition_accuracy=q, recognition_accuracy_stderr=stderr(q, len(rewards)),
@@ -111,7 +128,8 @@ def expected_numbers(kinds, mode, split, verify_iter):
 
 def check(result, expected):
     for key, value in expected.items():
-        assert result[key] == pytest.approx(value, abs=1e-9), (key, result)
+        assert result[key] == (value if key == "outcomes" else pytest.approx(value, abs=1e-9)), (key, result)
+    assert sum(result["outcomes"].values()) == result["replies"]
 
 
 def test_tasks_budget_and_splits(smollm2_tokenizer):
@@ -234,3 +252,4 @@ def test_memorising_policy_fails_rule_ood(evaluators, mode):
     assert all(max(ranks) >= 11 for ranks, _, _ in hands)
     check(result, {"success": 0.0, "success_stderr": 0.0, "replies": VERIFY_ITER * EPISODES,
                    "mean_reward": MEMORISED_OOD_REWARD})
+    assert result["outcomes"]["wrong_numbers"] == VERIFY_ITER * EPISODES  # the memorisation shows as wrong numbers

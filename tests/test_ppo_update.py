@@ -197,7 +197,7 @@ def test_gae_runs_across_the_conversations_of_an_episode():
         reply_tokens=jnp.zeros((b, r, t, n), jnp.int32), reply_len=jnp.ones((b, r, t), jnp.int32),
         reply_start=jnp.ones((b, r, t), jnp.int32), sample_logp=jnp.zeros((b, r, t, n), jnp.float32),
         reward=jnp.asarray(reward), turn_valid=jnp.asarray(turn_valid), success=jnp.zeros((b,), bool),
-        overflow=jnp.zeros((b,), bool), counts={}, state=None)
+        overflow=jnp.zeros((b,), bool), counts={}, outcomes=jnp.zeros((b, 0), jnp.int32), state=None)
     index, row_valid = conversation_rows(turn_valid, 5)
     np.testing.assert_array_equal(index[row_valid], [0, 1, 2, 5])  # played conversations, episode-major
     assert len(index) == 5 and row_valid.sum() == 4

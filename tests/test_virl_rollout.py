@@ -120,6 +120,10 @@ def test_rewards_outcomes_and_turns_equal_the_host_replay(rolled_out, task, smol
         assert (ep.reward[b][~played] == 0).all()
         hits, trials = (int(x[b]) for x in ep.counts["step_accuracy"])
         assert (bool(ep.success[b]), trials, hits) == (host.success, host.steps, host.correct), b
+        verdicts = [{1.0: "correct", -1.0: "wrong_action", -1.5: "wrong_observation"}[reward]
+                    for c in host.conversations for reward in c.rewards]  # every reply, not the forced step
+        assert dict(zip(env.outcome_names, ep.outcomes[b].tolist())) == {
+            name: verdicts.count(name) for name in env.outcome_names}, b
         assert (int(ep.state.num_steps[b]), int(ep.state.num_correct[b])) == (host.steps, host.correct)
         assert bool(ep.state.done[b])
     # the scripts do what they are meant to (else the checks above prove little)
@@ -200,11 +204,13 @@ def test_evaluator_scores_oracle_and_wrong_policies(evaluator, model, templates)
     assert (r["success"], r["success_stderr"], r["step_accuracy"], r["step_accuracy_stderr"]) == (1.0, 0.0, 1.0, 0.0)
     assert r["episodes"] == ROWS and r["overflow"] == 0 and r["mean_reward"] == 1.0
     assert r["steps"] == r["replies"] == len(model.asked)  # one step per reply: no retries, no forced failures
+    assert r["outcomes"] == {"correct": r["replies"], "wrong_action": 0, "wrong_observation": 0}
     assert len({route(q.prompt) for q in model.asked if q.point.t == 0}) > 1  # routes drawn at random
     model.reset(vs.wrong)
     r = evaluator.evaluate("in_distribution", episodes=ROWS, batch_size=ROWS, max_new_tokens=MAX_NEW, seed=2)
     assert (r["success"], r["step_accuracy"], r["steps"], r["replies"]) == (0.0, 0.0, 3 * ROWS, 2 * ROWS)
     assert r["mean_reward"] == -1.0 and model.not_understood == []
+    assert r["outcomes"] == {"correct": 0, "wrong_action": 2 * ROWS, "wrong_observation": 0}  # at the start point
 
 
 def test_evaluator_runs_visual_ood_routes_once_in_file_order(evaluator, model, templates):

@@ -19,6 +19,11 @@ is not a transition of any reply; its counts (below) are counted.
 `Step.counts` are per-step (hit, trial) booleans of the task's evaluation rates, summed over every `step` call of an
 episode (e.g. V-IRL per-step accuracy: hit = correct action, trial = every call, retries and forced failures
 included). `Environment.count_names` maps each rate to the name of its trial count in results.
+
+`Step.outcome` is the verifier's verdict on the reply, an index into `Environment.outcome_names` (GP: correct,
+partial, wrong value, wrong numbers, illegal formula, misread cards; V-IRL: correct, wrong action, wrong
+observation), -1 for the forced step and ended episodes: the distribution over replies shows what a policy does
+wrong even where success is near zero (e.g. J/Q/K still read as 10 under the 11/12/13 rule).
 """
 from __future__ import annotations
 
@@ -43,7 +48,7 @@ class Step(NamedTuple):
     reward float32[]; done bool[] (episode over); success bool[] (the episode has succeeded); fresh bool[] (the
     next reply opens a new conversation); feedback_ids int32[F] right-padded with feedback_len int32[] (valid when
     the conversation continues), feedback_overflow bool[] (the feedback did not fit F); counts: {rate name:
-    (hit bool[], trial bool[])}.
+    (hit bool[], trial bool[])}; outcome int32[]: the reply's verdict in `Environment.outcome_names` (-1: none).
     """
 
     reward: jax.Array
@@ -54,6 +59,7 @@ class Step(NamedTuple):
     feedback_len: jax.Array
     feedback_overflow: jax.Array
     counts: dict[str, tuple[jax.Array, jax.Array]]
+    outcome: jax.Array
 
 
 class Environment(abc.ABC):
@@ -66,7 +72,8 @@ class Environment(abc.ABC):
     routes), action_key (the text after which a reply's action part starts, for PPO's thought/action split of the
     reply log-prob, training.md §4.4; None: the action part is the reply's last tokens), trims_replies (the chat
     template of the task's conversations trims assistant contents, e.g. Llama 3's `| trim`: a re-rendered
-    conversation shows earlier replies trimmed, `rollout`'s trim).
+    conversation shows earlier replies trimmed, `rollout`'s trim), outcome_names (the verdicts of
+    `Step.outcome`).
     """
 
     prompt_width: int
@@ -78,6 +85,7 @@ class Environment(abc.ABC):
     ordered_episodes: int | None = None
     action_key: str | None = None
     trims_replies: bool = False
+    outcome_names: tuple[str, ...] = ()
 
     def static_key(self) -> tuple:
         """Everything that, besides the params' pytree structure and shapes, decides what the methods trace: equal

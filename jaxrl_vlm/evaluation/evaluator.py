@@ -2,10 +2,11 @@
 with, at the evaluation's sampling settings (temperature 0 = greedy).
 
 One result schema for every split of every task:
-    {"split", "episodes", "success", "success_stderr", "mean_reward", "replies", "overflow"}
+    {"split", "episodes", "success", "success_stderr", "mean_reward", "replies", "overflow", "outcomes"}
 plus, per count rate of the task (`Environment.count_names`), the rate, its standard error and its trial count,
 e.g. V-IRL `step_accuracy`, `step_accuracy_stderr`, `steps`, GP-VL `recognition_accuracy`, ... Standard errors are
-binomial: over episodes for success, over trials for a rate. mean_reward is over the replies played.
+binomial: over episodes for success, over trials for a rate. mean_reward is over the replies played; outcomes:
+{verdict: replies} over the task's `outcome_names` (they sum to `replies`; `outcome_shares` divides them).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from tqdm.auto import tqdm
 
 from jaxrl_vlm import rollout as rollout_lib
@@ -61,6 +63,7 @@ class Evaluator:
         key = jax.random.key(seed)
         totals = {"success": 0, "replies": 0, "reward": 0.0, "overflow": 0}
         counts = {name: [0, 0] for name in env.count_names}
+        outcomes = np.zeros(len(env.outcome_names), np.int64)
         progress = tqdm(total=episodes, desc=f"eval {split}", unit="episode", dynamic_ncols=True,
                         disable=jax.process_index() != 0)
         for start in range(0, episodes, batch_size):
@@ -77,6 +80,7 @@ class Evaluator:
             totals["replies"] += int(played.sum())
             totals["reward"] += float(to_host(out.reward)[:n][played].sum())
             totals["overflow"] += int(to_host(out.overflow)[:n].sum())
+            outcomes += to_host(out.outcomes)[:n].sum(axis=0)
             for name, (hits, trials) in out.counts.items():
                 counts[name][0] += int(to_host(hits)[:n].sum())
                 counts[name][1] += int(to_host(trials)[:n].sum())
@@ -86,12 +90,19 @@ class Evaluator:
         result: dict[str, Any] = {
             "split": split, "episodes": episodes, "success": p, "success_stderr": binomial_stderr(p, episodes),
             "mean_reward": totals["reward"] / totals["replies"] if totals["replies"] else float("nan"),
-            "replies": totals["replies"], "overflow": totals["overflow"]}
+            "replies": totals["replies"], "overflow": totals["overflow"],
+            "outcomes": {name: int(k) for name, k in zip(env.outcome_names, outcomes)}}
         for name, (hits, trials) in counts.items():
             rate = hits / trials if trials else float("nan")
             result.update({name: rate, f"{name}_stderr": binomial_stderr(rate, trials) if trials else float("nan"),
                            env.count_names[name]: trials})
         return result
+
+
+def outcome_shares(result: Mapping[str, Any]) -> dict[str, float]:
+    """{verdict: share of the replies} of a result (NaN without replies)."""
+    replies = result["replies"]
+    return {name: k / replies if replies else float("nan") for name, k in result["outcomes"].items()}
 
 
 def headline(result: Mapping[str, Any]) -> float:

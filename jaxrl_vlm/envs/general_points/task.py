@@ -4,6 +4,9 @@
 `make_task(tokenizer, split, ...)` builds the static `GPTask` and its `GPTaskParams` (env params, the prompt codec
 and the card atlas for GP-VL) for one of the spec's splits (`SPLITS`, generalpoints.md §5). Counts: GP-VL reports
 `recognition_accuracy` over evaluated replies (a reply that misreads the cards, reward -1.5, is a miss).
+Outcomes (`OUTCOMES`, from the verifier's feedback fragments; penalties stack, so the gravest one names a reply):
+misread cards (GP-VL), then an illegal formula (characters or sequence), then wrong numbers (not in the hand, used
+too often or not at all: J/Q/K read as 10 under the 11/12/13 rule land here), else correct / partial / wrong value.
 """
 from __future__ import annotations
 
@@ -11,14 +14,37 @@ from typing import Any, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 from jaxrl_vlm.envs import protocol
 from jaxrl_vlm.envs.general_points import env as gp_env
 from jaxrl_vlm.envs.general_points import prompt_tokens
 from jaxrl_vlm.envs.general_points.cards import CANVAS_SIZE, card_atlas, render_hands
+from jaxrl_vlm.envs.general_points import verifier
 from jaxrl_vlm.envs.general_points.verifier import REWARD_INCORRECT_VISION
 from jaxrl_vlm.shapes import round_up
+
+OUTCOMES = ("correct", "partial", "wrong_value", "wrong_numbers", "illegal_formula", "misread_cards")
+
+
+def _outcome_of_fragment() -> np.ndarray:
+    """int32[F]: the outcome (index into OUTCOMES, graver = higher) each feedback fragment shows, -1 for none (card
+    names, list brackets, separators, step_limit_reached); a reply's outcome is the gravest of its fragments."""
+    shows = {verifier.MSG_CORRECT: "correct", verifier.MSG_PARTIAL: "partial", verifier.MSG_NO_MATCH: "wrong_value",
+             verifier.MSG_PARTLY_CORRECT_TAIL: "wrong_value", verifier.MSG_INVALID_NUMBERS: "wrong_numbers",
+             verifier.MSG_TOO_MANY_HEAD: "wrong_numbers", verifier.MSG_UNUSED: "wrong_numbers",
+             verifier.MSG_ILLEGAL: "illegal_formula", verifier.MSG_AFTER_NUMBER: "illegal_formula",
+             verifier.MSG_AFTER_OPERATOR: "illegal_formula", verifier.MSG_BEFORE_OPEN: "illegal_formula",
+             verifier.MSG_AFTER_CLOSE: "illegal_formula", verifier.MSG_UNMATCHED: "illegal_formula",
+             verifier.MSG_VISION: "misread_cards"}
+    table = np.full(len(gp_env.feedback_fragment_texts()), -1, np.int32)
+    for i, text in enumerate(gp_env.feedback_fragment_texts()):
+        text = text.removeprefix(", ")
+        for message, outcome in shows.items():
+            if text == message or (message.endswith(": ") and text.startswith(message)):
+                table[i] = OUTCOMES.index(outcome)
+    return table
 
 
 class GPSplit(NamedTuple):
@@ -61,6 +87,7 @@ class GPTask(protocol.Environment):
         self.vision = not language_only
         self.resolution = resolution
         self.action_key = ' "formula":'
+        self.outcome_names = OUTCOMES
         self.count_names = {} if language_only else {"recognition_accuracy": "recognition_replies"}
 
     def static_key(self) -> tuple:
@@ -80,9 +107,12 @@ class GPTask(protocol.Environment):
         suffix = revision_suffix(params.codec, info["fragments"][None], info["num_fragments"][None],
                                  self.feedback_width)
         counts = {name: (evaluated & (reward != REWARD_INCORRECT_VISION), evaluated) for name in self.count_names}
+        shown = jnp.where(jnp.arange(info["fragments"].shape[0]) < info["num_fragments"],
+                          jnp.asarray(_outcome_of_fragment())[info["fragments"]], -1)
+        outcome = jnp.where(evaluated, jnp.max(shown), -1)
         return new, protocol.Step(reward=reward, done=done, success=new.success, fresh=jnp.zeros((), bool),
                                   feedback_ids=suffix.ids[0], feedback_len=suffix.lengths[0],
-                                  feedback_overflow=suffix.overflow[0], counts=counts)
+                                  feedback_overflow=suffix.overflow[0], counts=counts, outcome=outcome)
 
     def image(self, state, params: GPTaskParams) -> jax.Array:
         return render_hands(state.ranks[None], state.suits[None], params.atlas, resolution=self.resolution)[0]

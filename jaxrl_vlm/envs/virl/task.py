@@ -7,6 +7,8 @@ is the forced failure that ends the episode (§1.6). A correct move opens the ne
 `stop()` ends the episode with success if no point was failed.
 
 Counts: `step_accuracy` over every env step (retries and the forced failure included, §1.8), trials `steps`.
+Outcomes (`OUTCOMES`, per reply; not the forced failure): correct, wrong_action (the verifier's "incorrect action",
+-1), wrong_observation (an intersection claimed or missed, -1.5).
 
 PPO's reply log-prob split (training.md §4.4): `action_key` is None, so the action part is a reply's last tokens
 (`ppo_math.action_start`'s fallback), as in the reference's runs, whose GP pattern never matches a V-IRL reply: the
@@ -41,6 +43,11 @@ from jaxrl_vlm.envs.virl.prompts import FEEDBACK_PREFIX
 from jaxrl_vlm.envs.virl.verifier import BUDGET_EXHAUSTED_MESSAGE, FEEDBACK_MESSAGES
 from jaxrl_vlm.envs.virl.views import view_grid
 from jaxrl_vlm.shapes import round_up
+
+
+OUTCOMES = ("correct", "wrong_action", "wrong_observation")
+# the outcome of each verifier feedback code (0 correct, 1-2 the observation messages, 3 the action message)
+_OUTCOME_OF_FEEDBACK = (0, 2, 2, 1)
 
 
 @struct.dataclass
@@ -93,6 +100,7 @@ class VirlTask(protocol.Environment):
         self.view_size = view_size
         self.resolution = resolution
         self.count_names = {"step_accuracy": "steps"}
+        self.outcome_names = OUTCOMES
         self.ordered_episodes = ordered_episodes
 
     def static_key(self) -> tuple:
@@ -115,10 +123,12 @@ class VirlTask(protocol.Environment):
         new, out = self.env.step(state, reply, reply_len, params.env)
         correct = active & (out.reward == 1.0)
         code = jnp.clip(new.feedback, 0, BUDGET_FEEDBACK)
+        replied = active & (code < BUDGET_FEEDBACK)
+        outcome = jnp.where(replied, jnp.asarray(_OUTCOME_OF_FEEDBACK + (-1,), jnp.int32)[code], -1)
         return new, protocol.Step(
             reward=out.reward, done=new.done, success=new.done & new.is_success, fresh=correct & ~new.done,
             feedback_ids=params.feedback[code], feedback_len=params.feedback_len[code],
-            feedback_overflow=jnp.zeros((), bool), counts={"step_accuracy": (correct, active)})
+            feedback_overflow=jnp.zeros((), bool), counts={"step_accuracy": (correct, active)}, outcome=outcome)
 
 
     def image(self, state, params: VirlTaskParams) -> jax.Array:
