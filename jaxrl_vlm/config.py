@@ -11,9 +11,11 @@ import os
 
 import ml_collections as mlc
 
-JOBS = ("sft", "eval", "ppo")
+JOBS = ("sft", "eval", "ppo", "study")
 DTYPES = ("float32", "bfloat16")
 TRAINABLE = ("all", "freeze_vision", "freeze_vision_and_projector")
+SFT_SCHEDULES = ("cosine", "constant")
+RL_ALGORITHMS = ("ppo",)
 EMBEDDED_MODEL = "embedded:smollm2"
 PPO_INIT_BASE = "model.path"  # ppo.init value: start PPO from model.path itself (no SFT warm start)
 TASKS = ("gp", "virl")
@@ -35,6 +37,9 @@ def base_config(job: str, run_name: str) -> mlc.ConfigDict:
     accumulation within a mini-batch), Adam and cosine settings (lr_max_steps: the cosine period in updates), PPO
     coefficients (clip, value_coef, gamma, lam, thought_coef, kl_coef, entropy_coef), rollout sampling (temperature,
     top_p, max_new_tokens) and feedback_tokens (revision-turn feedback budget; a longer feedback ends the episode).
+    study (job 'study', `jaxrl_vlm.study`): init_steps (SFT steps of Init), budget_gflops (training compute of each
+    branch beyond Init), points (evaluations per branch, evenly spaced over the budget), branches ('sft' and RL
+    algorithms, comma-separated).
     eval.every: evaluate every N PPO updates (0: before and after only). eval.trim_replies: with a chat template that
     trims contents (Llama 3), revision turns show earlier replies trimmed, as the reference re-renders them (PPO's
     rollouts keep them as sampled; no effect on ChatML templates such as SmolLM2's)."""
@@ -51,8 +56,8 @@ def base_config(job: str, run_name: str) -> mlc.ConfigDict:
                                  ood_route_dir="", city_cache="data/virl_cities", city_routes=1000))
     c.data = mlc.ConfigDict(dict(num_examples=4096, seq_len=320, seed=0, data_dir=""))
     c.sft = mlc.ConfigDict(dict(steps=100, global_batch_size=16, micro_batches=1, lr=1e-5, warmup_ratio=0.03,
-                                end_lr=0.0, b1=0.9, b2=0.98, eps=1e-7, weight_decay=0.0, max_grad_norm=1.0,
-                                trainable="all", remat=True))
+                                end_lr=0.0, schedule="cosine", b1=0.9, b2=0.98, eps=1e-7, weight_decay=0.0,
+                                max_grad_norm=1.0, trainable="all", remat=True))
     c.ppo = mlc.ConfigDict(dict(init="", updates=20, episodes=8, epochs=4, minibatches=2, micro_batches=1,
                                 lr=1e-6, end_lr=1e-9, lr_max_steps=100, b1=0.9, b2=0.999, eps=1e-7, weight_decay=0.0,
                                 max_grad_norm=1.0, clip=0.1, value_coef=0.5, gamma=0.9, lam=0.95, temperature=0.2,
@@ -62,6 +67,7 @@ def base_config(job: str, run_name: str) -> mlc.ConfigDict:
     c.eval = mlc.ConfigDict(dict(every=0, episodes=234, batch_size=64, max_new_tokens=256, temperature=0.0,
                                  splits="in_dist,rule_ood", checkpoint="", trim_replies=True))
     c.log = mlc.ConfigDict(dict(tensorboard=True, wandb_project="", every=1))
+    c.study = mlc.ConfigDict(dict(init_steps=4, budget_gflops=1e5, points=4, branches="sft,ppo"))
     c.lock()
     return c
 
@@ -96,6 +102,27 @@ def eval_splits(config: mlc.ConfigDict) -> list[str]:
     return splits
 
 
+def study_branches(config: mlc.ConfigDict) -> list[str]:
+    """The study's branches (config.study.branches): 'sft' and RL algorithms, checked."""
+    branches = [b.strip() for b in config.study.branches.split(",") if b.strip()]
+    allowed = ("sft",) + RL_ALGORITHMS
+    bad = [b for b in branches if b not in allowed]
+    if bad or not branches or len(set(branches)) != len(branches):
+        raise ValueError(f"study.branches {config.study.branches!r}: expected distinct names of {list(allowed)}")
+    return branches
+
+
+def _validate_study(config: mlc.ConfigDict) -> None:
+    study = config.study
+    for key in ("init_steps", "points"):
+        _check(isinstance(study[key], int) and study[key] >= 1, f"study.{key}", study[key], "an int >= 1")
+    _check(study.budget_gflops > 0, "study.budget_gflops", study.budget_gflops, "> 0 (GFLOPs per branch)")
+    _check(config.sft.steps > study.init_steps, "sft.steps", config.sft.steps,
+           f"> study.init_steps={study.init_steps} (the SFT run's cap: Init, then the SFT branch)")
+    _check(config.ppo.init == "", "ppo.init", config.ppo.init, "'' in a study (its RL branches start from its Init)")
+    study_branches(config)
+
+
 def _check(condition: bool, key: str, value, expected: str) -> None:
     if not condition:
         raise ValueError(f"config.{key}={value!r} is invalid: expected {expected}")
@@ -121,7 +148,7 @@ def _validate_ppo(config: mlc.ConfigDict, shards: int) -> None:
                 "feedback_tokens", "lr_max_steps"):
         _check(isinstance(ppo[key], int) and ppo[key] >= 1, f"ppo.{key}", ppo[key], "an int >= 1")
     parts = ppo.minibatches * ppo.micro_batches
-    shards = shards if config.job == "ppo" else 1  # other jobs never split PPO batches
+    shards = shards if config.job in ("ppo", "study") else 1  # other jobs never split PPO batches
     _check(ppo.episodes % (parts * shards) == 0, "ppo.episodes", ppo.episodes,
            f"a multiple of ppo.minibatches x ppo.micro_batches x the mesh's batch shards (data x fsdp) = "
            f"{ppo.minibatches} x {ppo.micro_batches} x {shards}: each micro-batch is split over the batch shards")
@@ -196,13 +223,16 @@ def validate(config: mlc.ConfigDict) -> None:
     _check(sft.global_batch_size % sft.micro_batches == 0, "sft.micro_batches", sft.micro_batches,
            f"a divisor of sft.global_batch_size={sft.global_batch_size}")
     shards = batch_shards(config.mesh)
-    if config.job == "sft" or (config.job == "ppo" and config.ppo.init == ""):  # the PPO job's SFT warm start
+    if config.job in ("sft", "study") or (config.job == "ppo" and config.ppo.init == ""):  # SFT, incl. warm starts
         _check((sft.global_batch_size // sft.micro_batches) % shards == 0, "sft.global_batch_size",
                sft.global_batch_size, f"a multiple of sft.micro_batches x the mesh's batch shards (data x fsdp) = "
                f"{sft.micro_batches} x {shards}: each micro-batch is split over the batch shards")
     _check(0 <= sft.warmup_ratio <= 1, "sft.warmup_ratio", sft.warmup_ratio, "in [0, 1]")
     _check(sft.trainable in TRAINABLE, "sft.trainable", sft.trainable, f"one of {TRAINABLE}")
+    _check(sft.schedule in SFT_SCHEDULES, "sft.schedule", sft.schedule, f"one of {SFT_SCHEDULES}")
     _validate_ppo(config, shards)
+    if config.job == "study":
+        _validate_study(config)
     _check(config.checkpoint.keep >= 1, "checkpoint.keep", config.checkpoint.keep, ">= 1")
     _check(config.checkpoint.every >= 1, "checkpoint.every", config.checkpoint.every, ">= 1")
     eval_splits(config)  # the split names, for either task

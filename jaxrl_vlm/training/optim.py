@@ -19,6 +19,14 @@ def warmup_cosine_schedule(peak_lr: float, total_steps: int, warmup_steps: int, 
     )
 
 
+def warmup_constant_schedule(peak_lr: float, warmup_steps: int) -> optax.Schedule:
+    """Linear warm-up from 0 to peak_lr over warmup_steps, then constant (the reference's effective SFT schedule,
+    training.md §3.3: its DeepSpeed WarmupLR replaced the configured cosine)."""
+    if warmup_steps < 0:
+        raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+    return optax.warmup_constant_schedule(init_value=0.0, peak_value=peak_lr, warmup_steps=warmup_steps)
+
+
 def trainable_mask(params, frozen_patterns: Sequence[str]):
     """Pytree of bools: False for leaves whose '/'-joined path matches any regex in frozen_patterns."""
     compiled = [re.compile(p) for p in frozen_patterns]

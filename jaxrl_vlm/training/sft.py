@@ -1,10 +1,16 @@
 """The SFT job: expert data -> a trained, checkpointed, exported model (spec training.md §3).
 
 Choices (the reference's effective behaviour is in training.md §3.3): AdamW (b1 0.9, b2 0.98, eps 1e-7, no weight
-decay), global-norm clipping at 1.0, linear warm-up over `warmup_ratio` of the steps then cosine decay (the evident
-intent; the reference's DeepSpeed JSON silently made it warm-up then constant). Loss: mean cross-entropy over the
-assistant reply tokens including the end-of-turn token (conversation.py). Checkpoints hold the train state and the
-data position, so a killed run resumes on exactly the batches and the loss curve of an uninterrupted run.
+decay), global-norm clipping at 1.0, linear warm-up over `warmup_ratio` of the steps then cosine decay
+(`sft.schedule='cosine'`, the evident intent) or constant (`'constant'`: what the reference's DeepSpeed JSON
+silently made it; the study uses it, so where a branch stops does not change its schedule). Loss: mean
+cross-entropy over the assistant reply tokens including the end-of-turn token (conversation.py). Checkpoints hold
+the train state, the data position and the evaluation history, so a killed run resumes on exactly the batches and
+the loss curve of an uninterrupted run.
+
+Evaluations at a compute schedule (`train_sft(..., evaluate=..., eval_gflops=...)`, the study's SFT branch): after
+the step whose compute reaches the next scheduled GFLOPs, the params are evaluated, the record {'step', 'gflops',
+'results'} joins the history and a checkpoint is saved with it; the run ends after the last scheduled point.
 """
 from __future__ import annotations
 
@@ -12,7 +18,7 @@ import dataclasses
 import functools
 import os
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import ml_collections as mlc
@@ -30,7 +36,7 @@ from jaxrl_vlm.models.tokenizer import load_tokenizer
 from jaxrl_vlm.training.checkpoint import Checkpointer
 from jaxrl_vlm.training.flops import ComputeMeter, param_count
 from jaxrl_vlm.training.metrics import MetricsLogger
-from jaxrl_vlm.training.optim import adamw, trainable_mask, warmup_cosine_schedule
+from jaxrl_vlm.training.optim import adamw, trainable_mask, warmup_constant_schedule, warmup_cosine_schedule
 from jaxrl_vlm.training.sft_step import TrainState, init_train_state, make_sft_step
 
 FROZEN_PATTERNS = {
@@ -98,7 +104,9 @@ def make_apply_fn(model: Any, param_dtype: str, compute_dtype: str, remat: bool)
 def build_optimizer(config: mlc.ConfigDict, params: Any):
     """(optax transformation, learning-rate schedule) of config.sft for a params pytree."""
     sft = config.sft
-    schedule = warmup_cosine_schedule(sft.lr, sft.steps, int(round(sft.warmup_ratio * sft.steps)), sft.end_lr)
+    warmup = int(round(sft.warmup_ratio * sft.steps))
+    schedule = (warmup_constant_schedule(sft.lr, warmup) if sft.schedule == "constant"
+                else warmup_cosine_schedule(sft.lr, sft.steps, warmup, sft.end_lr))
     tx = adamw(schedule, b1=sft.b1, b2=sft.b2, eps=sft.eps, weight_decay=sft.weight_decay,
                max_grad_norm=sft.max_grad_norm, trainable=trainable_mask(params, FROZEN_PATTERNS[sft.trainable]))
     return tx, schedule
@@ -118,14 +126,17 @@ def mesh_of(model: Any) -> Mesh:
 
 
 def train_sft(config: mlc.ConfigDict, *, model: Any = None, tokenizer: Any = None,
-              stop_after_step: int | None = None) -> tuple[dict[str, Any], TrainState]:
+              stop_after_step: int | None = None, evaluate: Callable[[Any], dict[str, dict]] | None = None,
+              eval_gflops: Sequence[float] = ()) -> tuple[dict[str, Any], TrainState]:
     """Run (or resume) the SFT job of `config`; returns (summary: final loss, steps, tokens trained on (non-padding,
     this host's count x process count), their compute 6 N D_sft in GFLOPs (`flops.ComputeMeter`; logged with every
-    metrics row), paths; the final TrainState).
+    metrics row), the evaluation history, paths; the final TrainState).
 
     model/tokenizer: already loaded ones (default: load config.model.path onto the configured mesh). The model's
-    param buffers are donated to the training state. stop_after_step: end the process's work after that global step
-    as if killed (tests of exact resume).
+    param buffers are donated to the training state. stop_after_step: pause after that global step (a checkpoint is
+    saved there; a later call resumes), e.g. the study's Init or tests of exact resume. evaluate(params) ->
+    {split: result} with eval_gflops (ascending): evaluate at that compute schedule and end after its last point
+    (module docstring).
     """
     config_lib.validate(config)
     sft = config.sft
@@ -149,11 +160,15 @@ def train_sft(config: mlc.ConfigDict, *, model: Any = None, tokenizer: Any = Non
                                 async_save=config.checkpoint.async_save)
     start = 0
     meter = ComputeMeter(param_count(model.params))
+    history: list[dict[str, Any]] = []
     restored = checkpointer.restore_latest(state) if config.checkpoint.resume else None
     if restored is not None:
         start, state, metadata = restored
         batcher.restore(metadata["batcher"])
         meter.add(train=int(metadata.get("tokens", 0)))
+        history = list(metadata.get("history", []))
+    points = sorted(eval_gflops) if evaluate is not None else []
+    next_point = sum(p <= meter.gflops for p in points)  # a point reached before a save was evaluated before it
     logger = MetricsLogger(config.out_dir, sft.steps, enabled=jax.process_index() == 0,
                            tensorboard=config.log.tensorboard, wandb_project=config.log.wandb_project or None,
                            config=config.to_dict(), desc="sft", initial_step=start)
@@ -161,6 +176,8 @@ def train_sft(config: mlc.ConfigDict, *, model: Any = None, tokenizer: Any = Non
     last_loss = float("nan")
     tokens_seen, clock, logged = 0, time.perf_counter(), start
     end = sft.steps if stop_after_step is None else min(sft.steps, stop_after_step)
+    if points and next_point == len(points):
+        end = start  # every scheduled evaluation is done
     for step in range(start, end):
         batch = next(batcher)
         batch_tokens = int(batch.attention_mask.sum()) * jax.process_count()
@@ -176,12 +193,24 @@ def train_sft(config: mlc.ConfigDict, *, model: Any = None, tokenizer: Any = Non
                               "tokens": meter.train_tokens, "gflops": meter.gflops},
                        advance=done - logged)
             tokens_seen, clock, logged = 0, time.perf_counter(), done
-        if done % config.checkpoint.every == 0 or done == sft.steps:
-            checkpointer.save(done, state, {"batcher": list(batcher.state), "tokens": meter.train_tokens})
+        evaluated = next_point < len(points) and meter.gflops >= points[next_point]
+        if evaluated:
+            results = evaluate(state.params)
+            history.append({"step": done, "gflops": meter.gflops, "results": results})
+            logger.log(done, {"gflops": meter.gflops, **{f"eval/{split}/success": float(r["success"])
+                                                          for split, r in results.items()}})
+            next_point = sum(p <= meter.gflops for p in points)
+        last = done == end or (points and next_point == len(points))
+        if done % config.checkpoint.every == 0 or done == sft.steps or evaluated or last:
+            checkpointer.save(done, state, {"batcher": list(batcher.state), "tokens": meter.train_tokens,
+                                            "history": history})
+        if last:
+            end = done
+            break
     checkpointer.close()
     logger.close()
     summary: dict[str, Any] = {"steps": end, "loss": last_loss, "tokens": meter.train_tokens, "gflops": meter.gflops,
-                               "checkpoints": checkpointer.directory}
+                               "checkpoints": checkpointer.directory, "history": history}
     if end == sft.steps and config.checkpoint.export_hf and hasattr(model, "export"):
         export_dir = os.path.join(config.out_dir, "hf_export")
         models_api.with_params(model, state.params).export(export_dir)
