@@ -15,6 +15,7 @@ JOBS = ("sft", "eval", "ppo", "study")
 DTYPES = ("float32", "bfloat16")
 TRAINABLE = ("all", "freeze_vision", "freeze_vision_and_projector")
 SFT_SCHEDULES = ("cosine", "constant")
+EVAL_SAMPLING = ("checkpoint", "greedy", "config")
 RL_ALGORITHMS = ("ppo",)
 EMBEDDED_MODEL = "embedded:smollm2"
 PPO_INIT_BASE = "model.path"  # ppo.init value: start PPO from model.path itself (no SFT warm start)
@@ -40,7 +41,10 @@ def base_config(job: str, run_name: str) -> mlc.ConfigDict:
     study (job 'study', `jaxrl_vlm.study`): init_steps (SFT steps of Init), budget_gflops (training compute of each
     branch beyond Init), points (evaluations per branch, evenly spaced over the budget), branches ('sft' and RL
     algorithms, comma-separated).
-    eval.every: evaluate every N PPO updates (0: before and after only). eval.trim_replies: with a chat template that
+    eval.every: evaluate every N PPO updates (0: before and after only). eval.sampling: 'checkpoint' (default: the
+    model's generation_config.json, as the reference's evaluator generates with transformers' defaults plus that
+    file: sampling at its temperature and top_p when do_sample is true, else greedy; greedy without the file, e.g.
+    a .gguf), 'greedy', or 'config' (eval.temperature, eval.top_p). eval.trim_replies: with a chat template that
     trims contents (Llama 3), revision turns show earlier replies trimmed, as the reference re-renders them (PPO's
     rollouts keep them as sampled; no effect on ChatML templates such as SmolLM2's)."""
     c = mlc.ConfigDict()
@@ -64,8 +68,9 @@ def base_config(job: str, run_name: str) -> mlc.ConfigDict:
                                 top_p=0.9, max_new_tokens=512, feedback_tokens=48, thought_coef=0.5, kl_coef=0.0,
                                 entropy_coef=0.0, remat=True))
     c.checkpoint = mlc.ConfigDict(dict(every=50, keep=3, resume=True, async_save=True, export_hf=True))
-    c.eval = mlc.ConfigDict(dict(every=0, episodes=234, batch_size=64, max_new_tokens=256, temperature=0.0,
-                                 splits="in_dist,rule_ood", checkpoint="", trim_replies=True))
+    c.eval = mlc.ConfigDict(dict(every=0, episodes=234, batch_size=64, max_new_tokens=256, sampling="checkpoint",
+                                 temperature=0.0, top_p=1.0, splits="in_dist,rule_ood", checkpoint="",
+                                 trim_replies=True))
     c.log = mlc.ConfigDict(dict(tensorboard=True, wandb_project="", every=1))
     c.study = mlc.ConfigDict(dict(init_steps=4, budget_gflops=1e5, points=4, branches="sft,ppo"))
     c.lock()
@@ -246,6 +251,9 @@ def validate(config: mlc.ConfigDict) -> None:
             _check(bool(task.city_cache), "task.city_cache", task.city_cache,
                    "a folder for the synthetic cities that replace the empty route directories")
     _check(config.eval.episodes >= 1, "eval.episodes", config.eval.episodes, ">= 1")
+    _check(config.eval.sampling in EVAL_SAMPLING, "eval.sampling", config.eval.sampling, f"one of {EVAL_SAMPLING}")
+    _check(config.eval.temperature >= 0, "eval.temperature", config.eval.temperature, ">= 0 (0: greedy)")
+    _check(0 < config.eval.top_p <= 1, "eval.top_p", config.eval.top_p, "in (0, 1]")
     _check(config.eval.batch_size >= 1, "eval.batch_size", config.eval.batch_size, ">= 1")
     if config.eval.checkpoint and not os.path.exists(config.eval.checkpoint):
         raise FileNotFoundError(f"config.eval.checkpoint {config.eval.checkpoint!r} does not exist")

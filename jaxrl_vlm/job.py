@@ -90,15 +90,43 @@ def evaluator(config: mlc.ConfigDict, model: Any, tokenizer) -> Evaluator:
                      trim_replies=config.eval.trim_replies)
 
 
+def generation_settings(model_path: str) -> tuple[float, float]:
+    """(temperature, top_p) of a checkpoint's generation_config.json as transformers' `generate` applies it: its
+    temperature and top_p (default 1.0 each) when do_sample is true, else greedy (0.0, 1.0); greedy without the
+    file (a .gguf). Its top_k (transformers' default 50 when sampling) is not applied here."""
+    path = os.path.join(model_path, "generation_config.json")
+    if not os.path.isfile(path):
+        return 0.0, 1.0
+    with open(path) as f:
+        settings = json.load(f)
+    if not settings.get("do_sample", False):
+        return 0.0, 1.0
+    return float(settings.get("temperature", 1.0)), float(settings.get("top_p", 1.0))
+
+
+def eval_sampling(config: mlc.ConfigDict) -> tuple[float, float]:
+    """(temperature, top_p) of the evaluation: config.eval.sampling 'checkpoint' (`generation_settings` of
+    eval.checkpoint when it is an HF directory with a generation_config.json, else of model.path), 'greedy' or
+    'config' (eval.temperature, eval.top_p)."""
+    ev = config.eval
+    if ev.sampling == "greedy":
+        return 0.0, 1.0
+    if ev.sampling == "config":
+        return float(ev.temperature), float(ev.top_p)
+    own = ev.checkpoint and os.path.isfile(os.path.join(ev.checkpoint, "generation_config.json"))
+    return generation_settings(ev.checkpoint if own else config_lib.resolve_model_path(config.model.path))
+
+
 def evaluate(config: mlc.ConfigDict, model: Any, tokenizer, *, params=None,
              with_evaluator: Evaluator | None = None) -> dict[str, dict]:
     """Results (`evaluation.evaluator` schema) of every split of config.eval.splits for `params` (default: the
-    model's), with config.eval's sampling settings."""
+    model's), sampled as `eval_sampling` says."""
     ev = config.eval
     runner = with_evaluator or evaluator(config, model, tokenizer)
+    temperature, top_p = eval_sampling(config)
     return {split: runner.evaluate(split, episodes=ev.episodes, batch_size=ev.batch_size,
-                                   max_new_tokens=ev.max_new_tokens, temperature=ev.temperature, seed=config.seed,
-                                   params=params)
+                                   max_new_tokens=ev.max_new_tokens, temperature=temperature, top_p=top_p,
+                                   seed=config.seed, params=params)
             for split in runner.splits}
 
 

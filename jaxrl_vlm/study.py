@@ -17,7 +17,8 @@ from its own checkpoints, so a killed study redoes nothing it finished:
 Schedule: study.points GFLOPs points evenly spaced over (G_init, G_init + study.budget_gflops], G_init = 6 N D_init.
 A branch is evaluated after the first step (SFT) or update (RL) whose compute reaches a point, so the branches'
 evaluations match in compute up to one step's or update's compute; every record carries its actual GFLOPs. Every
-evaluation uses the same episodes of each split (the same seed; greedy unless eval.temperature says otherwise).
+evaluation uses the same episodes of each split (the same seed) and sampling (`job.eval_sampling`: the base model's
+generation settings by default, greedy for the embedded model).
 Compute follows the paper: SFT 6 N (D_init + D_sft), RL 6 N (D_init + D_rl) + 2 N D_buffer (training/flops.py).
 """
 from __future__ import annotations
