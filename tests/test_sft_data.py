@@ -83,3 +83,24 @@ def test_padding_and_bad_arguments():
         _batcher(_examples(8)).restore((0, 5))
     with pytest.raises(ValueError, match="exceed data.seq_len=1"):
         next(_batcher(_examples(8), seq_len=1))
+
+
+def test_replies_are_supervised_as_written_under_a_trimming_template(smollm2_tokenizer):
+    """With a template that trims contents (as Llama 3's does), each reply is supervised untrimmed, as the reference's
+    `{reply}<|eot_id|>\\n` target (training.md §3.2), followed by the template's end of turn; the prompts are the
+    template's rendering (earlier replies trimmed there). Catches the template's trimmed reply as the target."""
+    import copy
+
+    from test_ppo_rollout import TRIMMING_CHATML
+
+    tok = copy.copy(smollm2_tokenizer)
+    tok.chat_template = TRIMMING_CHATML
+    conversation = [{"role": "user", "content": "  Cards: ['A', '2', '3', '4']\n"},
+                    {"role": "assistant", "content": "\n{\"formula\": \"1*2*3*4\"}\n"},
+                    {"role": "user", "content": "You failed this trial because reasons."},
+                    {"role": "assistant", "content": " second reply "}]
+    tokenized = tokenize_conversation(tok, conversation)
+    ids, mask = tokenized.input_ids, tokenized.loss_mask
+    assert tok.decode(ids[mask].tolist()) == "\n{\"formula\": \"1*2*3*4\"}\n<|im_end|>\n second reply <|im_end|>\n"
+    prompt = tok.decode(ids[~mask].tolist())
+    assert prompt.startswith("<|im_start|>user\nCards:") and "because reasons.<|im_end|>" in prompt

@@ -4,9 +4,15 @@ The conversation is rendered with the checkpoint's own chat template and cut int
 the text the template adds up to and including the generation prompt is a prompt segment (not supervised); the text
 it adds for an assistant message (the reply and its end-of-turn token, plus whatever the template writes after it,
 e.g. SmolLM2's newline) is a response segment (supervised). Each segment is tokenized separately without special
-tokens, as the reference does, so segment boundaries are token boundaries. Deviation from the reference: later
-turns use the chat template rather than a hand-written header (the reference adds a newline after `<|eot_id|>` that
-the Llama-3 template does not), so training and rollout prompts are the same token sequence.
+tokens, as the reference does, so segment boundaries are token boundaries.
+
+Replies are supervised as written, untrimmed, as the reference's `{reply}<|eot_id|>\n` does (training.md §3.2):
+where a template trims message contents (Llama 3's `| trim`) the response segment is the raw reply followed by what
+the template writes after the content (`<|eot_id|>`), e.g. the expert reply's leading and trailing newlines are
+kept; rollouts continue the KV cache with replies untrimmed too. Not reproduced: the newline the reference writes
+after `<|eot_id|>` and its hand-written header for later turns; both are its own separators, which the chat template
+and our rollout prompts lack, so supervising them would teach tokens a rollout never shows. Later turns use the chat
+template, so training and rollout prompts are the same token sequence.
 """
 from __future__ import annotations
 
@@ -49,8 +55,12 @@ def conversation_segments(tokenizer, messages: Sequence[Message]) -> list[tuple[
                 f"chat template is not prefix-stable at message {i}: rendering a longer conversation changed the text "
                 "of a shorter one, so prompt and response tokens cannot be separated"
             )
+        response = full[len(prompt):]
+        content = message.get("content")
+        if isinstance(content, str) and content != content.strip() and response.startswith(content.strip()):
+            response = content + response[len(content.strip()):]  # the reply as written (the reference's target)
         segments.append((prompt[len(done):], False))
-        segments.append((full[len(prompt):], True))
+        segments.append((response, True))
         done = full
     return segments
 
