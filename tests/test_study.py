@@ -76,12 +76,13 @@ class Killed(Exception):
 def test_killed_study_resumes_without_redoing_finished_stages(tmp_path, tiny_checkpoint, monkeypatch):
     """A study killed during its SFT branch's second evaluation (the first one evaluated and checkpointed), then
     run again: Init (trained and evaluated once) is not redone, the branch resumes from its first point's
-    checkpoint and evaluates only the second point again, and the final history equals an uninterrupted study's.
-    Catches a stage rerun despite its done.json, an SFT branch that restarts from Init, and evaluations (or the
-    history) lost at a resume."""
+    checkpoint with that evaluation in its history and evaluates only the second point again, each at its point
+    of the schedule. Catches a stage rerun despite its done.json, an SFT branch that restarts from Init, and
+    evaluations (or the history) lost at a resume."""
     from jaxrl_vlm.training import sft
 
     config = config_lib.base_config(job="study", run_name="tiny")
+    config.out_dir = str(tmp_path / "study")
     config.model.path = tiny_checkpoint
     config.data.data_dir = str(tmp_path / "data")
     config.data.num_examples = 64
@@ -89,19 +90,12 @@ def test_killed_study_resumes_without_redoing_finished_stages(tmp_path, tiny_che
     config.checkpoint.every, config.checkpoint.async_save = 50, False
     config.log.tensorboard = False
     config.mesh.data = 1
+    config.eval.splits = "in_dist"
     config.eval.episodes = config.eval.batch_size = 2
     config.eval.max_new_tokens = 8
     config.study.init_steps, config.study.points, config.study.branches = 1, 2, "sft"
-    straight = config.copy_and_resolve_references()
-    straight.out_dir = str(tmp_path / "straight")
-    init = study.run_init(straight)
-    per_step = init["gflops"]  # one step of 8 examples
-    config.study.budget_gflops = straight.study.budget_gflops = 2.5 * per_step  # a point every ~1.25 steps
-    expected = study.run_study(straight)["branches"]["sft"]
-    assert [round(r["gflops"] / per_step) for r in expected] >= [2, 3] and len(expected) == 2
-
-    config.out_dir = str(tmp_path / "killed")
     calls = {"train": 0, "evaluations": 0}
+    evaluated = []
     real_train, real_evaluate = sft.train_sft, study._evaluate_fn
 
     def counting_train(*args, **kwargs):
@@ -113,21 +107,24 @@ def test_killed_study_resumes_without_redoing_finished_stages(tmp_path, tiny_che
 
         def run(params):
             calls["evaluations"] += 1
-            results = evaluate(params)
+            evaluated.append(evaluate(params))
             if calls["evaluations"] == 3:  # Init's, the branch's first, then its second
                 raise Killed  # before the second point's checkpoint: the resume evaluates that point again
-            return results
+            return evaluated[-1]
         return run
 
     monkeypatch.setattr(sft, "train_sft", counting_train)
     monkeypatch.setattr(study, "_evaluate_fn", killing_evaluate)
+    init = study.run_init(config)
+    config.study.budget_gflops = 2.5 * init["gflops"]  # Init is one step: a point every ~1.25 steps
     with pytest.raises(Killed):
         study.run_study(config)
     assert calls == {"train": 2, "evaluations": 3}
-    resumed = study.run_study(config)["branches"]["sft"]
+    history = study.run_study(config)["branches"]["sft"]
     assert calls == {"train": 3, "evaluations": 4}  # Init not trained nor evaluated again, the first point kept
-    assert [r["gflops"] for r in resumed] == [r["gflops"] for r in expected]
-    for a, b in zip(resumed, expected):
-        assert a["results"] == b["results"]
-    assert json.loads((tmp_path / "killed" / "init" / "done.json").read_text())["step"] == 1
-    assert np.isfinite(json.loads((tmp_path / "killed" / "results.json").read_text())["init"]["gflops"])
+    points = study.schedule(init["gflops"], config.study.budget_gflops, 2)
+    assert [r["results"] for r in history] == evaluated[1:2] + evaluated[3:]
+    for record, point in zip(history, points):  # the first step whose compute reached the point
+        assert point <= record["gflops"] < point + 1.5 * init["gflops"]
+    assert json.loads((tmp_path / "study" / "init" / "done.json").read_text())["step"] == 1
+    assert np.isfinite(json.loads((tmp_path / "study" / "results.json").read_text())["init"]["gflops"])
