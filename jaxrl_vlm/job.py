@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import ml_collections as mlc
@@ -131,15 +131,15 @@ def evaluate(config: mlc.ConfigDict, model: Any, tokenizer, *, params=None,
 
 
 def train_ppo(config: mlc.ConfigDict, model: Any, tokenizer, *, init_tokens: int = 0,
-              stop_after_update: int | None = None) -> dict[str, Any]:
+              stop_after_update: int | None = None, eval_gflops: Sequence[float] = ()) -> dict[str, Any]:
     """PPO (`training.ppo_train.train_ppo`) on config.task's training split, evaluated on config.eval.splits with
-    the on-device evaluator (built once)."""
+    the on-device evaluator (built once), every eval.every updates or at the compute schedule eval_gflops."""
     from jaxrl_vlm.training.ppo_train import train_ppo as train
 
     runner = evaluator(config, model, tokenizer)
     return train(config, model, tokenizer, tasks.training_task(config, tokenizer),
                  lambda params: evaluate(config, model, tokenizer, params=params, with_evaluator=runner),
-                 init_tokens=init_tokens, stop_after_update=stop_after_update)
+                 init_tokens=init_tokens, stop_after_update=stop_after_update, eval_gflops=eval_gflops)
 
 
 def _table_rows(split: str, r: dict) -> list[tuple[str, str]]:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 import os
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -131,7 +131,7 @@ _reset = jax.jit(protocol.reset_batch, static_argnums=(0, 3))
 
 def train_ppo(config: mlc.ConfigDict, model: Any, tokenizer, task: tuple[protocol.Environment, Any],
               evaluate: Callable[[Any], dict[str, dict]], *, init_tokens: int = 0,
-              stop_after_update: int | None = None) -> dict[str, Any]:
+              stop_after_update: int | None = None, eval_gflops: Sequence[float] = ()) -> dict[str, Any]:
     """Run (or resume) PPO from the model's params on task = (Environment, env params) of the training split;
     returns {'history': evaluations, 'final': last evaluation, 'params': final policy params, 'compute': counters,
     'updates': done}.
@@ -139,7 +139,9 @@ def train_ppo(config: mlc.ConfigDict, model: Any, tokenizer, task: tuple[protoco
     evaluate(policy params) -> {split: result}: the job's evaluation, run before the first update, every eval.every
     updates and after the last. The model's param buffers are donated to the training state (the KL reference,
     when on, is a copy). init_tokens: tokens the starting checkpoint was fine-tuned on (D_init of the compute axis).
-    stop_after_update: stop after that update as if killed (tests of exact resume).
+    stop_after_update: stop after that update as if killed (tests of exact resume). eval_gflops (ascending; the
+    study's schedule): evaluate instead after the first update whose compute reaches each point (not before the
+    first update nor every eval.every), save a checkpoint with it, and end after the last point.
     """
     ppo = config.ppo
     env, env_params = task
@@ -178,11 +180,15 @@ def train_ppo(config: mlc.ConfigDict, model: Any, tokenizer, task: tuple[protoco
         logger.log(update, {"gflops": meter.gflops, **{f"eval/{s}/success": float(r["success"])
                                                         for s, r in results.items()}})
 
-    if start == 0 and not history:
+    points = sorted(eval_gflops)
+    next_point = sum(p <= meter.gflops for p in points)  # a point reached before a save was evaluated before it
+    if start == 0 and not history and not points:
         run_evaluation(0)
     key = jax.random.key(config.seed)
     eos_ids = jnp.asarray(model.eos_token_ids, jnp.int32)
     end = ppo.updates if stop_after_update is None else min(ppo.updates, stop_after_update)
+    if points and next_point == len(points):
+        end = start  # every scheduled evaluation is done
     for update in range(start, end):
         clock = time.perf_counter()
         reset_key, sample_key, update_key = jax.random.split(jax.random.fold_in(key, update), 3)
@@ -218,10 +224,20 @@ def train_ppo(config: mlc.ConfigDict, model: Any, tokenizer, task: tuple[protoco
                    lr=float(schedule(update * steps_per_update)), gflops=meter.gflops, rollout_s=rollout_s,
                    update_s=time.perf_counter() - clock - rollout_s)
         logger.log(done, row, advance=1)
-        if (config.eval.every and done % config.eval.every == 0) or done == ppo.updates:
+        if points:
+            evaluated = next_point < len(points) and meter.gflops >= points[next_point]
+            next_point = sum(p <= meter.gflops for p in points)
+            last = next_point == len(points) or done == end
+        else:
+            evaluated = (config.eval.every and done % config.eval.every == 0) or done == ppo.updates
+            last = done == ppo.updates
+        if evaluated:
             run_evaluation(done)
-        if done % config.checkpoint.every == 0 or done == ppo.updates:
+        if done % config.checkpoint.every == 0 or evaluated or last:
             checkpointer.save(done, state, {"compute": meter.state(), "history": history})
+        if last:
+            end = done
+            break
     checkpointer.close()
     logger.close()
     return {"history": history, "final": history[-1]["results"] if history else {}, "params": state.params["policy"],
