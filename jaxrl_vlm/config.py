@@ -34,6 +34,7 @@ def base_config(job: str, run_name: str) -> mlc.ConfigDict:
     accumulation within a mini-batch), Adam and cosine settings (lr_max_steps: the cosine period in updates), PPO
     coefficients (clip, value_coef, gamma, lam, thought_coef, kl_coef, entropy_coef), rollout sampling (temperature,
     top_p, max_new_tokens) and feedback_tokens (revision-turn feedback budget; a longer feedback ends the episode).
+    ppo.algorithm: 'ppo' (value head, GAE; training/algorithms.py).
     eval.every: evaluate every N PPO updates (0: before and after only)."""
     c = mlc.ConfigDict()
     c.job = job
@@ -54,7 +55,7 @@ def base_config(job: str, run_name: str) -> mlc.ConfigDict:
                                 lr=1e-6, end_lr=1e-9, lr_max_steps=100, b1=0.9, b2=0.999, eps=1e-7, weight_decay=0.0,
                                 max_grad_norm=1.0, clip=0.1, value_coef=0.5, gamma=0.9, lam=0.95, temperature=0.2,
                                 top_p=0.9, max_new_tokens=512, feedback_tokens=48, thought_coef=0.5, kl_coef=0.0,
-                                entropy_coef=0.0, remat=True))
+                                entropy_coef=0.0, remat=True, algorithm="ppo"))
     c.checkpoint = mlc.ConfigDict(dict(every=50, keep=3, resume=True, async_save=True, export_hf=True))
     c.eval = mlc.ConfigDict(dict(every=0, episodes=234, batch_size=64, max_new_tokens=256, temperature=0.0,
                                  splits="in_dist,rule_ood", checkpoint=""))
@@ -128,6 +129,9 @@ def _validate_ppo(config: mlc.ConfigDict, shards: int) -> None:
         _check(0 <= ppo[key] <= 1, f"ppo.{key}", ppo[key], "in [0, 1]")
     for key in ("clip", "value_coef", "kl_coef", "entropy_coef", "lr", "max_grad_norm"):
         _check(ppo[key] >= 0, f"ppo.{key}", ppo[key], ">= 0")
+    from jaxrl_vlm.training.algorithms import ALGORITHMS
+
+    _check(ppo.algorithm in ALGORITHMS, "ppo.algorithm", ppo.algorithm, f"one of {tuple(ALGORITHMS)}")
 
 
 def virl_route_keys(config: mlc.ConfigDict) -> list[str]:
