@@ -34,7 +34,10 @@ def base_config(job: str, run_name: str) -> mlc.ConfigDict:
     accumulation within a mini-batch), Adam and cosine settings (lr_max_steps: the cosine period in updates), PPO
     coefficients (clip, value_coef, gamma, lam, thought_coef, kl_coef, entropy_coef), rollout sampling (temperature,
     top_p, max_new_tokens) and feedback_tokens (revision-turn feedback budget; a longer feedback ends the episode).
-    ppo.algorithm: 'ppo' (value head, GAE; training/algorithms.py).
+    ppo.algorithm: 'ppo' (value head, GAE), 'grpo' or 'rloo' (critic-free, group-relative; training/grpo.py);
+    group_size: episodes per drawn hand or route (each update draws episodes / group_size); grpo/rloo only:
+    scale_rewards ('group': divide advantages by the group's std; 'none': Dr. GRPO) and loss_norm ('token',
+    'sequence' or 'constant', training/grpo_math.py); value_coef, gamma, lam and thought_coef are PPO's only.
     eval.every: evaluate every N PPO updates (0: before and after only)."""
     c = mlc.ConfigDict()
     c.job = job
@@ -55,7 +58,8 @@ def base_config(job: str, run_name: str) -> mlc.ConfigDict:
                                 lr=1e-6, end_lr=1e-9, lr_max_steps=100, b1=0.9, b2=0.999, eps=1e-7, weight_decay=0.0,
                                 max_grad_norm=1.0, clip=0.1, value_coef=0.5, gamma=0.9, lam=0.95, temperature=0.2,
                                 top_p=0.9, max_new_tokens=512, feedback_tokens=48, thought_coef=0.5, kl_coef=0.0,
-                                entropy_coef=0.0, remat=True, algorithm="ppo"))
+                                entropy_coef=0.0, remat=True, algorithm="ppo", group_size=1, scale_rewards="group",
+                                loss_norm="token"))
     c.checkpoint = mlc.ConfigDict(dict(every=50, keep=3, resume=True, async_save=True, export_hf=True))
     c.eval = mlc.ConfigDict(dict(every=0, episodes=234, batch_size=64, max_new_tokens=256, temperature=0.0,
                                  splits="in_dist,rule_ood", checkpoint=""))
@@ -130,8 +134,18 @@ def _validate_ppo(config: mlc.ConfigDict, shards: int) -> None:
     for key in ("clip", "value_coef", "kl_coef", "entropy_coef", "lr", "max_grad_norm"):
         _check(ppo[key] >= 0, f"ppo.{key}", ppo[key], ">= 0")
     from jaxrl_vlm.training.algorithms import ALGORITHMS
+    from jaxrl_vlm.training.grpo_math import LOSS_NORMS, SCALES
 
     _check(ppo.algorithm in ALGORITHMS, "ppo.algorithm", ppo.algorithm, f"one of {tuple(ALGORITHMS)}")
+    _check(isinstance(ppo.group_size, int) and ppo.group_size >= 1, "ppo.group_size", ppo.group_size, "an int >= 1")
+    _check(ppo.episodes % ppo.group_size == 0, "ppo.group_size", ppo.group_size,
+           f"a divisor of ppo.episodes={ppo.episodes}: each update draws ppo.episodes / ppo.group_size hands (or "
+           "routes) and rolls out ppo.group_size episodes of each")
+    if not ALGORITHMS[ppo.algorithm].critic:
+        _check(ppo.group_size >= 2, "ppo.group_size", ppo.group_size,
+               f">= 2 for ppo.algorithm={ppo.algorithm!r}: an episode's advantage is its return against its group's")
+    _check(ppo.scale_rewards in SCALES, "ppo.scale_rewards", ppo.scale_rewards, f"one of {SCALES}")
+    _check(ppo.loss_norm in LOSS_NORMS, "ppo.loss_norm", ppo.loss_norm, f"one of {LOSS_NORMS}")
 
 
 def virl_route_keys(config: mlc.ConfigDict) -> list[str]:

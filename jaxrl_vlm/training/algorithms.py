@@ -1,6 +1,7 @@
 """The RL algorithms by name (config ppo.algorithm): the one place the RL loop's algorithm is chosen.
 
-'ppo': PPO with a value head and GAE (`ppo.PPO`, the default). Each is an `rl_update.Algorithm` class with `from_config(config, policy, pattern)`, `critic` and
+'ppo': PPO with a value head and GAE (`ppo.PPO`, the default); 'grpo': GRPO / Dr. GRPO (`grpo.GRPO`); 'rloo': RLOO
+(`grpo.RLOO`). Each is an `rl_update.Algorithm` class with `from_config(config, policy, pattern)`, `critic` and
 `init_params(policy_params, hidden_size, rng, dtype, mesh)`.
 """
 from __future__ import annotations
@@ -11,11 +12,12 @@ import jax
 import ml_collections as mlc
 from jax.sharding import Mesh
 
+from jaxrl_vlm.training.grpo import GRPO, RLOO
 from jaxrl_vlm.training.policy import PolicyModel
 from jaxrl_vlm.training.ppo import PPO
 from jaxrl_vlm.training.rl_update import Algorithm
 
-ALGORITHMS = {"ppo": PPO}
+ALGORITHMS = {"ppo": PPO, "grpo": GRPO, "rloo": RLOO}
 
 
 def _class(name: str):

@@ -1,5 +1,6 @@
 """PPO arithmetic (spec training.md §4): GAE, advantage normalisation, the clipped losses, reply log-probs, and the
-optional KL penalty and entropy bonus (not in the reference).
+optional KL penalty and entropy bonus (not in the reference). The clipped surrogate, the k3 KL estimate and token
+entropies serve the group-relative algorithms too, per token (training/grpo.py).
 
 Fidelity decisions (the reference is SFTvsRL `rl/trainer/algo/ppo.py` and `VLMPolicy.evaluate`):
 - GAE is the reference's recursion (gamma 0.9, lambda 0.95); `dones[t]` marks the last step of an episode, so the

@@ -1,12 +1,13 @@
 """The RL training loop (config section `ppo`) on any `envs.protocol` task: rollouts and updates alternate, with
-periodic evaluation. The algorithm is config ppo.algorithm (`algorithms`); the loop names none.
+periodic evaluation. The algorithm is config ppo.algorithm (`algorithms`: PPO, GRPO, RLOO); the loop names none.
 
-Each update u: reset `ppo.episodes` episodes of the training split (key fold_in(seed, u)), roll them out on the
+Each update u: reset `ppo.episodes` episodes of the training split (key fold_in(seed, u)) in groups of
+`ppo.group_size` (`reset_groups`: episodes / group_size draws, each repeated; 1 for PPO), roll them out on the
 device (`jaxrl_vlm.rollout`, sampling at ppo.temperature / ppo.top_p), compact the played conversations (rows of
 the update, in episode order, so an episode's steps are in time order), and run the algorithm's jitted update
 (`rl_update.make_update`: the algorithm's scoring and advantages, then epochs x mini-batches of its loss). Every
 `eval.every` updates (and before the first and after the last) the job's `evaluate` callback runs. Metrics carry
-the compute so far in GFLOPs (`flops.ComputeMeter`).
+the compute so far in GFLOPs (`flops.ComputeMeter`; every rolled-out episode counts, each group member included).
 
 Optimizer (training.md §4.2, §4.5): Adam (b1 0.9, b2 0.999, eps 1e-7, no weight decay) over all model params and
 PPO's value head; global-norm clipping at ppo.max_grad_norm (1.0: what DeepSpeed applied in the reference's runs;
@@ -144,6 +145,14 @@ _prompts = jax.jit(protocol.prompt_batch, static_argnums=0)
 _reset = jax.jit(protocol.reset_batch, static_argnums=(0, 3))
 
 
+def reset_groups(env: protocol.Environment, key: jax.Array, env_params: Any, episodes: int, group_size: int):
+    """`episodes` reset episode states in groups: episodes / group_size independent resets (hands, routes), each
+    repeated group_size times in consecutive rows (episode e is in group e // group_size)."""
+    state = _reset(env, key, env_params, episodes // group_size, 0)
+    members = jnp.arange(episodes) // group_size
+    return jax.tree_util.tree_map(lambda x: x[members], state)
+
+
 def train_ppo(config: mlc.ConfigDict, model: Any, tokenizer, task: tuple[protocol.Environment, Any],
               evaluate: Callable[[Any], dict[str, dict]], *, init_tokens: int = 0,
               stop_after_update: int | None = None) -> dict[str, Any]:
@@ -205,7 +214,7 @@ def train_ppo(config: mlc.ConfigDict, model: Any, tokenizer, task: tuple[protoco
     for update in range(start, end):
         clock = time.perf_counter()
         reset_key, sample_key, update_key = jax.random.split(jax.random.fold_in(key, update), 3)
-        env_state = _reset(env, reset_key, env_params, ppo.episodes, 0)
+        env_state = reset_groups(env, reset_key, env_params, ppo.episodes, ppo.group_size)
         vision = _vision_inputs(model, env, env_params, env_state) if env.vision else None
         env_state = jax.tree_util.tree_map(lambda x: model.put_batch(to_host(x)), env_state)
         extra = None if vision is None else encode_images(state.params["policy"], vision)
