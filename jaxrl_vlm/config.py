@@ -29,15 +29,16 @@ def base_config(job: str, run_name: str) -> mlc.ConfigDict:
     both; task.route_dir / task.ood_route_dir are V-IRL route directories, see VIRL_ROUTE_KEYS). An empty V-IRL route
     directory is a synthetic city built on first use under task.city_cache (the training city of task.city_routes
     routes in city_cache/train, the 18-route visual-OOD city in city_cache/ood; envs/virl/cities.py).
+    The RL job's section is ppo, whatever its algorithm: ppo.algorithm is 'ppo' (value head, GAE), 'grpo' or 'rloo'
+    (critic-free, group-relative; training/grpo.py); group_size: episodes per drawn hand or route (each update draws
+    episodes / group_size); grpo/rloo only: scale_rewards ('group': divide advantages by the group's std; 'none':
+    Dr. GRPO) and loss_norm ('token', 'sequence' or 'constant', training/grpo_math.py); value_coef, gamma, lam and
+    thought_coef are PPO's only.
     ppo: init ('' = SFT warm start with config.sft, 'model.path', or a checkpoint), updates (rollout + update rounds),
     episodes (per update, global), epochs x minibatches optimizer steps per update, micro_batches (gradient
     accumulation within a mini-batch), Adam and cosine settings (lr_max_steps: the cosine period in updates), PPO
     coefficients (clip, value_coef, gamma, lam, thought_coef, kl_coef, entropy_coef), rollout sampling (temperature,
     top_p, max_new_tokens) and feedback_tokens (revision-turn feedback budget; a longer feedback ends the episode).
-    ppo.algorithm: 'ppo' (value head, GAE), 'grpo' or 'rloo' (critic-free, group-relative; training/grpo.py);
-    group_size: episodes per drawn hand or route (each update draws episodes / group_size); grpo/rloo only:
-    scale_rewards ('group': divide advantages by the group's std; 'none': Dr. GRPO) and loss_norm ('token',
-    'sequence' or 'constant', training/grpo_math.py); value_coef, gamma, lam and thought_coef are PPO's only.
     eval.every: evaluate every N PPO updates (0: before and after only)."""
     c = mlc.ConfigDict()
     c.job = job
