@@ -106,8 +106,8 @@ def evaluate(config: mlc.ConfigDict, model: Any, tokenizer, *, params=None,
 
 def train_ppo(config: mlc.ConfigDict, model: Any, tokenizer, *, init_tokens: int = 0,
               stop_after_update: int | None = None) -> dict[str, Any]:
-    """RL of config.ppo.algorithm (`training.ppo_train.train_ppo`) on config.task's training split, evaluated on
-    config.eval.splits with the on-device evaluator (built once)."""
+    """PPO (`training.ppo_train.train_ppo`) on config.task's training split, evaluated on config.eval.splits with
+    the on-device evaluator (built once)."""
     from jaxrl_vlm.training.ppo_train import train_ppo as train
 
     runner = evaluator(config, model, tokenizer)

@@ -156,9 +156,9 @@ def reset_groups(env: protocol.Environment, key: jax.Array, env_params: Any, epi
 def train_ppo(config: mlc.ConfigDict, model: Any, tokenizer, task: tuple[protocol.Environment, Any],
               evaluate: Callable[[Any], dict[str, dict]], *, init_tokens: int = 0,
               stop_after_update: int | None = None) -> dict[str, Any]:
-    """Run (or resume) RL (config.ppo.algorithm) from the model's params on task = (Environment, env params) of the
-    training split; returns {'history': evaluations, 'final': last evaluation, 'params': final policy params,
-    'compute': counters, 'updates': done}.
+    """Run (or resume) PPO from the model's params on task = (Environment, env params) of the training split;
+    returns {'history': evaluations, 'final': last evaluation, 'params': final policy params, 'compute': counters,
+    'updates': done}. "PPO" names the RL job: its algorithm is config.ppo.algorithm (`algorithms`: PPO, GRPO, RLOO).
 
     evaluate(policy params) -> {split: result}: the job's evaluation, run before the first update, every eval.every
     updates and after the last. The model's param buffers are donated to the training state (the KL reference,
