@@ -11,7 +11,13 @@ model. No KL penalty (ppo.kl_coef=0, as TRL's default and DAPO / Dr. GRPO), toke
 Variants: --config.ppo.algorithm=rloo (leave-one-out baseline); Dr. GRPO: --config.ppo.scale_rewards=none
 --config.ppo.loss_norm=constant; the GRPO paper's: --config.ppo.loss_norm=sequence --config.ppo.kl_coef=0.04.
 
-Measured: see README (GRPO section) for the wall time of `python -m jaxrl_vlm.main --config=configs/grpo_gp.py`.
+Measured on the project's 2-core CPU machine (2026-12-07): 26 min 26 s, peak RSS 8.9 GB, 143% CPU, the other
+session's jobs sharing the cores for its first 10 minutes (load average 0.0 at the start, 2-4 during): startup and
+data 1.7 min, SFT 6.3 min, evaluations before 4.7 min, 3 GRPO updates 12.3 min (about 92 s rollout + 150 s update
+each), evaluations after 2.5 min. Over the 15-minute target: the warm start and the evaluations, which ppo_gp.py
+has too, take 15 minutes on their own on this machine; the GRPO updates cost more than PPO's because sampling at
+1.0 fills the 64-token reply budget (mean 54 tokens). --config.ppo.updates=1 --config.ppo.epochs=1 shortens it.
+A 135M model this briefly trained makes no 24 (success stays at 0%), as with ppo_gp.py; no group was flat.
 
 The paper-scale recipe (Llama-3.2-11B-Vision GP-L SFT checkpoint, as configs/ppo_gp.py's; the same 2048 episodes
 per update as the reference's PPO, as 256 hands x 8): --config.model.path=CKPT --config.ppo.init=model.path
