@@ -16,7 +16,6 @@ DTYPES = ("float32", "bfloat16")
 TRAINABLE = ("all", "freeze_vision", "freeze_vision_and_projector")
 SFT_SCHEDULES = ("cosine", "constant")
 EVAL_SAMPLING = ("checkpoint", "greedy", "config")
-RL_ALGORITHMS = ("ppo",)
 EMBEDDED_MODEL = "embedded:smollm2"
 PPO_INIT_BASE = "model.path"  # ppo.init value: start PPO from model.path itself (no SFT warm start)
 TASKS = ("gp", "virl")
@@ -33,6 +32,11 @@ def base_config(job: str, run_name: str) -> mlc.ConfigDict:
     task.view_size px first; task.route_dir / task.ood_route_dir are V-IRL route directories, see VIRL_ROUTE_KEYS). An empty V-IRL route
     directory is a synthetic city built on first use under task.city_cache (the training city of task.city_routes
     routes in city_cache/train, the 18-route visual-OOD city in city_cache/ood; envs/virl/cities.py).
+    The RL job's section is ppo, whatever its algorithm: ppo.algorithm is 'ppo' (value head, GAE), 'grpo' or 'rloo'
+    (critic-free, group-relative; training/grpo.py); group_size: episodes per drawn hand or route (each update draws
+    episodes / group_size); grpo/rloo only: scale_rewards ('group': divide advantages by the group's std; 'none':
+    Dr. GRPO) and loss_norm ('token', 'sequence' or 'constant', training/grpo_math.py); value_coef, gamma, lam and
+    thought_coef are PPO's only.
     ppo: init ('' = SFT warm start with config.sft, 'model.path', or a checkpoint), updates (rollout + update rounds),
     episodes (per update, global), epochs x minibatches optimizer steps per update, micro_batches (gradient
     accumulation within a mini-batch), Adam and cosine settings (lr_max_steps: the cosine period in updates), PPO
@@ -40,7 +44,8 @@ def base_config(job: str, run_name: str) -> mlc.ConfigDict:
     top_p, max_new_tokens) and feedback_tokens (revision-turn feedback budget; a longer feedback ends the episode).
     study (job 'study', `jaxrl_vlm.study`): init_steps (SFT steps of Init), budget_gflops (training compute of each
     branch beyond Init), points (evaluations per branch, evenly spaced over the budget), branches ('sft' and RL
-    algorithms, comma-separated).
+    algorithms of ppo.algorithm, comma-separated), group_size (ppo.group_size of the critic-free RL branches; the
+    ppo branch rolls out single episodes).
     eval.every: evaluate every N PPO updates (0: before and after only). eval.sampling: 'checkpoint' (default: the
     model's generation_config.json, as the reference's evaluator generates with transformers' defaults plus that
     file: sampling at its temperature and top_p when do_sample is true, else greedy; greedy without the file, e.g.
@@ -66,13 +71,14 @@ def base_config(job: str, run_name: str) -> mlc.ConfigDict:
                                 lr=1e-6, end_lr=1e-9, lr_max_steps=100, b1=0.9, b2=0.999, eps=1e-7, weight_decay=0.0,
                                 max_grad_norm=1.0, clip=0.1, value_coef=0.5, gamma=0.9, lam=0.95, temperature=0.2,
                                 top_p=0.9, max_new_tokens=512, feedback_tokens=48, thought_coef=0.5, kl_coef=0.0,
-                                entropy_coef=0.0, remat=True))
+                                entropy_coef=0.0, remat=True, algorithm="ppo", group_size=1, scale_rewards="group",
+                                loss_norm="token"))
     c.checkpoint = mlc.ConfigDict(dict(every=50, keep=3, resume=True, async_save=True, export_hf=True))
     c.eval = mlc.ConfigDict(dict(every=0, episodes=234, batch_size=64, max_new_tokens=256, sampling="checkpoint",
                                  temperature=0.0, top_p=1.0, splits="in_dist,rule_ood", checkpoint="",
                                  trim_replies=True))
     c.log = mlc.ConfigDict(dict(tensorboard=True, wandb_project="", every=1))
-    c.study = mlc.ConfigDict(dict(init_steps=4, budget_gflops=1e5, points=4, branches="sft,ppo"))
+    c.study = mlc.ConfigDict(dict(init_steps=4, budget_gflops=1e5, points=4, branches="sft,ppo", group_size=4))
     c.lock()
     return c
 
@@ -109,8 +115,10 @@ def eval_splits(config: mlc.ConfigDict) -> list[str]:
 
 def study_branches(config: mlc.ConfigDict) -> list[str]:
     """The study's branches (config.study.branches): 'sft' and RL algorithms, checked."""
+    from jaxrl_vlm.training.algorithms import ALGORITHMS
+
     branches = [b.strip() for b in config.study.branches.split(",") if b.strip()]
-    allowed = ("sft",) + RL_ALGORITHMS
+    allowed = ("sft",) + tuple(ALGORITHMS)
     bad = [b for b in branches if b not in allowed]
     if bad or not branches or len(set(branches)) != len(branches):
         raise ValueError(f"study.branches {config.study.branches!r}: expected distinct names of {list(allowed)}")
@@ -125,7 +133,12 @@ def _validate_study(config: mlc.ConfigDict) -> None:
     _check(config.sft.steps > study.init_steps, "sft.steps", config.sft.steps,
            f"> study.init_steps={study.init_steps} (the SFT run's cap: Init, then the SFT branch)")
     _check(config.ppo.init == "", "ppo.init", config.ppo.init, "'' in a study (its RL branches start from its Init)")
-    study_branches(config)
+    from jaxrl_vlm.training.algorithms import ALGORITHMS
+
+    if any(b != "sft" and not ALGORITHMS[b].critic for b in study_branches(config)):
+        _check(study.group_size >= 2 and config.ppo.episodes % study.group_size == 0, "study.group_size",
+               study.group_size, f"an int >= 2 dividing ppo.episodes={config.ppo.episodes} (the critic-free "
+               "branches' groups)")
 
 
 def _check(condition: bool, key: str, value, expected: str) -> None:
@@ -163,6 +176,19 @@ def _validate_ppo(config: mlc.ConfigDict, shards: int) -> None:
         _check(0 <= ppo[key] <= 1, f"ppo.{key}", ppo[key], "in [0, 1]")
     for key in ("clip", "value_coef", "kl_coef", "entropy_coef", "lr", "max_grad_norm"):
         _check(ppo[key] >= 0, f"ppo.{key}", ppo[key], ">= 0")
+    from jaxrl_vlm.training.algorithms import ALGORITHMS
+    from jaxrl_vlm.training.grpo_math import LOSS_NORMS, SCALES
+
+    _check(ppo.algorithm in ALGORITHMS, "ppo.algorithm", ppo.algorithm, f"one of {tuple(ALGORITHMS)}")
+    _check(isinstance(ppo.group_size, int) and ppo.group_size >= 1, "ppo.group_size", ppo.group_size, "an int >= 1")
+    _check(ppo.episodes % ppo.group_size == 0, "ppo.group_size", ppo.group_size,
+           f"a divisor of ppo.episodes={ppo.episodes}: each update draws ppo.episodes / ppo.group_size hands (or "
+           "routes) and rolls out ppo.group_size episodes of each")
+    if not ALGORITHMS[ppo.algorithm].critic:
+        _check(ppo.group_size >= 2, "ppo.group_size", ppo.group_size,
+               f">= 2 for ppo.algorithm={ppo.algorithm!r}: an episode's advantage is its return against its group's")
+    _check(ppo.scale_rewards in SCALES, "ppo.scale_rewards", ppo.scale_rewards, f"one of {SCALES}")
+    _check(ppo.loss_norm in LOSS_NORMS, "ppo.loss_norm", ppo.loss_norm, f"one of {LOSS_NORMS}")
 
 
 def virl_route_keys(config: mlc.ConfigDict) -> list[str]:

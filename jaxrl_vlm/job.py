@@ -31,10 +31,12 @@ def _open_newest(directory: str) -> tuple[Checkpointer, int]:
 
 
 def restore_params(config: mlc.ConfigDict, model: Any, directory: str) -> Any:
-    """Policy params of the newest checkpoint in `directory` (an SFT or a PPO run's), placed like model.params."""
+    """Policy params of the newest checkpoint in `directory` (an SFT or an RL run's, of any ppo.algorithm), placed
+    like model.params."""
     checkpointer, step = _open_newest(directory)
-    if "compute" in checkpointer.metadata(step):  # a PPO run: params {'policy', 'value'}
-        like, _ = initial_ppo_state(config, model)
+    metadata = checkpointer.metadata(step)
+    if "compute" in metadata:  # an RL run: params {'policy'} and, for PPO, 'value'; no name saved: PPO's (older runs)
+        like, _ = initial_ppo_state(config, model, metadata.get("algorithm", "ppo"))
         state, _ = checkpointer.restore(step, like)
         checkpointer.close()
         return state.params["policy"]
@@ -71,9 +73,10 @@ def is_run_checkpoints(target: str) -> bool:
 
 
 def trained_tokens(target: str) -> int:
-    """Tokens the params of `target` were fine-tuned on by this project (D_init of a PPO run that starts from it):
-    an SFT run's checkpoints hold them ('tokens'); a PPO run's, its D_init + D_rl (its rollout-buffer compute is not
-    carried over); an HF directory or .gguf file counts as 0 (its fine-tuning is unknown here)."""
+    """Tokens the params of `target` were fine-tuned on by this project (D_init of an RL run that starts from it):
+    an SFT run's checkpoints hold them ('tokens'); an RL run's (PPO, GRPO, RLOO), its D_init + D_rl (its
+    rollout-buffer compute is not carried over); an HF directory or .gguf file counts as 0 (its fine-tuning is
+    unknown here)."""
     if not is_run_checkpoints(target):
         return 0
     checkpointer, step = _open_newest(target)

@@ -31,8 +31,9 @@ def run_sft_job(config) -> dict:
 
 
 def run_ppo_job(config) -> dict:
-    """PPO from an SFT warm start (or ppo.init), with ID/OOD evaluation before, during and after; writes
-    results.json, success_vs_gflops.png, checkpoints and (checkpoint.export_hf) hf_export/."""
+    """RL (config.ppo.algorithm: PPO, GRPO, RLOO) from an SFT warm start (or ppo.init), with ID/OOD evaluation
+    before, during and after; writes results.json (keys before_ppo / after_ppo whatever the algorithm),
+    success_vs_gflops.png, checkpoints and (checkpoint.export_hf) hf_export/."""
     from jaxrl_vlm import config as config_lib
     from jaxrl_vlm import job
     from jaxrl_vlm.evaluation.plots import plot_success_vs_compute
@@ -52,13 +53,14 @@ def run_ppo_job(config) -> dict:
         model.params, init_tokens = sft_state.params, summary["tokens"]
     out = job.train_ppo(config, model, tokenizer, init_tokens=init_tokens)
     before, after = out["history"][0], out["history"][-1]
+    name = config.ppo.algorithm.upper()
     results = {"before_ppo": before, "after_ppo": after, "history": out["history"], "compute": out["compute"]}
     if jax.process_index() == 0:
-        print(job.format_table({"before PPO": before["results"], "after PPO": after["results"]}))
-        print(f"training compute: {before['gflops']:.4g} GFLOPs before PPO, {after['gflops']:.4g} after")
+        print(job.format_table({f"before {name}": before["results"], f"after {name}": after["results"]}))
+        print(f"training compute: {before['gflops']:.4g} GFLOPs before {name}, {after['gflops']:.4g} after")
         job.write_results(os.path.join(config.out_dir, "results.json"), results)
         plot = plot_success_vs_compute(out["history"], os.path.join(config.out_dir, "success_vs_gflops.png"),
-                                       title=f"PPO {config.run_name}")
+                                       title=f"{name} {config.run_name}")
         print(f"results: {os.path.join(config.out_dir, 'results.json')}; plot: {plot}")
     if config.checkpoint.export_hf and hasattr(model, "export"):
         models_api.with_params(model, out["params"]).export(os.path.join(config.out_dir, "hf_export"))

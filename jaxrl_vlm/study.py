@@ -8,8 +8,9 @@ from its own checkpoints, so a killed study redoes nothing it finished:
    evaluated on config.eval.splits.
 2. `sft`: the same SFT run continued from Init (its checkpoint, data position and compute), evaluated whenever its
    compute reaches the next point of the schedule; it ends at the last point.
-3. one RL stage per other entry of study.branches (`ppo`, ...; the RL algorithm of the same name, `ppo.algorithm`):
-   RL from Init (ppo.init = <out_dir>/init/checkpoints, D_init counted) evaluated at the same schedule.
+3. one RL stage per other entry of study.branches (`ppo`, `grpo`, `rloo`: the RL algorithm of that name,
+   `ppo.algorithm`; the critic-free ones in groups of study.group_size): RL from Init (ppo.init =
+   <out_dir>/init/checkpoints, D_init counted) evaluated at the same schedule.
 4. the report: results.json, results.md, and the plots (Fig. 5 success against GFLOPs per split, Fig. 6/7 bars of
    Init and each branch at the largest compute every branch reached, Fig. 8 recognition against success for
    GP-VL).
@@ -52,8 +53,11 @@ def stage_config(config: mlc.ConfigDict, stage: str) -> mlc.ConfigDict:
     if stage in ("init", "sft"):
         sub.job = "sft"
     else:
+        from jaxrl_vlm.training.algorithms import ALGORITHMS
+
         sub.job = "ppo"
         sub.ppo.algorithm = stage
+        sub.ppo.group_size = 1 if ALGORITHMS[stage].critic else config.study.group_size
         sub.ppo.init = os.path.join(config.out_dir, "init", "checkpoints")
     return sub
 
@@ -208,10 +212,6 @@ def run_study(config: mlc.ConfigDict) -> dict:
     return results
 
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Study config file (configs/study_*.py).",
-                                          lock_config=True)
-
-
 def main(argv) -> None:
     """Validate the study config (before any compilation) and run or resume every stage."""
     if len(argv) > 1:
@@ -224,4 +224,7 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
+    # defined here, not at import: the job modules (jaxrl_vlm.main) define the same flag, and tests import both
+    _CONFIG = config_flags.DEFINE_config_file("config", None, "Study config file (configs/study_*.py).",
+                                              lock_config=True)
     app.run(main)

@@ -16,10 +16,11 @@ from jaxrl_vlm.models.sharding import make_mesh
 from jaxrl_vlm.models.token_bytes import token_byte_table
 from jaxrl_vlm.models.tokenizer import load_tokenizer
 from jaxrl_vlm.training.policy import policy_model
-from jaxrl_vlm.training.ppo import advantages_and_returns, make_ppo_update, score_replies
+from jaxrl_vlm.training.ppo import PPO, PPOHyper, advantages_and_returns
 from jaxrl_vlm.training.ppo_math import kl_penalty, normalize_advantages
-from jaxrl_vlm.training.ppo_train import (_update_rows, action_pattern, conversation_rows, initial_ppo_state,
-                                          ppo_hyper)
+from jaxrl_vlm.training.ppo_train import _update_rows, action_pattern, conversation_rows, initial_ppo_state
+from jaxrl_vlm.training.rl_update import make_update
+from jaxrl_vlm.training.scoring import score_replies
 
 
 def ppo_config(checkpoint, **overrides):
@@ -73,7 +74,7 @@ def run_update(checkpoint, host_batch, action_key, mesh=None, **overrides):
     state, (tx, _) = initial_ppo_state(config, model)
     policy = policy_model(model, "float32", "float32")
     pattern = jnp.asarray(action_pattern(tokenizer, action_key))
-    update = jax.jit(make_ppo_update(policy, tx, ppo_hyper(config), pattern))
+    update = jax.jit(make_update(PPO(policy, PPOHyper.from_config(config), pattern), tx))
     batch = jax.tree_util.tree_map(lambda x: model.put_batch(x), host_batch)
     before = state.params
     new_state, metrics = update(state, batch, jax.random.key(7))
@@ -115,7 +116,7 @@ def test_update_on_a_2x2x2_mesh_equals_one_device(tiny_checkpoint, host_batch, a
 def test_update_moves_the_policy_towards_advantaged_replies(tiny_checkpoint, host_batch, action_key):
     before, state, _, policy, batch, pattern, config = run_update(tiny_checkpoint, host_batch, action_key,
                                                                   ppo__epochs=4, ppo__lr=3e-4)
-    hyper = ppo_hyper(config)
+    hyper = PPOHyper.from_config(config)
     old = score_replies(policy, before, batch, pattern, hyper)
     new = score_replies(policy, state.params, batch, pattern, hyper)
     advantages, _ = advantages_and_returns(batch.reward, old.value, batch.turn_valid, batch.episode, hyper.gamma,
@@ -137,7 +138,7 @@ def test_kl_penalty_pulls_reply_logprobs_towards_the_reference(tiny_checkpoint, 
     model = api.load(tiny_checkpoint)
     policy = policy_model(model, "float32", "float32")
     pattern = jnp.asarray(action_pattern(load_tokenizer(tiny_checkpoint), action_key))
-    hyper = ppo_hyper(ppo_config(tiny_checkpoint))
+    hyper = PPOHyper.from_config(ppo_config(tiny_checkpoint))
     start = score_replies(policy, {"policy": model.params}, host_batch, pattern, hyper).logp
     offset = np.where(np.arange(host_batch.turn_valid.size).reshape(host_batch.turn_valid.shape) % 2, 1.0, -1.0)
     batch = host_batch._replace(ref_logp=np.asarray(start + offset, np.float32))
@@ -155,7 +156,7 @@ def test_entropy_bonus_raises_the_replies_entropy(tiny_checkpoint, host_batch, a
     """With a strong entropy bonus, the mean token entropy of the batch's replies rises; a flipped sign lowers it."""
     before, state, metrics, policy, batch, pattern, config = run_update(
         tiny_checkpoint, host_batch, action_key, ppo__entropy_coef=5.0, ppo__temperature=0.3)
-    hyper = ppo_hyper(config)
+    hyper = PPOHyper.from_config(config)
     old = score_replies(policy, before, batch, pattern, hyper, with_entropy=True).entropy
     new = score_replies(policy, state.params, batch, pattern, hyper, with_entropy=True).entropy
     old, new = valid_mean(old, host_batch.turn_valid), valid_mean(new, host_batch.turn_valid)

@@ -1,14 +1,13 @@
-"""The PPO update over a batch of rolled-out episodes, all inside one jit (spec training.md §4).
+"""PPO with a value head (spec training.md §4), as an `rl_update.Algorithm`: GAE advantages, clipped surrogate
+and clipped value loss per reply.
 
-`make_ppo_update(...)` builds `update(state, batch, rng) -> (state, metrics)`:
-1. score every reply with the current params (teacher forcing over the whole conversation): the reply log-prob
-   (temperature-scaled, thought/action split, `ppo_math.reply_logprob`) and the value at the last prompt token;
-   these are the old log-probs and values, as the reference scores right after generating;
-2. GAE (gamma, lambda) per episode over its transitions in time order (one per reply, across the episode's
-   conversations: a V-IRL route has one per route point), with the episode's end terminal; advantages normalised
-   over the valid turns of the batch;
-3. `epochs` passes over the conversations, each shuffled and cut into `minibatches`; one optimizer step per
-   mini-batch, its gradient accumulated exactly over `micro_batches` (a scan) to bound activation memory.
+`PPO.prepare` scores every reply with the current params (teacher forcing over the whole conversation,
+`scoring.score_replies`): the reply log-prob (temperature-scaled, thought/action split, `ppo_math.reply_logprob`)
+and the value at the last prompt token; these are the old log-probs and values, as the reference scores right after
+generating. Then GAE (gamma, lambda) per episode over its transitions in time order (one per reply, across the
+episode's conversations: a V-IRL route has one per route point), with the episode's end terminal; advantages
+normalised over the valid turns of the batch. `rl_update.make_update` runs the epochs x mini-batches x
+micro-batches.
 
 Fidelity decisions (the reference: mini-batches of one transition, 128 accumulated per optimizer step):
 - A sample is a conversation, not a transition: the turns of one conversation share one forward pass (each turn's
@@ -23,18 +22,19 @@ Fidelity decisions (the reference: mini-batches of one transition, 128 accumulat
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
-import optax
+import ml_collections as mlc
 from jax.sharding import Mesh
 
 from jaxrl_vlm.models import llama
 from jaxrl_vlm.models.sharding import shard_tree
 from jaxrl_vlm.training import ppo_math
 from jaxrl_vlm.training.policy import PolicyModel
-from jaxrl_vlm.training.sft_step import TrainState
+from jaxrl_vlm.training.rl_update import PPOBatch
+from jaxrl_vlm.training.scoring import score_in_chunks, score_replies
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,73 +54,13 @@ class PPOHyper:
     kl_coef: float = 0.0
     entropy_coef: float = 0.0
 
-
-class PPOBatch(NamedTuple):
-    """E conversations of up to T turns (replies of up to N tokens), right-padded to L tokens.
-
-    ids int32[E, L], mask bool[E, L]; reply_tokens int32[E, T, N]; reply_len, reply_start int32[E, T];
-    turn_valid bool[E, T]; reward float32[E, T]; vision: None or Mllama arrays with leading E (pixel_values,
-    aspect_ratio_ids, aspect_ratio_mask, cross_attention_mask int32[E, L, M, tiles]); ref_logp: float32[E, T]
-    reply log-probs under the reference policy (only when kl_coef > 0), else None; episode: int32[E] the episode of
-    each conversation (rows of an episode consecutive, in time order: GAE runs over them) or None (one conversation
-    per episode).
-    """
-
-    ids: jax.Array
-    mask: jax.Array
-    reply_tokens: jax.Array
-    reply_len: jax.Array
-    reply_start: jax.Array
-    turn_valid: jax.Array
-    reward: jax.Array
-    vision: Any = None
-    ref_logp: Any = None
-    episode: Any = None
-
-
-class ReplyScores(NamedTuple):
-    """float32[E, T] each: reply log-prob (0.5 thought + action), value at the last prompt token, mean token entropy."""
-
-    logp: jax.Array
-    value: jax.Array
-    entropy: jax.Array
-
-
-def init_ppo_params(policy_params: Any, hidden_size: int, rng: jax.Array, dtype: Any = jnp.float32,
-                    mesh: Mesh | None = None) -> dict[str, Any]:
-    """{'policy': the model's params, 'value': a fresh value head (hidden -> 1024 -> 512 -> 1) in dtype}; on `mesh`
-    the value head is sharded by its logical axes (`llama.value_head_logical_axes`)."""
-    value = llama.init_value_head(rng, hidden_size, dtype)
-    if mesh is not None:
-        value = shard_tree(value, llama.value_head_logical_axes(), mesh)
-    return {"policy": policy_params, "value": value}
-
-
-def score_replies(policy: PolicyModel, params: dict[str, Any], batch: PPOBatch, pattern: jax.Array,
-                  hyper: PPOHyper, with_entropy: bool = False) -> ReplyScores:
-    """Teacher-forced scores of every turn of every episode (see ReplyScores). params: {'policy': ..., 'value': ...}
-    (without 'value' the values are 0); pattern int32[P]: the action key's token ids (e.g. ` "formula":`)."""
-    e, t, n = batch.reply_tokens.shape
-    length = batch.ids.shape[1]
-    vision = batch.vision or {}
-    cross = policy.encode_images(params["policy"], {k: v for k, v in vision.items() if k != "cross_attention_mask"},
-                                 vision.get("cross_attention_mask"))
-    hidden = policy.hidden(params["policy"], batch.ids, batch.mask, cross)
-    positions = jnp.clip(batch.reply_start[..., None] + jnp.arange(n) - 1, 0, length - 1).reshape(e, t * n)
-    reply_hidden = jnp.take_along_axis(hidden, positions[..., None], axis=1)
-    logits = policy.logits(params["policy"], reply_hidden).reshape(e * t, n, -1)
-    tokens = batch.reply_tokens.reshape(e * t, n)
-    lengths = batch.reply_len.reshape(e * t)
-    token_logp = ppo_math.token_logprobs(logits, tokens, hyper.temperature)
-    logp, _, _ = ppo_math.reply_logprob(token_logp, tokens, lengths, pattern, thought_coef=hyper.thought_coef)
-    entropy = jnp.zeros((e * t,), jnp.float32)
-    if with_entropy:
-        entropy = ppo_math.mean_token_entropy(logits, lengths, hyper.temperature)
-    value = jnp.zeros((e, t), jnp.float32)
-    if "value" in params:
-        prompt_end = jnp.clip(batch.reply_start - 1, 0, length - 1)
-        value = llama.value_head(params["value"], jnp.take_along_axis(hidden, prompt_end[..., None], axis=1))
-    return ReplyScores(logp.reshape(e, t), value.reshape(e, t), entropy.reshape(e, t))
+    @classmethod
+    def from_config(cls, config: mlc.ConfigDict) -> "PPOHyper":
+        """The PPO settings of config.ppo."""
+        p = config.ppo
+        return cls(epochs=p.epochs, minibatches=p.minibatches, micro_batches=p.micro_batches, clip=p.clip,
+                   value_coef=p.value_coef, gamma=p.gamma, lam=p.lam, temperature=p.temperature,
+                   thought_coef=p.thought_coef, kl_coef=p.kl_coef, entropy_coef=p.entropy_coef)
 
 
 def advantages_and_returns(reward: jax.Array, value: jax.Array, turn_valid: jax.Array, episode: jax.Array | None,
@@ -149,29 +89,59 @@ def advantages_and_returns(reward: jax.Array, value: jax.Array, turn_valid: jax.
     return ppo_math.normalize_advantages(adv, turn_valid), ret * turn_valid
 
 
-def _split(tree: Any, parts: int) -> Any:
-    def split(x):
-        if x.shape[0] % parts:
-            raise ValueError(f"{x.shape[0]} episodes are not divisible into {parts} parts")
-        return x.reshape(parts, x.shape[0] // parts, *x.shape[1:])
-    return jax.tree_util.tree_map(split, tree)
+class PPO:
+    """PPO with a value head (`rl_update.Algorithm`): per-reply samples, GAE advantages, clipped surrogate + clipped
+    value loss, optional KL penalty and entropy bonus. pattern int32[P]: the action key's token ids."""
 
+    critic = True
 
-def _score_in_chunks(policy, params, batch, pattern, hyper, chunks: int) -> ReplyScores:
-    """score_replies over `chunks` sequential slices of the episodes (bounded memory), without gradients."""
-    scored = jax.lax.map(lambda part: score_replies(policy, params, part, pattern, hyper), _split(batch, chunks))
-    return jax.tree_util.tree_map(lambda x: jax.lax.stop_gradient(x.reshape(-1, *x.shape[2:])), scored)
+    def __init__(self, policy: PolicyModel, hyper: PPOHyper, pattern: jax.Array):
+        self.policy, self.hyper, self.pattern = policy, hyper, pattern
 
+    @classmethod
+    def from_config(cls, config: mlc.ConfigDict, policy: PolicyModel, pattern: jax.Array) -> "PPO":
+        """PPO with config.ppo's settings."""
+        return cls(policy, PPOHyper.from_config(config), pattern)
 
-def make_ppo_update(policy: PolicyModel, tx: optax.GradientTransformation, hyper: PPOHyper, pattern: jax.Array):
-    """Build the pure `update(state: TrainState, batch: PPOBatch, rng) -> (TrainState, metrics)`; jit it with the
-    state donated. state.params is `init_ppo_params`'s {'policy', 'value'} pytree."""
-    if hyper.epochs < 1 or hyper.minibatches < 1 or hyper.micro_batches < 1:
-        raise ValueError(f"epochs, minibatches and micro_batches must be >= 1, got {hyper}")
-    with_entropy = hyper.entropy_coef > 0
+    @staticmethod
+    def init_params(policy_params: Any, hidden_size: int, rng: jax.Array, dtype: Any = jnp.float32,
+                    mesh: Mesh | None = None) -> dict[str, Any]:
+        """{'policy': the model's params, 'value': a fresh value head (hidden -> 1024 -> 512 -> 1) in dtype}; on
+        `mesh` the value head is sharded by its logical axes (`llama.value_head_logical_axes`)."""
+        value = llama.init_value_head(rng, hidden_size, dtype)
+        if mesh is not None:
+            value = shard_tree(value, llama.value_head_logical_axes(), mesh)
+        return {"policy": policy_params, "value": value}
 
-    def loss_fn(params, micro: dict[str, Any], total_turns: jax.Array):
-        scores = score_replies(policy, params, micro["batch"], pattern, hyper, with_entropy)
+    def reference_logp(self, reference: Any, batch: PPOBatch) -> jax.Array:
+        """float32[E, T]: the reference policy params' reply log-probs."""
+        return score_replies(self.policy, {"policy": reference}, batch, self.pattern, self.hyper).logp
+
+    def prepare(self, params: dict[str, Any], batch: PPOBatch):
+        """Old log-probs and values (scored in minibatches x micro_batches chunks), GAE advantages and returns."""
+        hyper = self.hyper
+        score = lambda p, part: score_replies(self.policy, p, part, self.pattern, hyper)
+        old = score_in_chunks(score, params, batch, hyper.minibatches * hyper.micro_batches)
+        advantages, returns = advantages_and_returns(batch.reward, old.value, batch.turn_valid, batch.episode,
+                                                     hyper.gamma, hyper.lam)
+        data = {"batch": batch, "old_logp": old.logp, "old_value": old.value, "advantages": advantages,
+                "returns": returns}
+        valid = batch.turn_valid.astype(jnp.float32)
+        metrics = dict(reward=jnp.sum(batch.reward * valid) / jnp.maximum(jnp.sum(valid), 1.0),
+                       value=jnp.sum(old.value * valid) / jnp.maximum(jnp.sum(valid), 1.0),
+                       returns=jnp.sum(returns) / jnp.maximum(jnp.sum(valid), 1.0),
+                       turns=jnp.sum(valid))
+        return data, metrics
+
+    def loss_denominator(self, minibatch: dict[str, Any]) -> jax.Array:
+        """The mini-batch's valid turns: the loss is a mean over replies."""
+        return jnp.sum(minibatch["batch"].turn_valid.astype(jnp.float32))
+
+    def loss(self, params: dict[str, Any], micro: dict[str, Any], total_turns: jax.Array):
+        """(the micro-batch's share of the mini-batch's mean loss, its shares of the metrics)."""
+        hyper = self.hyper
+        with_entropy = hyper.entropy_coef > 0
+        scores = score_replies(self.policy, params, micro["batch"], self.pattern, hyper, with_entropy)
         valid = micro["batch"].turn_valid.reshape(-1)
         losses = ppo_math.ppo_losses(scores.logp.reshape(-1), micro["old_logp"].reshape(-1),
                                      micro["advantages"].reshape(-1), scores.value.reshape(-1),
@@ -185,56 +155,10 @@ def make_ppo_update(policy: PolicyModel, tx: optax.GradientTransformation, hyper
             entropy = jnp.sum(scores.entropy.reshape(-1) * valid) / jnp.maximum(count, 1.0)
         total = losses.total + hyper.kl_coef * kl - hyper.entropy_coef * entropy
         weight = count / jnp.maximum(total_turns, 1.0)
-        parts = jnp.stack([losses.policy, losses.value, losses.clip_fraction, losses.approx_kl, kl, entropy]) * weight
-        return total * weight, parts
-
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-
-    def minibatch_step(state: TrainState, minibatch: dict[str, Any]):
-        total_turns = jnp.sum(minibatch["batch"].turn_valid.astype(jnp.float32))
-        zeros = jax.tree_util.tree_map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
-
-        def accumulate(carry, micro):
-            grads, loss, parts = carry
-            (m_loss, m_parts), m_grads = grad_fn(state.params, micro, total_turns)
-            grads = jax.tree_util.tree_map(lambda g, h: g + h.astype(jnp.float32), grads, m_grads)
-            return (grads, loss + m_loss, parts + m_parts), None
-
-        (grads, loss, parts), _ = jax.lax.scan(accumulate, (zeros, jnp.float32(0), jnp.zeros(6, jnp.float32)),
-                                               _split(minibatch, hyper.micro_batches))
-        grads = jax.tree_util.tree_map(lambda g, p: g.astype(p.dtype), grads, state.params)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        metrics = {"loss": loss, "policy_loss": parts[0], "value_loss": parts[1], "clip_fraction": parts[2],
-                   "approx_kl": parts[3], "grad_norm": optax.tree.norm(grads)}
+        parts = {"policy_loss": losses.policy, "value_loss": losses.value, "clip_fraction": losses.clip_fraction,
+                 "approx_kl": losses.approx_kl}
         if hyper.kl_coef > 0:
-            metrics["kl_ref"] = parts[4]
+            parts["kl_ref"] = kl
         if with_entropy:
-            metrics["entropy"] = parts[5]
-        return TrainState(state.step + 1, params, opt_state), metrics
-
-    def update(state: TrainState, batch: PPOBatch, rng: jax.Array):
-        num_episodes = batch.ids.shape[0]
-        chunks = hyper.minibatches * hyper.micro_batches
-        old = _score_in_chunks(policy, state.params, batch, pattern, hyper, chunks)
-        advantages, returns = advantages_and_returns(batch.reward, old.value, batch.turn_valid, batch.episode,
-                                                     hyper.gamma, hyper.lam)
-        data = {"batch": batch, "old_logp": old.logp, "old_value": old.value, "advantages": advantages,
-                "returns": returns}
-
-        def epoch(state, key):
-            order = jax.random.permutation(key, num_episodes)
-            shuffled = jax.tree_util.tree_map(lambda x: jnp.take(x, order, axis=0), data)
-            return jax.lax.scan(minibatch_step, state, _split(shuffled, hyper.minibatches))
-
-        state, metrics = jax.lax.scan(epoch, state, jax.random.split(rng, hyper.epochs))
-        valid = batch.turn_valid.astype(jnp.float32)
-        summary = {k: jnp.mean(v) for k, v in metrics.items()}
-        summary.update(
-            reward=jnp.sum(batch.reward * valid) / jnp.maximum(jnp.sum(valid), 1.0),
-            value=jnp.sum(old.value * valid) / jnp.maximum(jnp.sum(valid), 1.0),
-            returns=jnp.sum(returns) / jnp.maximum(jnp.sum(valid), 1.0),
-            turns=jnp.sum(valid))
-        return state, summary
-
-    return update
+            parts["entropy"] = entropy
+        return total * weight, {k: v * weight for k, v in parts.items()}

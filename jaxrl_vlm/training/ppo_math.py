@@ -1,5 +1,6 @@
 """PPO arithmetic (spec training.md §4): GAE, advantage normalisation, the clipped losses, reply log-probs, and the
-optional KL penalty and entropy bonus (not in the reference).
+optional KL penalty and entropy bonus (not in the reference). The clipped surrogate, the k3 KL estimate and token
+entropies serve the group-relative algorithms too, per token (training/grpo.py).
 
 Fidelity decisions (the reference is SFTvsRL `rl/trainer/algo/ppo.py` and `VLMPolicy.evaluate`):
 - GAE is the reference's recursion (gamma 0.9, lambda 0.95); `dones[t]` marks the last step of an episode, so the
@@ -66,6 +67,19 @@ class PPOLosses(NamedTuple):
     approx_kl: jax.Array
 
 
+def clipped_surrogate(new_logp: jax.Array, old_logp: jax.Array, advantages: jax.Array, *, clip: float,
+                      ratio_guard: float | None = None) -> tuple[jax.Array, jax.Array]:
+    """(objective, ratio), f32 arrays of the inputs' common shape (a reply's or a token's log-probs): ratio =
+    exp(new - old) and objective = min(r*A, clip(r, 1-c, 1+c)*A), only the clipped term where r > ratio_guard."""
+    ratio = jnp.exp(new_logp - old_logp)
+    surr1 = ratio * advantages
+    surr2 = jnp.clip(ratio, 1.0 - clip, 1.0 + clip) * advantages
+    objective = jnp.minimum(surr1, surr2)
+    if ratio_guard is not None:
+        objective = jnp.where(ratio > ratio_guard, surr2, objective)
+    return objective, ratio
+
+
 def ppo_losses(new_logp: jax.Array, old_logp: jax.Array, advantages: jax.Array, values: jax.Array,
                old_values: jax.Array, returns: jax.Array, mask: jax.Array | None = None, *, clip: float = 0.1,
                value_coef: float = 0.5, ratio_guard: float | None = 10.0) -> PPOLosses:
@@ -77,12 +91,7 @@ def ppo_losses(new_logp: jax.Array, old_logp: jax.Array, advantages: jax.Array, 
     """
     m = jnp.ones_like(new_logp) if mask is None else mask.astype(new_logp.dtype)
     n = jnp.maximum(jnp.sum(m), 1.0)
-    ratio = jnp.exp(new_logp - old_logp)
-    surr1 = ratio * advantages
-    surr2 = jnp.clip(ratio, 1.0 - clip, 1.0 + clip) * advantages
-    per_sample = jnp.minimum(surr1, surr2)
-    if ratio_guard is not None:
-        per_sample = jnp.where(ratio > ratio_guard, surr2, per_sample)
+    per_sample, ratio = clipped_surrogate(new_logp, old_logp, advantages, clip=clip, ratio_guard=ratio_guard)
     policy = -jnp.sum(per_sample * m) / n
     clipped_values = old_values + jnp.clip(values - old_values, -clip, clip)
     value_sq = jnp.maximum((values - returns) ** 2, (clipped_values - returns) ** 2)
@@ -126,19 +135,30 @@ def reply_logprob(token_logp: jax.Array, tokens: jax.Array, lengths: jax.Array, 
 KL_LOG_RATIO_CLIP = 20.0
 
 
+def kl_k3(logp: jax.Array, ref_logp: jax.Array) -> jax.Array:
+    """Elementwise k3 = exp(-x) + x - 1, x = clip(logp - ref_logp, +-20), of log-probs of any (equal) shape (a
+    reply's or a token's): each sample's non-negative estimate of KL(policy || reference)."""
+    x = jnp.clip(logp - ref_logp, -KL_LOG_RATIO_CLIP, KL_LOG_RATIO_CLIP)
+    return jnp.exp(-x) + x - 1.0
+
+
 def kl_penalty(logp: jax.Array, ref_logp: jax.Array, mask: jax.Array | None = None) -> jax.Array:
     """Mean over masked samples of k3 = exp(-x) + x - 1, x = clip(logp - ref_logp, +-20): a non-negative estimate
     of KL(policy || reference) from samples of the policy. logp, ref_logp f32[N]; mask f32/bool[N] -> f32 scalar."""
     m = jnp.ones_like(logp) if mask is None else mask.astype(logp.dtype)
-    x = jnp.clip(logp - ref_logp, -KL_LOG_RATIO_CLIP, KL_LOG_RATIO_CLIP)
-    return jnp.sum((jnp.exp(-x) + x - 1.0) * m) / jnp.maximum(jnp.sum(m), 1.0)
+    return jnp.sum(kl_k3(logp, ref_logp) * m) / jnp.maximum(jnp.sum(m), 1.0)
+
+
+def token_entropy(logits: jax.Array, temperature: float) -> jax.Array:
+    """Entropy (nats) of softmax(logits / temperature) at every position: logits f32/bf16[B, T, V] -> f32[B, T]."""
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32) / temperature, axis=-1)
+    return -jnp.sum(jnp.exp(logp) * logp, axis=-1)
 
 
 def mean_token_entropy(logits: jax.Array, lengths: jax.Array, temperature: float) -> jax.Array:
     """Per reply, the mean over its first `lengths` tokens of the entropy (nats) of softmax(logits / temperature).
 
     logits f32/bf16[B, T, V], lengths int32[B] -> f32[B] (0 for an empty reply)."""
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32) / temperature, axis=-1)
-    entropy = -jnp.sum(jnp.exp(logp) * logp, axis=-1)
+    entropy = token_entropy(logits, temperature)
     valid = jnp.arange(logits.shape[1])[None, :] < lengths[:, None]
     return jnp.sum(entropy * valid, axis=1) / jnp.maximum(jnp.sum(valid, axis=1), 1)

@@ -1,19 +1,22 @@
-"""The PPO training loop on any `envs.protocol` task: rollouts and updates alternate, with periodic evaluation.
+"""The RL training loop (config section `ppo`) on any `envs.protocol` task: rollouts and updates alternate, with
+periodic evaluation. The algorithm is config ppo.algorithm (`algorithms`: PPO, GRPO, RLOO); the loop names none.
 
-Each update u: reset `ppo.episodes` episodes of the training split (key fold_in(seed, u)), roll them out on the
+Each update u: reset `ppo.episodes` episodes of the training split (key fold_in(seed, u)) in groups of
+`ppo.group_size` (`reset_groups`: episodes / group_size draws, each repeated; 1 for PPO), roll them out on the
 device (`jaxrl_vlm.rollout`, sampling at ppo.temperature / ppo.top_p), compact the played conversations (rows of
-the update, in episode order, so GAE runs over each episode's steps), and run one jitted `ppo.make_ppo_update` step
-(score, GAE, epochs x mini-batches). Every `eval.every` updates (and before the first and after the last) the job's
-`evaluate` callback runs. Metrics carry the compute so far in GFLOPs (`flops.ComputeMeter`).
+the update, in episode order, so an episode's steps are in time order), and run the algorithm's jitted update
+(`rl_update.make_update`: the algorithm's scoring and advantages, then epochs x mini-batches of its loss). Every
+`eval.every` updates (and before the first and after the last) the job's `evaluate` callback runs. Metrics carry
+the compute so far in GFLOPs (`flops.ComputeMeter`; every rolled-out episode counts, each group member included).
 
 Optimizer (training.md §4.2, §4.5): Adam (b1 0.9, b2 0.999, eps 1e-7, no weight decay) over all model params and
-the value head; global-norm clipping at ppo.max_grad_norm (1.0: what DeepSpeed applied in the reference's runs;
+PPO's value head; global-norm clipping at ppo.max_grad_norm (1.0: what DeepSpeed applied in the reference's runs;
 0.01 was configured but had no effect); cosine annealing from ppo.lr to ppo.end_lr with period 2 x
 ppo.lr_max_steps updates, stepped once per update (the evident intent; the reference stepped it 8 times per update).
 
-Checkpoints (every checkpoint.every updates and at the end) hold the train state, the update index, the compute
-counters and the evaluation history; every random draw derives from (seed, update), so a resumed run continues
-exactly as an uninterrupted one.
+Checkpoints (every checkpoint.every updates and at the end) hold the train state (a value head only for a critic),
+the update index, the compute counters, the evaluation history and the algorithm's name; every random draw derives
+from (seed, update), so a resumed run continues exactly as an uninterrupted one.
 """
 from __future__ import annotations
 
@@ -33,12 +36,13 @@ from jaxrl_vlm.envs import protocol
 from jaxrl_vlm.models.token_bytes import token_byte_table
 from jaxrl_vlm.models.sharding import to_host
 from jaxrl_vlm.shapes import round_up
+from jaxrl_vlm.training import algorithms
 from jaxrl_vlm.training.checkpoint import Checkpointer
 from jaxrl_vlm.training.flops import ComputeMeter, param_count
 from jaxrl_vlm.training.metrics import MetricsLogger
 from jaxrl_vlm.training.optim import adamw
 from jaxrl_vlm.training.policy import PolicyModel, policy_model
-from jaxrl_vlm.training.ppo import PPOBatch, PPOHyper, init_ppo_params, make_ppo_update, score_replies
+from jaxrl_vlm.training.rl_update import PPOBatch, make_update
 from jaxrl_vlm.training.sft import mesh_of, place_on_mesh
 from jaxrl_vlm.training.sft_step import TrainState
 
@@ -65,9 +69,11 @@ def cosine_annealing(lr: float, end_lr: float, period_updates: int, steps_per_up
     return schedule
 
 
-def initial_ppo_state(config: mlc.ConfigDict, model: Any) -> tuple[TrainState, tuple[Any, optax.Schedule]]:
-    """(TrainState at update 0 on the model's mesh: params {'policy': model.params, 'value': a fresh value head}
-    and Adam state; (optax transformation, learning-rate schedule)) of config.ppo."""
+def initial_ppo_state(config: mlc.ConfigDict, model: Any,
+                      algorithm: str | None = None) -> tuple[TrainState, tuple[Any, optax.Schedule]]:
+    """(TrainState at update 0 on the model's mesh: params {'policy': model.params} plus, for a critic (PPO), a
+    fresh value head 'value', and Adam state; (optax transformation, learning-rate schedule)) of config.ppo, for
+    `algorithm` (default config.ppo.algorithm)."""
     ppo = config.ppo
     schedule = cosine_annealing(ppo.lr, ppo.end_lr, ppo.lr_max_steps, ppo.epochs * ppo.minibatches)
     tx = adamw(schedule, b1=ppo.b1, b2=ppo.b2, eps=ppo.eps, weight_decay=ppo.weight_decay,
@@ -75,16 +81,9 @@ def initial_ppo_state(config: mlc.ConfigDict, model: Any) -> tuple[TrainState, t
     hidden_size = policy_model(model, config.model.param_dtype, config.model.dtype).hidden_size
     value_key = jax.random.fold_in(jax.random.key(config.seed), 1 << 30)
     mesh = mesh_of(model)
-    params = init_ppo_params(model.params, hidden_size, value_key, jnp.dtype(config.model.param_dtype), mesh)
+    params = algorithms.init_params(algorithm or ppo.algorithm, model.params, hidden_size, value_key,
+                                    jnp.dtype(config.model.param_dtype), mesh)
     return place_on_mesh(TrainState(jnp.zeros((), jnp.int32), params, tx.init(params)), mesh), (tx, schedule)
-
-
-def ppo_hyper(config: mlc.ConfigDict) -> PPOHyper:
-    """PPOHyper of config.ppo."""
-    p = config.ppo
-    return PPOHyper(epochs=p.epochs, minibatches=p.minibatches, micro_batches=p.micro_batches, clip=p.clip,
-                    value_coef=p.value_coef, gamma=p.gamma, lam=p.lam, temperature=p.temperature,
-                    thought_coef=p.thought_coef, kl_coef=p.kl_coef, entropy_coef=p.entropy_coef)
 
 
 def conversation_rows(turn_valid: np.ndarray, multiple: int) -> tuple[np.ndarray, np.ndarray]:
@@ -129,12 +128,20 @@ def _row_vision(env: protocol.Environment, policy: PolicyModel, env_params: Any,
 _reset = jax.jit(protocol.reset_batch, static_argnums=(0, 3))
 
 
+def reset_groups(env: protocol.Environment, key: jax.Array, env_params: Any, episodes: int, group_size: int):
+    """`episodes` reset episode states in groups: episodes / group_size independent resets (hands, routes), each
+    repeated group_size times in consecutive rows (episode e is in group e // group_size)."""
+    state = _reset(env, key, env_params, episodes // group_size, 0)
+    members = jnp.arange(episodes) // group_size
+    return jax.tree_util.tree_map(lambda x: x[members], state)
+
+
 def train_ppo(config: mlc.ConfigDict, model: Any, tokenizer, task: tuple[protocol.Environment, Any],
               evaluate: Callable[[Any], dict[str, dict]], *, init_tokens: int = 0,
               stop_after_update: int | None = None, eval_gflops: Sequence[float] = ()) -> dict[str, Any]:
     """Run (or resume) PPO from the model's params on task = (Environment, env params) of the training split;
     returns {'history': evaluations, 'final': last evaluation, 'params': final policy params, 'compute': counters,
-    'updates': done}.
+    'updates': done}. "PPO" names the RL job: its algorithm is config.ppo.algorithm (`algorithms`: PPO, GRPO, RLOO).
 
     evaluate(policy params) -> {split: result}: the job's evaluation, run before the first update, every eval.every
     updates and after the last. The model's param buffers are donated to the training state (the KL reference,
@@ -148,16 +155,14 @@ def train_ppo(config: mlc.ConfigDict, model: Any, tokenizer, task: tuple[protoco
     policy = policy_model(model, config.model.param_dtype, config.model.dtype, remat=ppo.remat)
     if env.vision and not policy.is_vision:
         raise ValueError(f"the task shows images: it needs a vision-language model, got {type(model).__name__}")
-    hyper = ppo_hyper(config)
     steps_per_update = ppo.epochs * ppo.minibatches
     # a copy: the train state starts from (and donates) the model's own param buffers
     reference = jax.tree_util.tree_map(jnp.copy, model.params) if ppo.kl_coef > 0 else None
     state, (tx, schedule) = initial_ppo_state(config, model)
     shardings = jax.tree_util.tree_map(lambda x: x.sharding, state)
-    pattern = jnp.asarray(action_pattern(tokenizer, env.action_key))
-    update_fn = jax.jit(make_ppo_update(policy, tx, hyper, pattern),
-                        donate_argnums=0, out_shardings=(shardings, None))
-    score_ref = jax.jit(lambda p, b: score_replies(policy, {"policy": p}, b, pattern, hyper).logp)
+    algorithm = algorithms.build(config, policy, jnp.asarray(action_pattern(tokenizer, env.action_key)))
+    update_fn = jax.jit(make_update(algorithm, tx), donate_argnums=0, out_shardings=(shardings, None))
+    score_ref = jax.jit(algorithm.reference_logp)
     byte_table = token_byte_table(tokenizer, special_tokens="empty")
     capacity = rollout_lib.rollout_shapes(env, ppo.max_new_tokens).capacity
     meter = ComputeMeter(param_count(model.params), init_tokens=init_tokens)
@@ -165,6 +170,11 @@ def train_ppo(config: mlc.ConfigDict, model: Any, tokenizer, task: tuple[protoco
     checkpointer = Checkpointer(os.path.join(config.out_dir, "checkpoints"), max_to_keep=config.checkpoint.keep,
                                 async_save=config.checkpoint.async_save)
     start = 0
+    if config.checkpoint.resume and checkpointer.latest_step() is not None:
+        saved = checkpointer.metadata(checkpointer.latest_step()).get("algorithm", "ppo")
+        if saved != ppo.algorithm:
+            raise ValueError(f"config.ppo.algorithm={ppo.algorithm!r}, but the checkpoints in {checkpointer.directory} "
+                             f"to resume from are of {saved!r}: set it back, or choose another out_dir")
     restored = checkpointer.restore_latest(state) if config.checkpoint.resume else None
     if restored is not None:
         start, state, metadata = restored
@@ -172,7 +182,7 @@ def train_ppo(config: mlc.ConfigDict, model: Any, tokenizer, task: tuple[protoco
         history = list(metadata["history"])
     logger = MetricsLogger(config.out_dir, ppo.updates, enabled=jax.process_index() == 0,
                            tensorboard=config.log.tensorboard, wandb_project=config.log.wandb_project or None,
-                           config=config.to_dict(), desc="ppo", initial_step=start)
+                           config=config.to_dict(), desc=ppo.algorithm, initial_step=start)
 
     def run_evaluation(update: int) -> None:
         results = evaluate(state.params["policy"])
@@ -192,7 +202,7 @@ def train_ppo(config: mlc.ConfigDict, model: Any, tokenizer, task: tuple[protoco
     for update in range(start, end):
         clock = time.perf_counter()
         reset_key, sample_key, update_key = jax.random.split(jax.random.fold_in(key, update), 3)
-        env_state = _reset(env, reset_key, env_params, ppo.episodes, 0)
+        env_state = reset_groups(env, reset_key, env_params, ppo.episodes, ppo.group_size)
         env_state = jax.tree_util.tree_map(lambda x: model.put_batch(to_host(x)), env_state)
         episodes = rollout_lib.rollout(env, policy.decoder, state.params["policy"], env_params, byte_table,
                                        env_state, sample_key, jnp.float32(ppo.temperature),
@@ -212,7 +222,7 @@ def train_ppo(config: mlc.ConfigDict, model: Any, tokenizer, task: tuple[protoco
         state, metrics = update_fn(state, batch, update_key)
         metrics = jax.tree_util.tree_map(to_host, metrics)
         conversation_tokens = int(lengths.sum())
-        forward_passes = 2 + (reference is not None)  # rollout, scoring of old log-probs/values, KL reference
+        forward_passes = 2 + (reference is not None)  # rollout, scoring of old log-probs (and values), KL reference
         meter.add(train=conversation_tokens * ppo.epochs, buffer=forward_passes * conversation_tokens)
         success, overflow, reply_lengths = (to_host(x) for x in (episodes.success, episodes.overflow,
                                                                  episodes.reply_len))
@@ -234,7 +244,8 @@ def train_ppo(config: mlc.ConfigDict, model: Any, tokenizer, task: tuple[protoco
         if evaluated:
             run_evaluation(done)
         if done % config.checkpoint.every == 0 or evaluated or last:
-            checkpointer.save(done, state, {"compute": meter.state(), "history": history})
+            checkpointer.save(done, state, {"compute": meter.state(), "history": history,
+                                            "algorithm": ppo.algorithm})
         if last:
             end = done
             break
