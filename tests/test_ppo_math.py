@@ -74,11 +74,12 @@ def test_reply_logprob_split_at_last_pattern():
     pattern = jnp.array([7, 8])
     tokens = jnp.array([[1, 7, 8, 2, 7, 8, 3, 0], [1, 2, 3, 4, 5, 6, 0, 0], [7, 8, 0, 0, 0, 0, 0, 0]])
     lengths = jnp.array([7, 6, 1])  # row 2's pattern runs past its length
-    np.testing.assert_array_equal(action_start(tokens, lengths, pattern), [4, 2, 0])
+    # row 1 has no pattern: the reference's fallback, its last 5 tokens (training.md §4.4)
+    np.testing.assert_array_equal(action_start(tokens, lengths, pattern), [4, 1, 0])
     token_logp = -jnp.arange(1, 9, dtype=jnp.float32)[None].repeat(3, 0)
     logp, thought, action = reply_logprob(token_logp, tokens, lengths, pattern, thought_coef=0.5)
-    np.testing.assert_allclose(thought, [-(1 + 2 + 3 + 4), -(1 + 2), 0.0])
-    np.testing.assert_allclose(action, [-(5 + 6 + 7), -(3 + 4 + 5 + 6), -1.0])
+    np.testing.assert_allclose(thought, [-(1 + 2 + 3 + 4), -1, 0.0])
+    np.testing.assert_allclose(action, [-(5 + 6 + 7), -(2 + 3 + 4 + 5 + 6), -1.0])
     np.testing.assert_allclose(logp, 0.5 * np.asarray(thought) + np.asarray(action))
 
 

@@ -11,9 +11,12 @@ Fidelity decisions (the reference is SFTvsRL `rl/trainer/algo/ppo.py` and `VLMPo
   surrogate only. The reference applies it to mini-batches of one sample, so per-sample here is the same rule.
 - Reply log-prob: logits are divided by the temperature before the log-softmax. The reply is split at the last
   occurrence of the key pattern (the tokens of ` "formula":`) into thought (before it) and action (from it on);
-  logp = thought_coef * thought + action. Deviations: every generated token is scored (the reference never scores
-  its first two tokens and masks token id 0 as padding), and without the pattern the action is the last 4 tokens
-  (the reference's fallback) for any reply length (the reference returns constants for replies under 4 tokens).
+  logp = thought_coef * thought + action. Without the pattern the action is the reply's last 5 tokens, as in the
+  reference's runs: its fallback takes the index of the 4th-from-last scored token and then sums from one position
+  before it (`selected_log_probs[:, match_index - 1:]`), 5 tokens (this is every V-IRL reply, training.md §4.4).
+  Deviations: every generated token is scored (the reference never scores its first two tokens and masks token
+  id 0 as padding), and the fallback applies to any reply length (the reference returns constants for replies
+  under 4 tokens).
 - KL penalty: the k3 estimator exp(-x) + x - 1 of KL(policy || reference), x = logp - ref_logp per reply. It is
   >= 0, and its gradient pulls each reply's log-prob towards the reference's from either side; the plain estimate
   mean(x) would, as a loss on fixed samples, only push every sampled reply's log-prob down. x is clipped to +-20
@@ -107,7 +110,7 @@ def token_logprobs(logits: jax.Array, tokens: jax.Array, temperature: float) -> 
     return jnp.take_along_axis(logp, tokens[..., None], axis=-1)[..., 0]
 
 
-def action_start(tokens: jax.Array, lengths: jax.Array, pattern: jax.Array, fallback_tail: int = 4) -> jax.Array:
+def action_start(tokens: jax.Array, lengths: jax.Array, pattern: jax.Array, fallback_tail: int = 5) -> jax.Array:
     """Index where the action part starts: the last occurrence of `pattern` (int32[P]) inside tokens[:length].
 
     tokens int32[B, T], lengths int32[B] -> int32[B]; without an occurrence, max(length - fallback_tail, 0).

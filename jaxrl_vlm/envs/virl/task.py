@@ -10,7 +10,7 @@ Counts: `step_accuracy` over every env step (retries and the forced failure incl
 Outcomes (`OUTCOMES`, per reply; not the forced failure): correct, wrong_action (the verifier's "incorrect action",
 -1), wrong_observation (an intersection claimed or missed, -1.5).
 
-PPO's reply log-prob split (training.md §4.4): `action_key` is None, so the action part is a reply's last tokens
+PPO's reply log-prob split (training.md §4.4): `action_key` is None, so the action part is a reply's last 5 tokens
 (`ppo_math.action_start`'s fallback), as in the reference's runs, whose GP pattern never matches a V-IRL reply: the
 action string itself gets the thought weight (0.5), the closing quote, brace and end of turn the action weight.
 The intended split (`"action":`) would weight the action string fully; it changes the effective policy gradient.
