@@ -47,3 +47,19 @@ def test_meter_formula_on_hand_numbers():
     # 6e6 * (500 + 500) + 2e6 * 1000 = 6e9 + 2e9
     assert meter.gflops == pytest.approx(8.0, rel=1e-12)
     assert ComputeMeter.from_state(meter.state()) == meter
+
+
+def test_image_tokens_are_the_references_count():
+    """An image adds (tile / patch)^2 tokens: the reference's 1600 for Llama-3.2-11B-Vision (560 px tiles, 14 px
+    patches), 4 for the tests' 28 px tiny Mllama, 0 for a text model. Catches the class token or the tiles
+    counted."""
+    from jaxrl_vlm.models.config import LlamaConfig
+    from jaxrl_vlm.models.mllama import MllamaConfig, mllama_11b_config
+    from jaxrl_vlm.training.flops import image_tokens, transition_tokens
+
+    assert image_tokens(MllamaConfig.from_hf_dict(mllama_11b_config(num_text_layers=5, num_vision_layers=1))) == 1600
+    assert image_tokens(LlamaConfig(vocab_size=8, hidden_size=8, intermediate_size=8, num_layers=1, num_heads=1,
+                                    num_kv_heads=1, head_dim=8)) == 0
+    # two conversations: 3 + 2 tokens before their first replies, the first revised once (7 tokens before it)
+    start, length = [[3, 7], [2, 0]], [[4, 5], [6, 0]]
+    assert transition_tokens(start, length, [[True, True], [True, False]], images=10) == 7 + 12 + 8 + 30

@@ -127,10 +127,18 @@ def conversation_tokens(episodes):
     return episodes["reply_start"][rows, last] + episodes["reply_len"][rows, last] - 1
 
 
+def transition_tokens(episodes):
+    """Tokens of the played transitions as the paper's reference counts them (training/flops.py): per reply, the
+    whole prompt before it (reply_start) plus the reply with its stop token."""
+    return int((episodes["reply_start"] + episodes["reply_len"])[episodes["turn_valid"]].sum())
+
+
 def test_ppo_compute_matches_a_hand_count(straight_run, tiny_checkpoint):
     """Logged gflops = 6 N (D_init + D_rl) + 2 N D_buffer counted by hand: N from transformers (value head
-    excluded), D_rl = epochs x the conversations' tokens, D_buffer = (rollout + old log-probs + KL reference) x the
-    same tokens, per update. Catches padding counted, an epoch or the KL reference dropped, N with the value head."""
+    excluded), D_rl = epochs x the transitions' tokens (each reply with its whole prompt, as the reference counts),
+    D_buffer = (rollout + old log-probs + KL reference) x the same tokens, per update; the tokens the update
+    processes (each conversation once) are logged beside it. Catches padding counted, an epoch or the KL reference
+    dropped, N with the value head, and conversations counted once instead of per transition."""
     from test_compute import gflops, hf_num_parameters
 
     out, out_dir, recorded = straight_run
@@ -139,47 +147,15 @@ def test_ppo_compute_matches_a_hand_count(straight_run, tiny_checkpoint):
     train = buffer = 0
     rows = metrics(out_dir)
     for update, episodes in enumerate(recorded):
-        tokens = int(conversation_tokens(episodes).sum())
-        assert tokens > int(episodes["reply_start"][:, 0].sum())  # replies and revision turns are in the count
+        tokens = transition_tokens(episodes)
+        conversations = int(conversation_tokens(episodes).sum())
+        assert rows[update]["conversation_tokens"] == conversations < tokens  # revision turns re-count their prefix
         train += epochs * tokens
         buffer += forward_passes * tokens
         assert rows[update]["gflops"] == pytest.approx(gflops(n, train=train, buffer=buffer), rel=1e-12)
         assert rows[update]["feedback_overflow"] == int(episodes["overflow"].sum())
     assert out["compute"] == {"num_params": n, "init_tokens": 0, "train_tokens": train, "buffer_tokens": buffer}
     assert recorded[0]["turn_valid"][:, 1].any()  # some episode had a revision turn
-
-
-def test_eval_every_evaluates_before_between_and_after(straight_run):
-    """eval.every=1 evaluates before the first update, after each one and at the end, at the compute of the
-    metrics row of that update; catches eval.every ignored or an evaluation logged at stale compute."""
-    out, out_dir, _ = straight_run
-    history = out["history"]
-    assert [h["update"] for h in history] == [0, 1, 2]
-    assert set(history[1]["results"]) == {"in_dist", "rule_ood"}
-    rows = {r["step"]: r["gflops"] for r in metrics(out_dir)}
-    assert history[0]["gflops"] == 0.0  # from the base model: no fine-tuning tokens yet
-    assert [h["gflops"] for h in history[1:]] == [rows[1], rows[2]]
-    assert history[0]["gflops"] < history[1]["gflops"] < history[2]["gflops"]
-    with open(os.path.join(out_dir, "metrics.jsonl")) as f:
-        eval_rows = [row for row in map(json.loads, f) if "eval/in_dist/success" in row]
-    assert [(r["step"], r["gflops"]) for r in eval_rows] == [(h["update"], h["gflops"]) for h in history]
-
-
-def test_restored_ppo_checkpoint_is_the_trained_policy(straight_run, tiny_checkpoint):
-    """A PPO run's checkpoints/ restored the way ppo.init and eval.checkpoint read them (job.load_checkpoint) gives
-    the trained policy bitwise, not the base model's weights; catches a restore that returns the template params."""
-    out, out_dir, _ = straight_run
-    config = straight_config(out_dir, tiny_checkpoint)
-    restored, _ = job.load_checkpoint(config, os.path.join(out_dir, "checkpoints"))
-    base, _ = job.load_checkpoint(config, None)
-    trained = jax.tree.leaves(out["params"])
-    assert len(jax.tree.leaves(restored.params)) == len(trained)
-    for got, want, init in zip(jax.tree.leaves(restored.params), trained, jax.tree.leaves(base.params)):
-        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
-        assert not np.array_equal(np.asarray(got), np.asarray(init))
-    # a PPO run started from these checkpoints counts their D_init + D_rl as its D_init
-    assert job.trained_tokens(os.path.join(out_dir, "checkpoints")) == (
-        out["compute"]["init_tokens"] + out["compute"]["train_tokens"]) > 0
 
 
 def test_main_runs_warm_start_then_ppo(tmp_path, tiny_checkpoint):

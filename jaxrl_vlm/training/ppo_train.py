@@ -38,7 +38,7 @@ from jaxrl_vlm.models.sharding import to_host
 from jaxrl_vlm.shapes import round_up
 from jaxrl_vlm.training import algorithms
 from jaxrl_vlm.training.checkpoint import Checkpointer
-from jaxrl_vlm.training.flops import ComputeMeter, param_count
+from jaxrl_vlm.training.flops import ComputeMeter, image_tokens, param_count, transition_tokens
 from jaxrl_vlm.training.metrics import MetricsLogger
 from jaxrl_vlm.training.optim import adamw
 from jaxrl_vlm.training.policy import PolicyModel, policy_model
@@ -166,6 +166,7 @@ def train_ppo(config: mlc.ConfigDict, model: Any, tokenizer, task: tuple[protoco
     byte_table = token_byte_table(tokenizer, special_tokens="empty")
     capacity = rollout_lib.rollout_shapes(env, ppo.max_new_tokens).capacity
     meter = ComputeMeter(param_count(model.params), init_tokens=init_tokens)
+    image_tokens_per_reply = image_tokens(policy.config) if env.vision else 0
     history: list[dict[str, Any]] = []
     checkpointer = Checkpointer(os.path.join(config.out_dir, "checkpoints"), max_to_keep=config.checkpoint.keep,
                                 async_save=config.checkpoint.async_save)
@@ -221,17 +222,18 @@ def train_ppo(config: mlc.ConfigDict, model: Any, tokenizer, task: tuple[protoco
             batch = batch._replace(ref_logp=score_ref(reference, batch))
         state, metrics = update_fn(state, batch, update_key)
         metrics = jax.tree_util.tree_map(to_host, metrics)
-        conversation_tokens = int(lengths.sum())
+        success, overflow, reply_lengths, reply_start = (to_host(x) for x in (
+            episodes.success, episodes.overflow, episodes.reply_len, episodes.reply_start))
+        transitions = transition_tokens(reply_start, reply_lengths, turn_valid, images=image_tokens_per_reply)
         forward_passes = 2 + (reference is not None)  # rollout, scoring of old log-probs (and values), KL reference
-        meter.add(train=conversation_tokens * ppo.epochs, buffer=forward_passes * conversation_tokens)
-        success, overflow, reply_lengths = (to_host(x) for x in (episodes.success, episodes.overflow,
-                                                                 episodes.reply_len))
+        meter.add(train=transitions * ppo.epochs, buffer=forward_passes * transitions)
         done = update + 1
         row = {k: float(v) for k, v in metrics.items()}
         row.update(rollout_success=float(success.mean()), episode_turns=float(turn_valid.sum((1, 2)).mean()),
                    episode_conversations=float(turn_valid.any(-1).sum(1).mean()),
                    reply_tokens=float(reply_lengths[turn_valid].mean()), feedback_overflow=int(overflow.sum()),
-                   lr=float(schedule(update * steps_per_update)), gflops=meter.gflops, rollout_s=rollout_s,
+                   lr=float(schedule(update * steps_per_update)), gflops=meter.gflops,
+                   conversation_tokens=int(lengths.sum()), rollout_s=rollout_s,
                    update_s=time.perf_counter() - clock - rollout_s)
         logger.log(done, row, advance=1)
         if points:

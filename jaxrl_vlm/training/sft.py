@@ -34,7 +34,7 @@ from jaxrl_vlm.models.mllama_port import MllamaModel
 from jaxrl_vlm.models.sharding import make_mesh
 from jaxrl_vlm.models.tokenizer import load_tokenizer
 from jaxrl_vlm.training.checkpoint import Checkpointer
-from jaxrl_vlm.training.flops import ComputeMeter, param_count
+from jaxrl_vlm.training.flops import ComputeMeter, image_tokens, param_count
 from jaxrl_vlm.training.metrics import MetricsLogger
 from jaxrl_vlm.training.optim import adamw, trainable_mask, warmup_constant_schedule, warmup_cosine_schedule
 from jaxrl_vlm.training.sft_step import TrainState, init_train_state, make_sft_step
@@ -180,7 +180,8 @@ def train_sft(config: mlc.ConfigDict, *, model: Any = None, tokenizer: Any = Non
         end = start  # every scheduled evaluation is done
     for step in range(start, end):
         batch = next(batcher)
-        batch_tokens = int(batch.attention_mask.sum()) * jax.process_count()
+        images = 0 if batch.images is None else len(batch.images)
+        batch_tokens = (int(batch.attention_mask.sum()) + images * image_tokens(model.config)) * jax.process_count()
         tokens_seen += batch_tokens
         meter.add(train=batch_tokens)
         state, metrics = step_fn(state, _global_batch(batch, mesh, model), jax.random.fold_in(rng, step))
