@@ -14,10 +14,11 @@ Start from an SFT run instead of the warm start: --config.ppo.init=runs/sft_virl
 The paper-scale setting (Llama-3.2-11B-Vision V-IRL-L SFT checkpoint; training.md §4.6): --config.model.path=CKPT
 --config.ppo.init=model.path --config.ppo.updates=15 --config.ppo.lr_max_steps=20 --config.ppo.episodes=512
 (routes per update: the reference's 2048 transitions at about 4 replies per route; the metrics rows' episode_turns
-say how many) --config.ppo.epochs=4 --config.ppo.minibatches=16 --config.ppo.micro_batches=8
+say how many) --config.ppo.epochs=4 --config.ppo.minibatches=2 --config.ppo.micro_batches=8
 --config.ppo.lr=1e-6 --config.ppo.temperature=0.2 --config.ppo.max_new_tokens=512 --config.ppo.max_grad_norm=1.0
 --config.model.dtype=bfloat16 --config.eval.episodes=48 --config.eval.max_new_tokens=256 (visual OOD: the 18-route
-benchmark, one episode per route).
+benchmark, one episode per route). 4 epochs x 2 mini-batches = the reference's 8 optimizer steps per update, each over
+half the update's transitions (its grad_accum 128 x 8 GPUs = 1024 transitions).
 """
 from jaxrl_vlm.config import base_config
 

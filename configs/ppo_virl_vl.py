@@ -9,8 +9,10 @@ and model.path. E.g. `--config.model.path=/path/to/Llama-3.2-11B-Vision-Instruct
 px are resized to task.resolution=1200 (spec virl.md §1.10), rendered, preprocessed and encoded on the device at
 every route point of the rollout; the route set's panoramas live on the device (2.9 GB for the synthetic city).
 The reference's V-IRL-VL settings (training.md §4.6), set here: lr 1e-7, cosine T_max 20 updates, 15 updates,
-verify_iter 2, temperature 0.2, 512 new tokens, max_grad_norm 1.0; 2048 transitions per update:
---config.ppo.episodes=2048 --config.ppo.minibatches=16; evaluation of 48 episodes (visual OOD: the 18-route benchmark).
+verify_iter 2, temperature 0.2, 512 new tokens, max_grad_norm 1.0; about 2048 transitions per update (512 routes at
+about 4 replies each), 4 epochs x 2 mini-batches = 8 optimizer steps per update, each over half the update's
+transitions (the reference's grad_accum 128 x 8 GPUs = 1024); evaluation of 48 episodes (visual OOD: the 18-route
+benchmark).
 """
 from jaxrl_vlm.config import base_config
 
@@ -26,7 +28,8 @@ def get_config():
     config.ppo.init = "model.path"
     config.ppo.updates = 15
     config.ppo.episodes = 512
-    config.ppo.minibatches = 8
+    config.ppo.epochs = 4
+    config.ppo.minibatches = 2
     config.ppo.micro_batches = 8
     config.ppo.lr = 1e-7
     config.ppo.lr_max_steps = 20
