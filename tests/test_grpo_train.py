@@ -9,7 +9,7 @@ import os
 import jax
 import numpy as np
 import pytest
-from test_ppo_train import conversation_tokens, load_config, metrics, small
+from test_ppo_train import load_config, metrics, small, transition_tokens
 
 from jaxrl_vlm import job, tasks
 from jaxrl_vlm import rollout as rollout_lib
@@ -111,7 +111,7 @@ def test_grpo_checkpoint_has_no_value_head_and_restores_the_policy(straight, tin
 
 
 def test_grpo_compute_counts_every_group_member(straight, tiny_checkpoint):
-    """D_rl = epochs x the tokens of every episode's conversation (both members of each group), D_buffer =
+    """D_rl = epochs x the tokens of every episode's transitions (both members of each group), D_buffer =
     (rollout + old log-probs + KL reference) x the same: no value-head pass of its own."""
     from test_compute import gflops, hf_num_parameters
 
@@ -122,10 +122,11 @@ def test_grpo_compute_counts_every_group_member(straight, tiny_checkpoint):
     for update, (_, episodes) in enumerate(recorded):
         one_conversation = {k: np.asarray(v)[:, 0] for k, v in episodes._asdict().items()
                             if k in ("turn_valid", "reply_start", "reply_len")}
-        tokens = conversation_tokens(one_conversation)
-        assert len(tokens) == 4 and np.all(tokens > 0)  # both members of both groups
-        train_tokens += epochs * int(tokens.sum())
-        buffer += forward_passes * int(tokens.sum())
+        played = one_conversation["turn_valid"].any(axis=1)
+        assert played.shape == (4,) and played.all()  # both members of both groups
+        tokens = transition_tokens(one_conversation)
+        train_tokens += epochs * tokens
+        buffer += forward_passes * tokens
         assert metrics(out_dir)[update]["gflops"] == pytest.approx(gflops(n, train=train_tokens, buffer=buffer),
                                                                    rel=1e-12)
     assert out["compute"] == {"num_params": n, "init_tokens": 0, "train_tokens": train_tokens,

@@ -81,10 +81,11 @@ def straight_run(tmp_path_factory, tiny_checkpoint):
 
     def recording_rollout(*args, **kwargs):
         episodes = real_rollout(*args, **kwargs)
-        if float(args[8]) == 0.0:  # an evaluation's rollout (greedy), not PPO's (ppo.temperature > 0)
+        if jax.tree.leaves(args[5])[0].shape[0] != config.ppo.episodes:  # an evaluation's batch, not PPO's
             return episodes
         recorded.append({k: np.asarray(v)[:, 0] for k, v in episodes._asdict().items()  # GP: one conversation
-                         if k not in ("slot_tokens", "counts", "state", "success", "overflow")})
+                         if k not in ("slot_tokens", "counts", "state", "success", "overflow", "outcomes",
+                                    "conversation_state")})
         recorded[-1].update(success=np.asarray(episodes.success), overflow=np.asarray(episodes.overflow))
         return episodes
 
@@ -115,6 +116,23 @@ def test_kill_and_resume_is_bitwise_equal(tmp_path, tiny_checkpoint, straight_ru
     assert straight["compute"] == resumed["compute"]
     assert [h["update"] for h in resumed["history"]] == [0, 1, 2]
     assert [h["gflops"] for h in resumed["history"]] == [h["gflops"] for h in straight["history"]]
+
+
+def test_evaluations_at_a_compute_schedule(tmp_path, tiny_checkpoint, straight_run):
+    """With eval_gflops (the study's RL branch) the run evaluates after the first update whose compute reaches each
+    point, not before the first update, and ends after the last point however many updates are allowed; the
+    evaluations equal the straight run's at those updates. Catches the update-0 evaluation, a point evaluated
+    early or late, and a run that goes on past the schedule."""
+    straight, _, _ = straight_run
+    g1, g2 = (h["gflops"] for h in straight["history"][1:3])
+    config = straight_config(tmp_path / "scheduled", tiny_checkpoint)
+    config.ppo.updates = 4
+    model, tokenizer = job.load_checkpoint(config, None)
+    out = job.train_ppo(config, model, tokenizer, eval_gflops=[g1 / 2, (g1 + g2) / 2])
+    assert out["updates"] == 2
+    assert [(h["update"], h["gflops"]) for h in out["history"]] == [(1, g1), (2, g2)]
+    assert [h["results"] for h in out["history"]] == [h["results"] for h in straight["history"][1:3]]
+    assert [r["step"] for r in metrics(tmp_path / "scheduled")] == [1, 2]
 
 
 def conversation_tokens(episodes):

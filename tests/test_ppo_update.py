@@ -265,7 +265,8 @@ def test_virl_update_on_a_2x2x2_mesh_equals_one_device(tiny_checkpoint, virl_hos
     _, many, m8, *_ = run_update(tiny_checkpoint, virl_host_batch, None, mesh=make_mesh(data=2, fsdp=2, tensor=2),
                                  **settings)
     assert m1["turns"] == virl_host_batch.turn_valid.sum()
+    # atol 1e-5: at the first step the policy loss is -mean(normalised advantages), zero up to summation order
     for key in ("loss", "policy_loss", "value_loss", "grad_norm", "approx_kl"):
-        np.testing.assert_allclose(m8[key], m1[key], rtol=2e-4, atol=1e-6, err_msg=key)
+        np.testing.assert_allclose(m8[key], m1[key], rtol=2e-4, atol=1e-5, err_msg=key)
     for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(many.params)):
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-3, atol=1e-4)
