@@ -26,6 +26,7 @@ RUNTIME = [
 
 DEV = [
     "pytest>=8",
+    "pytest-xdist>=3.5",
     "hypothesis>=6.100",
     "torch==2.13.0",
     "accelerate>=1.0",

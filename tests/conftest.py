@@ -1,12 +1,46 @@
 """Test-wide setup: 8 fake CPU devices for sharding tests, set before JAX is imported anywhere."""
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+import gc
+
 import pytest
+
+
+_XLA_CACHE_PREFIX = "jaxrl_vlm_test_xla_cache_"
+
+
+def pytest_configure(config):
+    """One persistent compilation cache per test-running process (not the xdist controller) and the jobs it
+    launches, set before JAX is imported: the same programs are compiled again by fresh jit closures (a resumed run,
+    a second `train_ppo`, `eval` after `main`)."""
+    controller = config.getoption("numprocesses", None) and not hasattr(config, "workerinput")
+    if not controller and "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+        os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix=_XLA_CACHE_PREFIX)
+
+
+def pytest_unconfigure(config):
+    directory = os.environ.get("JAX_COMPILATION_CACHE_DIR", "")
+    if os.path.basename(directory).startswith(_XLA_CACHE_PREFIX):
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def release_compiled_code():
+    """Drop JAX's compilation caches after each test module: every XLA:CPU executable keeps its code mapped (a few
+    memory maps per kernel), and one process running the whole suite otherwise reaches the kernel's 65,530-map
+    limit (vm.max_map_count) and segfaults inside a later compilation."""
+    yield
+    import jax
+
+    jax.clear_caches()
+    gc.collect()
 
 
 @pytest.fixture(scope="session")
