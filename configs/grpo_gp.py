@@ -2,7 +2,8 @@
 in-distribution and rule-OOD evaluation before and after) with the critic-free group-relative algorithm instead of
 PPO. Embedded default: SmolLM2-135M-Instruct, sized to finish within 15 minutes on a 2-core CPU; the same SFT warm
 start, episodes, epochs and mini-batches as ppo_gp.py, so the two runs differ in the algorithm (and its sampling
-temperature) only.
+temperature) and in taking one update where ppo_gp.py takes 3 (--config.ppo.updates=3 compares them update for
+update).
 
 Each update draws 8 / 4 = 2 hands and rolls out 4 episodes of each; an episode's return is the sum of its replies'
 rewards and every reply gets (return - group mean) / group std (training/grpo.py). Sampling at temperature 1.0 (TRL's
@@ -11,12 +12,11 @@ model. No KL penalty (ppo.kl_coef=0, as TRL's default and DAPO / Dr. GRPO), toke
 Variants: --config.ppo.algorithm=rloo (leave-one-out baseline); Dr. GRPO: --config.ppo.scale_rewards=none
 --config.ppo.loss_norm=constant; the GRPO paper's: --config.ppo.loss_norm=sequence --config.ppo.kl_coef=0.04.
 
-Measured on the project's 2-core CPU machine (2026-12-07): 26 min 26 s, peak RSS 8.9 GB, 143% CPU, the other
-session's jobs sharing the cores for its first 10 minutes (load average 0.0 at the start, 2-4 during): startup and
-data 1.7 min, SFT 6.3 min, evaluations before 4.7 min, 3 GRPO updates 12.3 min (about 92 s rollout + 150 s update
-each), evaluations after 2.5 min. Over the 15-minute target: the warm start and the evaluations, which ppo_gp.py
-has too, take 15 minutes on their own on this machine; the GRPO updates cost more than PPO's because sampling at
-1.0 fills the 64-token reply budget (mean 54 tokens). --config.ppo.updates=1 --config.ppo.epochs=1 shortens it.
+One GRPO update (ppo_gp.py takes 3): measured with 3 on the project's 2-core CPU machine (2026-12-07, the other
+session's jobs sharing the cores for its first 10 minutes): 26 min 26 s, peak RSS 8.9 GB: startup and data 1.7 min,
+SFT 6.3 min, evaluations before 4.7 min, 3 GRPO updates 12.3 min (about 92 s rollout + 150 s update each; sampling
+at 1.0 fills the 64-token reply budget, mean 54 tokens), evaluations after 2.5 min. One update takes off about 8
+minutes of that; the one-update run itself has not been timed on a quiet machine.
 A 135M model this briefly trained makes no 24 (success stays at 0%), as with ppo_gp.py; no group was flat.
 
 The paper-scale recipe (Llama-3.2-11B-Vision GP-L SFT checkpoint, as configs/ppo_gp.py's; the same 2048 episodes
@@ -42,7 +42,7 @@ def get_config():
     config.task.verify_iter = 3
     config.ppo.algorithm = "grpo"
     config.ppo.group_size = 4
-    config.ppo.updates = 3
+    config.ppo.updates = 1
     config.ppo.episodes = 8
     config.ppo.epochs = 2
     config.ppo.minibatches = 2

@@ -60,6 +60,13 @@ def test_study_configs_validate():
     config = module.get_config()
     config.mesh.data = 1  # the tests' 8 fake devices would make 8 batch shards
     config_lib.validate(config)
+    config.study.branches = "sft,ppo,grpo"
+    config_lib.validate(config)
+    ppo, grpo = study.stage_config(config, "ppo"), study.stage_config(config, "grpo")
+    assert (ppo.job, ppo.ppo.algorithm, ppo.ppo.group_size) == ("ppo", "ppo", 1)
+    assert (grpo.job, grpo.ppo.algorithm, grpo.ppo.group_size) == ("ppo", "grpo", config.study.group_size)
+    assert grpo.ppo.init == ppo.ppo.init == os.path.join(config.out_dir, "init", "checkpoints")
+    assert len({ppo.out_dir, grpo.out_dir, study.stage_config(config, "sft").out_dir}) == 3
     config.study.branches = "sft,dpo"
     with pytest.raises(ValueError, match="study.branches 'sft,dpo'"):
         config_lib.validate(config)
