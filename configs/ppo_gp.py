@@ -6,7 +6,8 @@ Override any key: `python -m jaxrl_vlm.main --config=configs/ppo_gp.py --config.
 Start from an SFT run instead of the warm start: --config.ppo.init=runs/sft_gp/checkpoints (or an HF directory).
 The paper-scale setting (Llama-3.2-11B-Vision SFT checkpoint, GP-L; training.md §4.6): --config.model.path=CKPT
 --config.ppo.init=model.path --config.ppo.updates=20 --config.ppo.episodes=512 --config.ppo.epochs=4
---config.ppo.minibatches=2 --config.ppo.micro_batches=8 --config.ppo.lr=1e-6 --config.ppo.max_new_tokens=512 --config.model.dtype=bfloat16
+--config.ppo.minibatches=2 --config.ppo.micro_batches=8 --config.ppo.lr=1e-6 --config.ppo.max_new_tokens=512
+--config.model.dtype=bfloat16
 --config.eval.episodes=234 --config.eval.max_new_tokens=256 (see README for GPU and TPU launch lines). As the
 reference: 8 optimizer steps per update (4 epochs x 2 mini-batches, each half the update's transitions; its
 grad_accum 128 x 8 GPUs = 1024 of its 2048 transitions), 512 episodes being about its 2048 transitions at about 4

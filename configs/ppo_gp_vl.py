@@ -4,7 +4,8 @@ Point it at the real model and its SFT checkpoint, e.g. `--config.model.path=/pa
 --config.ppo.init=runs/sft_gp_vl/checkpoints` (or an exported HF directory), and choose a mesh, e.g.
 `--config.mesh.fsdp=8`. The reference's GP-VL settings (training.md §4.6): lr 1e-6, cosine T_max 100, 20 updates of
 about 2048 transitions (512 episodes at about 4 replies each), 4 epochs x 2 mini-batches = 8 optimizer steps per
-update, each over half the update's transitions (grad_accum 128 x 8 GPUs = 1024), verify_iter 5, temperature 0.2, 512 new tokens. Evaluation covers in-distribution,
+update, each over half the update's transitions (grad_accum 128 x 8 GPUs = 1024), verify_iter 5, temperature 0.2,
+512 new tokens. Evaluation covers in-distribution,
 rule OOD, visual OOD (red suits) and card recognition.
 """
 from jaxrl_vlm.config import base_config

@@ -53,11 +53,27 @@ def test_report_and_plots_from_a_fake_results_file(tmp_path):
         assert os.path.getsize(tmp_path / f"{name}.png") > 10_000, name
 
 
-def test_study_configs_validate():
-    spec = importlib.util.spec_from_file_location("study_gp_l", os.path.join("configs", "study_gp_l.py"))
+def load_study_config(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join("configs", f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    config = module.get_config()
+    return module.get_config()
+
+
+def test_vision_study_configs_name_the_missing_model():
+    """The -VL studies validate up to their placeholder model.path, which they name."""
+    for name in ("study_gp_vl", "study_virl_vl"):
+        config = load_study_config(name)
+        config.mesh.data = 1
+        with pytest.raises((ValueError, FileNotFoundError), match="model.path"):
+            config_lib.validate(config)
+
+
+def test_study_configs_validate():
+    config = load_study_config("study_virl_l")
+    config.mesh.data = 1
+    config_lib.validate(config)
+    config = load_study_config("study_gp_l")
     config.mesh.data = 1  # the tests' 8 fake devices would make 8 batch shards
     config_lib.validate(config)
     config.study.branches = "sft,ppo,grpo"
