@@ -1,9 +1,8 @@
 """GRPO on GeneralPoints-L with sequential revision: configs/ppo_gp.py's job (SFT warm start, then RL, with
 in-distribution and rule-OOD evaluation before and after) with the critic-free group-relative algorithm instead of
 PPO. Embedded default: SmolLM2-135M-Instruct, sized to finish within 15 minutes on a 2-core CPU; the same SFT warm
-start, episodes, epochs and mini-batches as ppo_gp.py, so the two runs differ in the algorithm (and its sampling
-temperature) and in taking one update where ppo_gp.py takes 3 (--config.ppo.updates=3 compares them update for
-update).
+start, episodes, epochs, mini-batches and single update as ppo_gp.py, so the two runs differ in the algorithm (and
+its sampling temperature) only.
 
 Each update draws 8 / 4 = 2 hands and rolls out 4 episodes of each; an episode's return is the sum of its replies'
 rewards and every reply gets (return - group mean) / group std (training/grpo.py). Sampling at temperature 1.0 (TRL's
@@ -12,11 +11,11 @@ model. No KL penalty (ppo.kl_coef=0, as TRL's default and DAPO / Dr. GRPO), toke
 Variants: --config.ppo.algorithm=rloo (leave-one-out baseline); Dr. GRPO: --config.ppo.scale_rewards=none
 --config.ppo.loss_norm=constant; the GRPO paper's: --config.ppo.loss_norm=sequence --config.ppo.kl_coef=0.04.
 
-One GRPO update (ppo_gp.py takes 3): measured with 3 on the project's 2-core CPU machine (2026-12-07, the other
-session's jobs sharing the cores for its first 10 minutes): 26 min 26 s, peak RSS 8.9 GB: startup and data 1.7 min,
-SFT 6.3 min, evaluations before 4.7 min, 3 GRPO updates 12.3 min (about 92 s rollout + 150 s update each; sampling
-at 1.0 fills the 64-token reply budget, mean 54 tokens), evaluations after 2.5 min. One update takes off about 8
-minutes of that; the one-update run itself has not been timed on a quiet machine.
+One GRPO update after 4 SFT steps, as ppo_gp.py: measured with 3 updates after 6 steps on the project's 2-core CPU
+machine (2026-12-07, the other session's jobs sharing the cores for its first 10 minutes): 26 min 26 s, peak RSS
+8.9 GB: startup and data 1.7 min, SFT 6.3 min, evaluations before 4.7 min, 3 GRPO updates 12.3 min (about 92 s
+rollout + 150 s update each; sampling at 1.0 fills the 64-token reply budget, mean 54 tokens), evaluations after
+2.5 min. The one-update run has not been timed on a quiet machine.
 A 135M model this briefly trained makes no 24 (success stays at 0%), as with ppo_gp.py; no group was flat.
 
 The paper-scale recipe (Llama-3.2-11B-Vision GP-L SFT checkpoint, as configs/ppo_gp.py's; the same 2048 episodes
@@ -33,7 +32,7 @@ from jaxrl_vlm.config import base_config
 def get_config():
     """Config of a GRPO run on GP-L."""
     config = base_config(job="ppo", run_name="grpo_gp")
-    config.sft.steps = 6
+    config.sft.steps = 4
     config.sft.global_batch_size = 8
     config.sft.lr = 5e-5
     config.sft.warmup_ratio = 0.1
