@@ -205,10 +205,11 @@ def run_study(config: mlc.ConfigDict) -> dict:
     for branch in config_lib.study_branches(config):
         histories[branch] = (run_sft_branch(config, points) if branch == "sft"
                              else run_rl_branch(config, branch, init, points))
-    results = write_report(config, init, histories, points) if jax.process_index() == 0 else {}
-    if jax.process_index() == 0:
-        print(markdown_table(init, histories))
-        print(f"study written to {config.out_dir} (results.json, results.md, plots)")
+    if jax.process_index() != 0:
+        return {}
+    results = write_report(config, init, histories, points)
+    print(markdown_table(init, histories))
+    print(f"study written to {config.out_dir} (results.json, results.md, plots)")
     return results
 
 
