@@ -31,6 +31,10 @@ DEV = [
     "torch==2.13.0",
     "accelerate>=1.0",
     "quicktok-v1>=0.4",
+    # libtpu, for the tests that compile programs for small TPU topologies on the CPU (jaxrl_vlm.plan); jax's own
+    # extra picks the libtpu its version needs (constraints.txt pins it). Its wheels are for Linux x86_64 hosts:
+    # the marker keeps a dev install working elsewhere (without the TPU compile tests' libtpu).
+    "jax[tpu]; platform_system == 'Linux' and platform_machine == 'x86_64'",
 ]
 
 setup(
@@ -38,7 +42,7 @@ setup(
     version="0.1.0",
     description="SFT and PPO post-training of vision-language models in JAX/Flax (GeneralPoints, V-IRL).",
     packages=find_packages(include=["jaxrl_vlm", "jaxrl_vlm.*"]),
-    python_requires=">=3.10",
+    python_requires=">=3.11",  # jax 0.7 and newer
     install_requires=RUNTIME,
     extras_require={"dev": DEV, "wandb": ["wandb"]},
 )
