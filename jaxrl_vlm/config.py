@@ -27,6 +27,12 @@ VIRL_ROUTE_KEYS = {"in_distribution": "route_dir", "rule_ood": "route_dir", "vis
 def base_config(job: str, run_name: str) -> mlc.ConfigDict:
     """The full schema with defaults for the embedded model on GP-L; config files override values.
 
+    mesh: data x fsdp x tensor devices of training (data=-1: the devices the others leave). mesh.rollout_tensor:
+    0 decodes (rollouts, evaluation) on the training layout; N > 0 gives decoding its own layout over the same
+    devices (`models.decode_layout`): tensor-parallel over N consecutive devices (a host or a node), the batch over
+    the rest, the params resharded and cast to model.dtype once per update, so a decode step reads each chip's share
+    of the weights instead of all-gathering them (FSDP) for every token.
+
     task.name: 'gp' (GeneralPoints) or 'virl' (V-IRL navigation; language_only, verify_iter and resolution apply to
     both: the GP-VL image side, V-IRL-VL's size of each view in the 2x2 grid, whose views are rendered at
     task.view_size px first; task.route_dir / task.ood_route_dir are V-IRL route directories, see VIRL_ROUTE_KEYS). An empty V-IRL route
@@ -59,7 +65,7 @@ def base_config(job: str, run_name: str) -> mlc.ConfigDict:
     c.seed = 0
     c.distributed = False
     c.model = mlc.ConfigDict(dict(path=EMBEDDED_MODEL, dtype="float32", param_dtype="float32"))
-    c.mesh = mlc.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    c.mesh = mlc.ConfigDict(dict(data=-1, fsdp=1, tensor=1, rollout_tensor=0))
     c.task = mlc.ConfigDict(dict(name="gp", language_only=True, face_cards_as_10=True, ood=False, suits="mixed",
                                  target=24, verify_iter=5, resolution=1200, view_size=640, card_dir="", route_dir="",
                                  ood_route_dir="", city_cache="data/virl_cities", city_routes=1000))
@@ -146,14 +152,16 @@ def _check(condition: bool, key: str, value, expected: str) -> None:
         raise ValueError(f"config.{key}={value!r} is invalid: expected {expected}")
 
 
-def batch_shards(mesh: mlc.ConfigDict) -> int:
-    """Shards of the batch dimension on the configured mesh: data x fsdp (data=-1: all devices fsdp x tensor leave).
-    Counts devices only when data is -1."""
+def batch_shards(mesh: mlc.ConfigDict, device_count: int | None = None) -> int:
+    """Shards of the batch dimension on the configured mesh: data x fsdp (data=-1: all devices fsdp x tensor leave,
+    of `device_count` devices; default this job's `jax.device_count()`)."""
     data = mesh.data
     if data == -1:
-        import jax
+        if device_count is None:
+            import jax
 
-        data = max(jax.device_count() // (mesh.fsdp * mesh.tensor), 1)
+            device_count = jax.device_count()
+        data = max(device_count // (mesh.fsdp * mesh.tensor), 1)
     return data * mesh.fsdp
 
 
@@ -222,9 +230,10 @@ def _check_vision_model(config: mlc.ConfigDict) -> None:
                          "model_type 'mllama') or set task.language_only=True")
 
 
-def validate(config: mlc.ConfigDict) -> None:
+def validate(config: mlc.ConfigDict, device_count: int | None = None) -> None:
     """Raise ValueError/FileNotFoundError naming the key for any bad value or missing file. An empty V-IRL route
-    directory passes: the job builds a synthetic city there (envs/virl/cities.py `resolve_route_dirs`)."""
+    directory passes: the job builds a synthetic city there (envs/virl/cities.py `resolve_route_dirs`).
+    device_count: the devices the mesh spans (default this job's; a plan passes its target's)."""
     _check(config.job in JOBS, "job", config.job, f"one of {JOBS}")
     resolve_model_path(config.model.path)
     for key in ("dtype", "param_dtype"):
@@ -233,6 +242,14 @@ def validate(config: mlc.ConfigDict) -> None:
         size = config.mesh[axis]
         _check(isinstance(size, int) and (size >= 1 or (axis == "data" and size == -1)), f"mesh.{axis}", size,
                "a positive int (data may be -1: all remaining devices)")
+    devices = device_count
+    if devices is None and config.mesh.rollout_tensor:
+        import jax
+
+        devices = jax.device_count()
+    tensor = config.mesh.rollout_tensor
+    _check(isinstance(tensor, int) and tensor >= 0 and (tensor == 0 or devices % tensor == 0), "mesh.rollout_tensor",
+           tensor, f"0 (decode on the training layout) or a divisor of the {devices} devices")
     from jaxrl_vlm.envs.general_points.sampling import SUIT_SETS
 
     task = config.task
@@ -253,7 +270,7 @@ def validate(config: mlc.ConfigDict) -> None:
         _check(isinstance(sft[key], int) and sft[key] >= 1, f"sft.{key}", sft[key], "an int >= 1")
     _check(sft.global_batch_size % sft.micro_batches == 0, "sft.micro_batches", sft.micro_batches,
            f"a divisor of sft.global_batch_size={sft.global_batch_size}")
-    shards = batch_shards(config.mesh)
+    shards = batch_shards(config.mesh, device_count)
     if config.job in ("sft", "study") or (config.job == "ppo" and config.ppo.init == ""):  # SFT, incl. warm starts
         _check((sft.global_batch_size // sft.micro_batches) % shards == 0, "sft.global_batch_size",
                sft.global_batch_size, f"a multiple of sft.micro_batches x the mesh's batch shards (data x fsdp) = "

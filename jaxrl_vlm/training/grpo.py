@@ -90,6 +90,11 @@ class GroupRelative:
         """{'policy': the model's params}: no value head (the other arguments are a critic's)."""
         return {"policy": policy_params}
 
+    @staticmethod
+    def head_logical_axes() -> dict[str, Any]:
+        """Logical axes of the params beside 'policy': none."""
+        return {}
+
     def reference_logp(self, reference: Any, batch: PPOBatch) -> jax.Array:
         """float32[E, T, N]: the reference policy params' per-token log-probs."""
         return score_tokens(self.policy, {"policy": reference}, batch, self.hyper.temperature).logp

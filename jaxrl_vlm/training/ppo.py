@@ -110,8 +110,13 @@ class PPO:
         `mesh` the value head is sharded by its logical axes (`llama.value_head_logical_axes`)."""
         value = llama.init_value_head(rng, hidden_size, dtype)
         if mesh is not None:
-            value = shard_tree(value, llama.value_head_logical_axes(), mesh)
+            value = shard_tree(value, PPO.head_logical_axes()["value"], mesh)
         return {"policy": policy_params, "value": value}
+
+    @staticmethod
+    def head_logical_axes() -> dict[str, Any]:
+        """Logical axes of the params beside 'policy': the value head's."""
+        return {"value": llama.value_head_logical_axes()}
 
     def reference_logp(self, reference: Any, batch: PPOBatch) -> jax.Array:
         """float32[E, T]: the reference policy params' reply log-probs."""

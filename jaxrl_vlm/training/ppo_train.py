@@ -3,8 +3,10 @@ periodic evaluation. The algorithm is config ppo.algorithm (`algorithms`: PPO, G
 
 Each update u: reset `ppo.episodes` episodes of the training split (key fold_in(seed, u)) in groups of
 `ppo.group_size` (`reset_groups`: episodes / group_size draws, each repeated; 1 for PPO), roll them out on the
-device (`jaxrl_vlm.rollout`, sampling at ppo.temperature / ppo.top_p), compact the played conversations (rows of
-the update, in episode order, so an episode's steps are in time order), and run the algorithm's jitted update
+device (`jaxrl_vlm.rollout`, sampling at ppo.temperature / ppo.top_p; with mesh.rollout_tensor on decoding's own
+weight layout, `models.decode_layout`, the policy resharded for it before each rollout), compact the played
+conversations (rows of the update, in episode order, so an episode's steps are in time order), and run the
+algorithm's jitted update
 (`rl_update.make_update`: the algorithm's scoring and advantages, then epochs x mini-batches of its loss). Every
 `eval.every` updates (and before the first and after the last) the job's `evaluate` callback runs. Metrics carry
 the compute so far in GFLOPs (`flops.ComputeMeter`; every rolled-out episode counts, each group member included).
@@ -33,6 +35,7 @@ import optax
 
 from jaxrl_vlm import rollout as rollout_lib
 from jaxrl_vlm.envs import protocol
+from jaxrl_vlm.models.decode_layout import decode_layout
 from jaxrl_vlm.models.token_bytes import token_byte_table
 from jaxrl_vlm.models.sharding import to_host
 from jaxrl_vlm.shapes import round_up
@@ -69,21 +72,36 @@ def cosine_annealing(lr: float, end_lr: float, period_updates: int, steps_per_up
     return schedule
 
 
+def ppo_optimizer(config: mlc.ConfigDict) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """(Adam with clipping, the cosine learning-rate schedule) of config.ppo (module docstring)."""
+    ppo = config.ppo
+    schedule = cosine_annealing(ppo.lr, ppo.end_lr, ppo.lr_max_steps, ppo.epochs * ppo.minibatches)
+    tx = adamw(schedule, b1=ppo.b1, b2=ppo.b2, eps=ppo.eps, weight_decay=ppo.weight_decay,
+               max_grad_norm=ppo.max_grad_norm)
+    return tx, schedule
+
+
 def initial_ppo_state(config: mlc.ConfigDict, model: Any,
                       algorithm: str | None = None) -> tuple[TrainState, tuple[Any, optax.Schedule]]:
     """(TrainState at update 0 on the model's mesh: params {'policy': model.params} plus, for a critic (PPO), a
     fresh value head 'value', and Adam state; (optax transformation, learning-rate schedule)) of config.ppo, for
     `algorithm` (default config.ppo.algorithm)."""
-    ppo = config.ppo
-    schedule = cosine_annealing(ppo.lr, ppo.end_lr, ppo.lr_max_steps, ppo.epochs * ppo.minibatches)
-    tx = adamw(schedule, b1=ppo.b1, b2=ppo.b2, eps=ppo.eps, weight_decay=ppo.weight_decay,
-               max_grad_norm=ppo.max_grad_norm)
+    tx, schedule = ppo_optimizer(config)
     hidden_size = policy_model(model, config.model.param_dtype, config.model.dtype).hidden_size
     value_key = jax.random.fold_in(jax.random.key(config.seed), 1 << 30)
     mesh = mesh_of(model)
-    params = algorithms.init_params(algorithm or ppo.algorithm, model.params, hidden_size, value_key,
+    params = algorithms.init_params(algorithm or config.ppo.algorithm, model.params, hidden_size, value_key,
                                     jnp.dtype(config.model.param_dtype), mesh)
     return place_on_mesh(TrainState(jnp.zeros((), jnp.int32), params, tx.init(params)), mesh), (tx, schedule)
+
+
+def update_program(config: mlc.ConfigDict, policy: PolicyModel, pattern: jax.Array, tx: optax.GradientTransformation,
+                   state_shardings: Any) -> tuple[Any, Callable[..., Any]]:
+    """(the algorithm of config.ppo, its jitted `update(state, batch: PPOBatch, rng) -> (state, metrics)`: the
+    scoring pass and epochs x mini-batches of optimizer steps, state donated and kept on `state_shardings`);
+    pattern int32[P]: the action key's token ids (`action_pattern`)."""
+    algorithm = algorithms.build(config, policy, pattern)
+    return algorithm, jax.jit(make_update(algorithm, tx), donate_argnums=0, out_shardings=(state_shardings, None))
 
 
 def conversation_rows(turn_valid: np.ndarray, multiple: int) -> tuple[np.ndarray, np.ndarray]:
@@ -159,10 +177,12 @@ def train_ppo(config: mlc.ConfigDict, model: Any, tokenizer, task: tuple[protoco
     # a copy: the train state starts from (and donates) the model's own param buffers
     reference = jax.tree_util.tree_map(jnp.copy, model.params) if ppo.kl_coef > 0 else None
     state, (tx, schedule) = initial_ppo_state(config, model)
-    shardings = jax.tree_util.tree_map(lambda x: x.sharding, state)
-    algorithm = algorithms.build(config, policy, jnp.asarray(action_pattern(tokenizer, env.action_key)))
-    update_fn = jax.jit(make_update(algorithm, tx), donate_argnums=0, out_shardings=(shardings, None))
+    algorithm, update_fn = update_program(config, policy, jnp.asarray(action_pattern(tokenizer, env.action_key)), tx,
+                                          jax.tree_util.tree_map(lambda x: x.sharding, state))
     score_ref = jax.jit(algorithm.reference_logp)
+    layout = decode_layout(policy.config, mesh_of(model), config.mesh.rollout_tensor, config.model.dtype)
+    decoder = policy.decoder if layout is None else layout.decoder(policy.decoder)
+    put_rollout = model.put_batch if layout is None else layout.put_batch
     byte_table = token_byte_table(tokenizer, special_tokens="empty")
     capacity = rollout_lib.rollout_shapes(env, ppo.max_new_tokens).capacity
     meter = ComputeMeter(param_count(model.params), init_tokens=init_tokens)
@@ -204,11 +224,12 @@ def train_ppo(config: mlc.ConfigDict, model: Any, tokenizer, task: tuple[protoco
         clock = time.perf_counter()
         reset_key, sample_key, update_key = jax.random.split(jax.random.fold_in(key, update), 3)
         env_state = reset_groups(env, reset_key, env_params, ppo.episodes, ppo.group_size)
-        env_state = jax.tree_util.tree_map(lambda x: model.put_batch(to_host(x)), env_state)
-        episodes = rollout_lib.rollout(env, policy.decoder, state.params["policy"], env_params, byte_table,
-                                       env_state, sample_key, jnp.float32(ppo.temperature),
-                                       jnp.float32(ppo.top_p), eos_ids, max_new_tokens=ppo.max_new_tokens,
-                                       pad_id=model.pad_id)
+        env_state = jax.tree_util.tree_map(lambda x: put_rollout(to_host(x)), env_state)
+        rollout_params = state.params["policy"] if layout is None else layout.place(state.params["policy"])
+        episodes = rollout_lib.rollout(env, decoder, rollout_params, env_params, byte_table, env_state, sample_key,
+                                       jnp.float32(ppo.temperature), jnp.float32(ppo.top_p), eos_ids,
+                                       max_new_tokens=ppo.max_new_tokens, pad_id=model.pad_id)
+        del rollout_params
         turn_valid = to_host(episodes.turn_valid)
         index, row_valid = conversation_rows(turn_valid, ppo.episodes)
         lengths = to_host(jnp.sum(episodes.slot_valid, axis=-1)).reshape(-1)[index[row_valid]]

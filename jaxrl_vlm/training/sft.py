@@ -46,12 +46,14 @@ FROZEN_PATTERNS = {
 }
 
 
-def build_mesh(mesh_config: mlc.ConfigDict) -> Mesh:
-    """The (data, fsdp, tensor) mesh; data=-1 takes all devices that fsdp and tensor leave.
+def build_mesh(mesh_config: mlc.ConfigDict, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """The (data, fsdp, tensor) mesh over `devices` (default: this job's, `jax.devices()`; a plan passes a target's);
+    data=-1 takes all devices that fsdp and tensor leave.
 
     A mesh smaller than the device count uses the first devices (single-process runs only, e.g. a 1-device run).
     """
-    n = jax.device_count()
+    devices = list(jax.devices() if devices is None else devices)
+    n = len(devices)
     fsdp, tensor = mesh_config.fsdp, mesh_config.tensor
     data = mesh_config.data
     if data == -1:
@@ -59,10 +61,11 @@ def build_mesh(mesh_config: mlc.ConfigDict) -> Mesh:
             raise ValueError(f"mesh fsdp={fsdp} x tensor={tensor} does not divide the {n} devices")
         data = n // (fsdp * tensor)
     total = data * fsdp * tensor
-    if total > n or (total < n and jax.process_count() > 1):
+    multi_host = len({d.process_index for d in devices}) > 1
+    if total > n or (total < n and multi_host):
         raise ValueError(f"mesh data={data} x fsdp={fsdp} x tensor={tensor} = {total} devices, but {n} are available"
                          + (" (multi-process runs must use every device)" if total < n else ""))
-    return make_mesh(data=data, fsdp=fsdp, tensor=tensor, devices=jax.devices()[:total])
+    return make_mesh(data=data, fsdp=fsdp, tensor=tensor, devices=devices[:total])
 
 
 def _global_batch(batch: SFTBatch, mesh: Mesh, model: Any) -> dict[str, jax.Array]:
@@ -112,6 +115,14 @@ def build_optimizer(config: mlc.ConfigDict, params: Any):
     return tx, schedule
 
 
+def sft_step_program(config: mlc.ConfigDict, model: Any, tx: Any, state_shardings: Any) -> Callable[..., Any]:
+    """The jitted SFT update `step(state: TrainState, batch, rng) -> (state, metrics)` of config.sft for a loaded
+    (or `models.abstract`) model: state donated and kept on `state_shardings` (a TrainState of NamedShardings)."""
+    apply_fn = make_apply_fn(model, config.model.param_dtype, config.model.dtype, config.sft.remat)
+    return jax.jit(make_sft_step(apply_fn, tx, micro_batches=config.sft.micro_batches), donate_argnums=0,
+                   out_shardings=(state_shardings, None))
+
+
 def checkpoint_dir(config: mlc.ConfigDict) -> str:
     """Where a run keeps its orbax checkpoints."""
     return os.path.join(config.out_dir, "checkpoints")
@@ -151,10 +162,7 @@ def train_sft(config: mlc.ConfigDict, *, model: Any = None, tokenizer: Any = Non
                          host_index=jax.process_index(), num_hosts=jax.process_count())
     tx, schedule = build_optimizer(config, model.params)
     state = place_on_mesh(init_train_state(model.params, tx), mesh)
-    shardings = jax.tree_util.tree_map(lambda x: x.sharding, state)
-    apply_fn = make_apply_fn(model, config.model.param_dtype, config.model.dtype, sft.remat)
-    step_fn = jax.jit(make_sft_step(apply_fn, tx, micro_batches=sft.micro_batches), donate_argnums=0,
-                      out_shardings=(shardings, None))
+    step_fn = sft_step_program(config, model, tx, jax.tree_util.tree_map(lambda x: x.sharding, state))
 
     checkpointer = Checkpointer(checkpoint_dir(config), max_to_keep=config.checkpoint.keep,
                                 async_save=config.checkpoint.async_save)
