@@ -13,6 +13,7 @@ from jaxrl_vlm import config as config_lib
 from jaxrl_vlm import tasks
 from jaxrl_vlm.evaluation.evaluator import Evaluator, outcome_shares
 from jaxrl_vlm.models import api as models_api
+from jaxrl_vlm.models.decode_layout import decode_layout
 from jaxrl_vlm.models.tokenizer import load_tokenizer
 from jaxrl_vlm.training.checkpoint import Checkpointer
 from jaxrl_vlm.training.ppo_train import initial_ppo_state
@@ -89,8 +90,10 @@ def trained_tokens(target: str) -> int:
 
 def evaluator(config: mlc.ConfigDict, model: Any, tokenizer) -> Evaluator:
     """The on-device evaluator of config.eval.splits for a loaded model."""
+    mesh = model.mesh_rules.mesh if model.mesh_rules is not None else None
+    layout = None if mesh is None else decode_layout(model.config, mesh, config.mesh.rollout_tensor, config.model.dtype)
     return Evaluator(model, tokenizer, tasks.evaluation_tasks(config, tokenizer),
-                     trim_replies=config.eval.trim_replies)
+                     trim_replies=config.eval.trim_replies, layout=layout)
 
 
 def generation_settings(model_path: str) -> tuple[float, float]:

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from jaxrl_vlm import rollout as rollout_lib
 from jaxrl_vlm.envs import protocol
 from jaxrl_vlm.envs.chat import reply_trim_tables
+from jaxrl_vlm.models.decode_layout import DecodeLayout
 from jaxrl_vlm.models.sharding import padded_rows, to_host
 from jaxrl_vlm.models.token_bytes import token_byte_table
 from jaxrl_vlm.stats import binomial_stderr
@@ -32,15 +33,20 @@ class Evaluator:
     (`image_extra`, e.g. Mllama's). trim_replies: where a split's chat template trims assistant contents
     (`Environment.trims_replies`, Llama 3), revision turns show the earlier replies trimmed, as the reference's
     re-rendered conversations do (`rollout`'s trim); False: as sampled, as PPO's rollouts show them.
+    layout: decoding's own weight layout (`decode_layout.DecodeLayout`; None: the model's): the params are placed on
+    it before each evaluated split, and the decoder and batches run on its mesh.
     """
 
     def __init__(self, model: Any, tokenizer, splits: Mapping[str, tuple[protocol.Environment, Any]],
-                 decoder: Any = None, trim_replies: bool = True):
+                 decoder: Any = None, trim_replies: bool = True, layout: DecodeLayout | None = None):
         self.model = model
+        self.layout = layout
         self.trim = reply_trim_tables(tokenizer) if trim_replies and any(
             env.trims_replies for env, _ in splits.values()) else None
         self.splits = dict(splits)
         self.decoder = decoder if decoder is not None else model.decoder
+        if layout is not None:
+            self.decoder = layout.decoder(self.decoder)
         for name, (env, _) in self.splits.items():
             if env.vision and not hasattr(self.decoder, "image_extra"):
                 raise ValueError(f"split {name!r} shows images: it needs a vision-language model, "
@@ -58,7 +64,10 @@ class Evaluator:
         if env.ordered_episodes is not None:
             episodes = min(episodes, env.ordered_episodes)
         params = self.model.params if params is None else params
-        rows = padded_rows(batch_size, self.model.mesh_rules)
+        mesh_rules, put_batch = self.model.mesh_rules, self.model.put_batch
+        if self.layout is not None:
+            params, mesh_rules, put_batch = self.layout.place(params), self.layout.mesh_rules, self.layout.put_batch
+        rows = padded_rows(batch_size, mesh_rules)
         eos_ids = jnp.asarray(self.model.eos_token_ids, jnp.int32)
         key = jax.random.key(seed)
         totals = {"success": 0, "replies": 0, "reward": 0.0, "overflow": 0}
@@ -70,7 +79,7 @@ class Evaluator:
             n = min(batch_size, episodes - start)
             key, reset_key, sample_key = jax.random.split(key, 3)
             state = self._reset(env, reset_key, env_params, rows, start)
-            state = jax.tree_util.tree_map(lambda x: self.model.put_batch(to_host(x)), state)
+            state = jax.tree_util.tree_map(lambda x: put_batch(to_host(x)), state)
             out = rollout_lib.rollout(env, self.decoder, params, env_params, self.byte_table, state, sample_key,
                                       jnp.float32(temperature), jnp.float32(top_p), eos_ids,
                                       self.trim if env.trims_replies else None, max_new_tokens=max_new_tokens,
