@@ -190,7 +190,10 @@ def rollout(env: protocol.Environment, decoder: sampler.DecodeModel, params: Any
     stored_params, params = params, decoder.decode_params(params)
     empty_counts = {name: (jnp.zeros((batch,), jnp.int32), jnp.zeros((batch,), jnp.int32)) for name in env.count_names}
     # the forced step's reply: real replies' width; behind a barrier so XLA does not constant-fold the verifier on it
-    empty_reply = jax.lax.optimization_barrier((jnp.zeros((batch, n * byte_table.bytes.shape[1]), jnp.uint8),
+    reply_width = n * byte_table.bytes.shape[1]  # every reply token at the table's longest byte string
+    if env.max_reply_bytes is not None:
+        reply_width = min(reply_width, env.max_reply_bytes)
+    empty_reply = jax.lax.optimization_barrier((jnp.zeros((batch, reply_width), jnp.uint8),
                                                 jnp.zeros((batch,), jnp.int32)))
     no_turn = _Turn(jnp.full((batch, n), pad_id, jnp.int32), jnp.zeros((batch, n), jnp.float32),
                     jnp.zeros((batch,), jnp.int32), jnp.zeros((batch,), jnp.int32), jnp.zeros((batch,), jnp.float32),
@@ -206,7 +209,7 @@ def rollout(env: protocol.Environment, decoder: sampler.DecodeModel, params: Any
             active=live, write_stop_tokens=False)
         slot_tokens = jax.lax.dynamic_update_slice(slot_tokens, tokens, (0, index))
         text_len = sampler.lengths_without_stop(tokens, length, eos_ids)
-        reply_bytes, byte_len = tokens_to_bytes(tokens, text_len, byte_table)
+        reply_bytes, byte_len = tokens_to_bytes(tokens, text_len, byte_table, reply_width)
         progress, out = _apply_step(env, env_params, progress, live, reply_bytes, byte_len)
         turn = _Turn(tokens, logp, length, start, jnp.where(live, out.reward, 0.0), live)
         follows = live & ~out.done & ~out.fresh  # the conversation goes on with this row

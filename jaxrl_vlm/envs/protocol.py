@@ -73,7 +73,8 @@ class Environment(abc.ABC):
     reply log-prob, training.md §4.4; None: the action part is the reply's last tokens), trims_replies (the chat
     template of the task's conversations trims assistant contents, e.g. Llama 3's `| trim`: a re-rendered
     conversation shows earlier replies trimmed, `rollout`'s trim), outcome_names (the verdicts of
-    `Step.outcome`).
+    `Step.outcome`), max_reply_bytes (the most reply bytes `step` reads: the rollout cuts longer replies there, so
+    replies of many long tokens fit the verifier; None: all of them).
     """
 
     prompt_width: int
@@ -86,6 +87,7 @@ class Environment(abc.ABC):
     action_key: str | None = None
     trims_replies: bool = False
     outcome_names: tuple[str, ...] = ()
+    max_reply_bytes: int | None = None
 
     def static_key(self) -> tuple:
         """Everything that, besides the params' pytree structure and shapes, decides what the methods trace: equal

@@ -21,7 +21,7 @@ from jaxrl_vlm.envs import protocol
 from jaxrl_vlm.envs.general_points import env as gp_env
 from jaxrl_vlm.envs.general_points import prompt_tokens
 from jaxrl_vlm.envs.general_points.cards import CANVAS_SIZE, card_atlas, render_hands
-from jaxrl_vlm.envs.general_points import verifier
+from jaxrl_vlm.envs.general_points import verifier, verifier_device
 from jaxrl_vlm.envs.general_points.verifier import REWARD_INCORRECT_VISION
 from jaxrl_vlm.shapes import round_up
 
@@ -87,6 +87,7 @@ class GPTask(protocol.Environment):
         self.vision = not language_only
         self.resolution = resolution
         self.action_key = ' "formula":'
+        self.max_reply_bytes = verifier_device.MAX_REPLY_BYTES
         self.outcome_names = OUTCOMES
         self.count_names = {} if language_only else {"recognition_accuracy": "recognition_replies"}
 
