@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from jaxrl_vlm.planning.analysis import _replica_groups, analyze, decode_step_note, fit_advice, format_table
+from jaxrl_vlm.planning.analysis import (_replica_groups, analyze, decode_loop, decode_step_note, decode_step_seconds,
+                                        fit_advice, format_table)
 from jaxrl_vlm.planning.targets import parse_target, target_devices
 
 D, B, L = 256, 64, 5  # width, batch rows, scanned layers
@@ -59,7 +60,7 @@ def test_cpu_scan_counts_each_layer_gather_and_every_iteration(cpu8):
 def test_decode_step_note_bounds_one_iteration_of_the_decode_loop(cpu8):
     mesh, steps = _mesh(jax.devices()), 3
 
-    def decode(w, x):  # `steps` tokens, each through the L scanned layers
+    def generate(w, x):  # `steps` tokens, each through the L scanned layers
         def token(i, x):
             return jax.lax.scan(lambda x, wl: (jnp.tanh(x @ wl), None), x, w)[0]
 
@@ -67,7 +68,7 @@ def test_decode_step_note_bounds_one_iteration_of_the_decode_loop(cpu8):
 
     w = jax.ShapeDtypeStruct((L, D, D), jnp.float32, sharding=NamedSharding(mesh, P(None, "fsdp", None)))
     x = jax.ShapeDtypeStruct((B, D), jnp.float32, sharding=NamedSharding(mesh, P("fsdp", None)))
-    report = analyze(jax.jit(decode).lower(w, x).compile(), "decode", cpu8)
+    report = analyze(jax.jit(generate).lower(w, x).compile(), "decode", cpu8)
     tokens, layers = report.loops
     assert (tokens["trip_count"], layers["trip_count"]) == (steps, L)
     step_s = L * D * D * 4 * 7 / 8 / cpu8.interconnect_bandwidth  # one token gathers every layer
@@ -76,6 +77,11 @@ def test_decode_step_note_bounds_one_iteration_of_the_decode_loop(cpu8):
     assert f">= {step_s * 1e3:.3f} ms" in light and f"one iteration of {tokens['name']}" in light
     heavy = decode_step_note(report, 1e9, 7, cpu8)  # no loop of 7 steps: the longest loop stands in
     assert f">= {1e9 / cpu8.hbm_bandwidth * 1e3:.3f} ms" in heavy and f"one iteration of {layers['name']}" in heavy
+    assert decode_step_seconds(report, 1e3, steps, cpu8) == pytest.approx(step_s)
+    # the sampler's token loop is found by name, whatever its trip count (it stops at EOS: none is known)
+    named = dataclasses.replace(report, loops=[dict(layers, op_name="jit(rollout)/jit(decode)/while", trip_count=None),
+                                               dict(tokens, op_name="jit(score_bytes)/while")])
+    assert decode_loop(named, steps)["name"] == layers["name"]
 
 
 class _CostOverride:

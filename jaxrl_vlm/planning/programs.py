@@ -48,14 +48,16 @@ from jaxrl_vlm.training.sft_step import TrainState, init_train_state
 @dataclasses.dataclass(frozen=True)
 class Program:
     """One jitted program of a job: `lower()` -> `jax.stages.Lowered` for its abstract arguments. model_flops: the
-    model FLOPs of one execution (all chips); weight_bytes_per_chip: one chip's share of the params it reads; decode_steps:
-    the tokens a row generates in one execution (0: not a decoding program)."""
+    model FLOPs of one execution (all chips); weight_bytes_per_chip: one chip's share of the params it reads; decoding
+    programs: decode_steps (the tokens of one reply, the sampler's loop) and decode_rounds (replies a row generates
+    in one execution at most); 0 for others."""
 
     name: str
     lower: Callable[[], Any]
     model_flops: float
     weight_bytes_per_chip: int
     decode_steps: int = 0
+    decode_rounds: int = 0
     note: str = ""
 
 
@@ -161,6 +163,7 @@ def _rollout_program(name: str, env: protocol.Environment, env_params: Any, deco
                                          _scalar(jnp.float32, mesh), _scalar(jnp.float32, mesh), eos, trim,
                                          max_new_tokens=max_new_tokens, pad_id=pad_id)
     return Program(name, lower, flops, bytes_per_chip(params), decode_steps=max_new_tokens,
+                   decode_rounds=env.turns * env.conversations,
                    note=f"{rows} episodes x {env.conversations} conversation(s) x {env.turns} turns, "
                         f"{max_new_tokens} new tokens a turn; model FLOPs: every cache slot filled")
 
