@@ -6,7 +6,9 @@ Point it at the real model and its SFT checkpoint, e.g. `--config.model.path=/pa
 about 2048 transitions (512 episodes at about 4 replies each), 4 epochs x 2 mini-batches = 8 optimizer steps per
 update, each over half the update's transitions (grad_accum 128 x 8 GPUs = 1024), verify_iter 5, temperature 0.2,
 512 new tokens. Evaluation covers in-distribution,
-rule OOD, visual OOD (red suits) and card recognition.
+rule OOD, visual OOD (red suits) and card recognition. On an 8-GPU node add `--config.mesh.rollout_tensor=8`: rollouts
+then decode tensor-parallel over the node instead of all-gathering the FSDP-sharded weights at every token (PLANS.md).
+Plan it first: `python -m jaxrl_vlm.plan --config=configs/ppo_gp_vl.py ... --target=h100x8`.
 """
 from jaxrl_vlm.config import base_config
 
