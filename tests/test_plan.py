@@ -59,7 +59,7 @@ def tiny_vl_ppo_config(checkpoint, out_dir):
 
 @pytest.fixture(scope="module")
 def vl_plan(tiny_mllama_checkpoint, tmp_path_factory):
-    from jaxrl_vlm.plan import run_plan
+    from jaxrl_vlm.planning.run import run_plan
 
     config = tiny_vl_ppo_config(tiny_mllama_checkpoint, tmp_path_factory.mktemp("plan"))
     compiled = {}
@@ -81,7 +81,7 @@ def test_a_tiny_mllama_ppo_job_compiles_for_a_tpu_slice(vl_plan):
 
 
 def test_a_chip_too_small_does_not_fit(vl_plan):
-    from jaxrl_vlm.plan import EXIT_DOES_NOT_FIT, exit_status
+    from jaxrl_vlm.planning.run import EXIT_DOES_NOT_FIT, exit_status
     from jaxrl_vlm.planning import analysis, targets
 
     _, reports, compiled = vl_plan
