@@ -6,6 +6,7 @@ task's own text keeps training tests fast while exercising the same chat-templat
 from __future__ import annotations
 
 from jaxrl_vlm.data.gp_expert.examples import expert_examples
+from jaxrl_vlm.planning.run import MULTIMODAL_CHATML  # ChatML writing <|image|> for image parts
 
 
 def tiny_gp_tokenizer(chat_template: str, vocab_size: int = 600):
@@ -25,12 +26,6 @@ def tiny_gp_tokenizer(chat_template: str, vocab_size: int = 600):
                                    pad_token="<|endoftext|>", chat_template=chat_template)
 
 
-MULTIMODAL_CHATML = (
-    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' }}"
-    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
-    "{% for part in message['content'] %}{% if part['type'] == 'image' %}{{ '<|image|>' }}"
-    "{% else %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}{{ '<|im_end|>\\n' }}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
 
 
 def save_tiny_gp_mllama(directory: str, seed: int = 0, gate: float = 0.5) -> None:
