@@ -1,6 +1,7 @@
 """Mllama (Llama-3.2-Vision) vs transformers' MllamaForConditionalGeneration on a tiny random checkpoint written by
 `save_pretrained` (sharded safetensors + index, the 11B's on-disk layout): logits (text only, one image, a padded
-batch with several multi-tile images), cross-K/V-cached decoding, greedy generation, sharded loading, bad inputs."""
+batch with several multi-tile images), vision attention in query blocks, cross-K/V-cached decoding, greedy
+generation, sharded loading, bad inputs."""
 import json
 import os
 import shutil
@@ -14,7 +15,7 @@ import transformers
 from transformers.models.mllama.processing_mllama import (  # noqa: E402
     convert_sparse_cross_attention_mask_to_dense, get_cross_attention_token_mask)
 
-from jaxrl_vlm.models import api, mllama, mllama_port, sampler  # noqa: E402
+from jaxrl_vlm.models import api, mllama, mllama_port, mllama_vision, sampler  # noqa: E402
 from jaxrl_vlm.models.port.safetensors_io import CheckpointReader  # noqa: E402
 from jaxrl_vlm.models.sharding import make_mesh, tree_shardings  # noqa: E402
 
@@ -133,6 +134,16 @@ def test_padded_multi_image_multi_tile_batch_logits(checkpoint, model, padded_im
     _assert_close_on_real_tokens(model.logits(input_ids, attention_mask, **vision), ref, attention_mask)
 
 
+def test_vision_features_in_query_blocks_equal_one_block(model, padded_image_batch):
+    """The encoder's attention over 4 blocks of 8 queries gives the one-block (transformers-equal) features."""
+    _, _, vision = padded_image_batch
+    c = model.config.vision
+    args = (model.params["vision"], vision["pixel_values"], vision["aspect_ratio_ids"], vision["aspect_ratio_mask"])
+    assert mllama_vision.query_blocks(c.max_num_tiles * c.padded_num_patches, 8) == 4
+    np.testing.assert_allclose(mllama_vision.vision_features(*args, c, query_block=8),
+                               mllama_vision.vision_features(*args, c), rtol=1e-6, atol=1e-6)
+
+
 def test_cross_kv_cached_decoding_equals_full_forward(checkpoint, model, padded_image_batch):
     """Feed the prompt, then two more tokens, one column at a time through the cached step (cross K/V computed
     once): prompt columns equal our full forward; the extra tokens equal transformers' forward with the last
@@ -245,7 +256,7 @@ def test_11b_shapes_trace_and_shard():
     image_inputs = (sd((batch, 1, 4, 3, 560, 560), np.float32), sd((batch, 1), np.int32),
                     sd((batch, 1, 4), np.int32), sd((batch, length, 1, 4), np.int32))
     cross = jax.eval_shape(lambda p, *x: mllama.encode_images(p, *x, config), params, *image_inputs)
-    assert cross.k.shape == (8, batch, 4 * 1601, 8, 128)
+    assert len(cross.k) == 8 and all(k.shape == (batch, 8, 4 * 1601 + 4, 128) for k in cross.k + cross.v)
     cache = jax.eval_shape(lambda: mllama.init_cache(config, batch, 32))
     logits, _ = jax.eval_shape(
         lambda p, c, e: mllama.decode_step(p, np.zeros((batch, length), np.int32), np.ones((batch, length), bool),

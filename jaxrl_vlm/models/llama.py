@@ -3,8 +3,9 @@
 Params: {'embed': [V,D], 'layers': <one layer's dict with a leading [L] axis>, 'final_norm': [D],
          'lm_head': [D,V] (only when embeddings are untied)}.
 Layers are stacked and run with `lax.scan` (one compiled layer body, whatever the depth) when there is no cache
-(training, scoring). With a KV cache (prefill and decode) they run one after another over per-layer param slices
-(`layers.unstack_layers`), each with its own cache arrays, so a decode step neither slices nor copies stacked arrays.
+(training, scoring). With a KV cache (prefill and decode) they run one after another (`layers.layer_params`), each
+with its own cache arrays; `LlamaDecoder.decode_params` gives the layers the form a decode loop reads fastest
+without a second copy of the weights on TPU / GPU (`layers.DecodeLayers`).
 """
 from __future__ import annotations
 
@@ -16,9 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrl_vlm.models.config import LlamaConfig, dtype_from_name
-from jaxrl_vlm.models.layers import (KVCache, cache_mask, cached_decoder_layers, causal_mask, decoder_layer,
-                                     init_kv_cache, kv_cache_logical_axes, layer_logical_axes, layer_param_shapes,
-                                     positions_from_mask, rms_norm, rope_inv_freq, unstack_layers)
+from jaxrl_vlm.models.layers import (KVCache, cache_mask, cached_decoder_layers, causal_mask, decode_layers,
+                                     decoder_layer, init_kv_cache, kv_cache_logical_axes, layer_logical_axes,
+                                     layer_param_shapes, positions_from_mask, rms_norm, rope_inv_freq)
 from jaxrl_vlm.models.sharding import MeshRules
 
 Params = dict[str, Any]
@@ -72,7 +73,7 @@ def hidden_states(params: Params, input_ids: jax.Array, token_mask: jax.Array, c
     input_ids: int[B,T]; token_mask: [B,T] (1 = real token, 0 = padding; left padding for prompts).
     Without a cache: causal self-attention among the T tokens. With a cache: the tokens are written at slots
     cache.index.. and attend to every valid earlier slot; positions continue from cache.next_pos; params['layers']
-    may already be unstacked (`decode_params`).
+    may be `DecodeLayers` (`decode_params`).
     `inputs_embeds` [B,T,D] replaces the embedding lookup when given.
     """
     dt = dtype_from_name(config.compute_dtype)
@@ -95,9 +96,8 @@ def hidden_states(params: Params, input_ids: jax.Array, token_mask: jax.Array, c
         valid = jax.lax.dynamic_update_slice(cache.valid, token_mask, (0, cache.index))
         mask = cache_mask(valid, cache.index, t)
 
-        x, k, v = cached_decoder_layers(unstack_layers(params["layers"], config.num_layers), x, cache.k, cache.v,
-                                        positions, mask, inv_freq, config, cache.index,
-                                        lambda h: _constrain(h, mesh_rules))
+        x, k, v = cached_decoder_layers(params["layers"], x, cache.k, cache.v, positions, mask, inv_freq, config,
+                                        cache.index, lambda h: _constrain(h, mesh_rules))
         new_cache = KVCache(k=k, v=v, valid=valid,
                             next_pos=cache.next_pos + token_mask.sum(axis=1, dtype=jnp.int32),
                             index=cache.index + t)
@@ -138,8 +138,8 @@ class LlamaDecoder:
     mesh_rules: MeshRules | None = None
 
     def decode_params(self, params: Params) -> Params:
-        """Params with the layers unstacked (`layers.unstack_layers`), for `step` in a decode loop (inside jit)."""
-        return dict(params, layers=unstack_layers(params["layers"], self.config.num_layers))
+        """Params with the layers as `layers.DecodeLayers`, for `step` in a decode loop (inside jit; idempotent)."""
+        return dict(params, layers=decode_layers(params["layers"], self.config.num_layers))
 
     def step(self, params: Params, input_ids: jax.Array, token_mask: jax.Array, cache: KVCache,
              extra: Any) -> tuple[jax.Array, KVCache]:

@@ -30,15 +30,18 @@ from jaxrl_vlm.models import llama
 from jaxrl_vlm.models import mllama_vision as vision_lib
 from jaxrl_vlm.models.image_processing import MllamaImageProcessorConfig, preprocess_on_device
 from jaxrl_vlm.models.config import LlamaConfig, dtype_from_name
-from jaxrl_vlm.models.layers import (KVCache, cache_mask, cached_decoder_layers, causal_mask, decoder_layer, dense,
-                                     gqa_attention, init_kv_cache, kv_cache_logical_axes, layer_logical_axes,
-                                     layer_param_shapes, positions_from_mask, rms_norm, rope_inv_freq, swiglu_mlp,
-                                     unstack_layers)
+from jaxrl_vlm.models.layers import (KVCache, attend, cache_mask, cached_decoder_layers, causal_mask, decode_layers,
+                                     decoder_layer, dense, init_kv_cache, kv_cache_logical_axes, layer_logical_axes,
+                                     layer_param_shapes, layer_params, positions_from_mask, rms_norm, rope_inv_freq,
+                                     swiglu_mlp)
 from jaxrl_vlm.models.mllama_vision import MllamaVisionConfig
 from jaxrl_vlm.models.sharding import MeshRules
 
 Params = dict[str, Any]
 EXTRA_EMBEDDING_ROWS = 8
+# Cross-attention keys are padded (masked) to a multiple of 8: XLA:TPU lays out a [B,K,N,Dh] argument whose N is not
+# a multiple of its 8-row tiles with K innermost, and would relay out every layer's K/V before the decode loop.
+CROSS_KEY_MULTIPLE = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,12 +135,16 @@ class MllamaConfig:
 class CrossAttentionState(NamedTuple):
     """Per-image cross-attention keys/values and the text->image mask (a pytree; the sampler's `extra`).
 
-    k, v: [C, B, N, K, Dh] compute dtype (N = M * max_num_tiles * num_patches vision tokens, k-normed keys);
+    k, v: C-tuples (one per cross-attention layer) of [B, K, N', Dh] arrays in the compute dtype: the N = M *
+    max_num_tiles * num_patches vision tokens (k-normed keys), then zeros up to N' (a multiple of
+    CROSS_KEY_MULTIPLE; always masked). Separate arrays in the layout attention reads, like `KVCache`, so a decode
+    step neither slices a stacked array nor transposes (XLA:TPU otherwise keeps a relaid-out copy of every layer's
+    K/V for the whole decode loop);
     mask: int32[B, S, M, T], transformers' `cross_attention_mask` of the prompt (row min(slot, S-1) applies).
     """
 
-    k: jax.Array
-    v: jax.Array
+    k: tuple[jax.Array, ...]
+    v: tuple[jax.Array, ...]
     mask: jax.Array
 
 
@@ -190,9 +197,9 @@ def param_logical_axes(config: MllamaConfig) -> Params:
             "vision": vision_lib.param_logical_axes(config.vision), "projector": vision_lib.projector_logical_axes()}
 
 
-def cross_state_logical_axes() -> CrossAttentionState:
-    """Logical axes of a `CrossAttentionState`."""
-    kv = ("layers", "batch", "cache_seq", "kv_heads", "head_dim")
+def cross_state_logical_axes(num_layers: int) -> CrossAttentionState:
+    """Logical axes of a `CrossAttentionState` of `num_layers` cross-attention layers."""
+    kv = tuple(("batch", "kv_heads", "cache_seq", "head_dim") for _ in range(num_layers))
     return CrossAttentionState(k=kv, v=kv, mask=("batch", None, None, None))
 
 
@@ -249,15 +256,14 @@ def compute_cross_kv(params: Params, states: jax.Array, cross_attention_mask: ja
         raise ValueError(f"cross-attention states hold {states.shape[1]} vision tokens but cross_attention_mask "
                          f"has {num_images} images of {config.num_vision_tokens_per_image} tokens")
     dt = dtype_from_name(t.compute_dtype)
-    x = states.astype(dt)
+    x = jnp.pad(states.astype(dt), ((0, 0), (0, -states.shape[1] % CROSS_KEY_MULTIPLE), (0, 0)))
 
-    def one_layer(layer: Params) -> tuple[jax.Array, jax.Array]:
-        k = dense("bnd,dke->bnke", x, layer["k"])
-        v = dense("bnd,dke->bnke", x, layer["v"])
-        return rms_norm(k, layer["k_norm"], t.rms_norm_eps), v
-
-    k, v = jax.lax.map(one_layer, params["cross_layers"]["attn"])
-    return CrossAttentionState(k=k, v=v, mask=mask)
+    ks, vs = [], []
+    for i in range(len(config.cross_attention_layers)):
+        layer = layer_params(params["cross_layers"]["attn"], i)
+        ks.append(rms_norm(dense("bnd,dke->bkne", x, layer["k"]), layer["k_norm"], t.rms_norm_eps))
+        vs.append(dense("bnd,dke->bkne", x, layer["v"]))
+    return CrossAttentionState(k=tuple(ks), v=tuple(vs), mask=mask)
 
 
 def encode_images(params: Params, pixel_values: jax.Array, aspect_ratio_ids: jax.Array,
@@ -296,14 +302,15 @@ def vision_inputs_on_device(images: jax.Array, input_ids: jax.Array, config: Mll
 def cross_attention_token_mask(mask: jax.Array, slots: jax.Array, num_patches: int) -> tuple[jax.Array, jax.Array]:
     """Text->vision attention of the tokens at cache slots int[T] from the prompt mask int32[B,S,M,T_tiles].
 
-    Returns (allowed bool[B,T,N] over the N = M*T_tiles*num_patches vision tokens, full_row bool[B,T]). Exactly
-    transformers' `_prepare_cross_attention_mask`: rows without any allowed token become all-allowed and are
-    flagged False in full_row.
+    Returns (allowed bool[B,T,N'] over the N = M*T_tiles*num_patches vision tokens and the padding keys after them
+    (see `CrossAttentionState`), full_row bool[B,T]). Exactly transformers' `_prepare_cross_attention_mask`: rows
+    without any allowed token become all-allowed (padding keys excepted) and are flagged False in full_row.
     """
     rows = jnp.take(mask, jnp.clip(slots, 0, mask.shape[1] - 1), axis=1)
     allowed = jnp.repeat(rows == 1, num_patches, axis=3).reshape(rows.shape[0], rows.shape[1], -1)
     full_row = jnp.any(allowed, axis=-1)
-    return allowed | ~full_row[..., None], full_row
+    allowed = allowed | ~full_row[..., None]
+    return jnp.pad(allowed, ((0, 0), (0, 0), (0, -allowed.shape[2] % CROSS_KEY_MULTIPLE))), full_row
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -312,12 +319,12 @@ def cross_attention_token_mask(mask: jax.Array, slots: jax.Array, num_patches: i
 
 def cross_attention_layer(p: Params, x: jax.Array, k: jax.Array, v: jax.Array, allowed: jax.Array,
                           full_row: jax.Array, config: LlamaConfig) -> jax.Array:
-    """Gated cross-attention decoder layer. x: [B,T,D]; k, v: [B,N,K,Dh]; allowed: bool[B,T,N]; full_row: bool[B,T]."""
+    """Gated cross-attention decoder layer. x: [B,T,D]; k, v: [B,K,N,Dh]; allowed: bool[B,T,N]; full_row: bool[B,T]."""
     dt = x.dtype
     h = rms_norm(x, p["attn_norm"], config.rms_norm_eps)
     q = dense("btd,dhe->bthe", h, p["attn"]["q"])
     q = rms_norm(q, p["attn"]["q_norm"], config.rms_norm_eps)
-    out = gqa_attention(q, k.astype(dt), v.astype(dt), allowed)
+    out = attend(q, k.astype(dt), v.astype(dt), allowed)
     h = dense("bthe,hed->btd", out, p["attn"]["o"])
     x = x + jnp.tanh(p["attn_gate"].astype(jnp.float32)).astype(dt) * h
     h = swiglu_mlp(p["mlp"], rms_norm(x, p["mlp_norm"], config.rms_norm_eps))
@@ -329,13 +336,6 @@ def _constrain(x: jax.Array, mesh_rules: MeshRules | None) -> jax.Array:
     return x if mesh_rules is None else mesh_rules.constrain(x, llama.ACTIVATION_AXES)
 
 
-def _slice_layers(tree: Params | tuple[Params, ...], start: int, stop: int) -> Params | tuple[Params, ...]:
-    """Layers start..stop-1 of a stacked param dict, or of an unstacked tuple (`MllamaDecoder.decode_params`)."""
-    if isinstance(tree, tuple):
-        return tree[start:stop]
-    return jax.tree_util.tree_map(lambda a: a[start:stop], tree)
-
-
 def hidden_states(params: Params, input_ids: jax.Array, token_mask: jax.Array, config: MllamaConfig,
                   cross: CrossAttentionState | None = None, cache: KVCache | None = None,
                   mesh_rules: MeshRules | None = None,
@@ -344,8 +344,9 @@ def hidden_states(params: Params, input_ids: jax.Array, token_mask: jax.Array, c
 
     input_ids: int[B,T]; token_mask: [B,T] (1 = real token; left padding). Without `cross` the cross-attention
     layers are skipped (text-only, as transformers does). Without a cache: causal attention among the T tokens, at
-    slots 0..T-1. With a cache: tokens go to slots cache.index.. and see every valid earlier slot.
-    `positions` int[B,T] overrides the position ids (default: count of real tokens before each token).
+    slots 0..T-1. With a cache: tokens go to slots cache.index.. and see every valid earlier slot, and the layer
+    stacks may be `DecodeLayers` (`MllamaDecoder.decode_params`). `positions` int[B,T] overrides the position ids
+    (default: count of real tokens before each token).
     """
     t_cfg = config.text
     dt = dtype_from_name(t_cfg.compute_dtype)
@@ -372,19 +373,18 @@ def hidden_states(params: Params, input_ids: jax.Array, token_mask: jax.Array, c
     for kind, a, b in config.segments:
         if kind == "cross":
             if cross is not None:
-                layer = unstack_layers(_slice_layers(params["cross_layers"], a, b), 1)[0]
-                x = _constrain(cross_attention_layer(layer, x, cross.k[a], cross.v[a], allowed, full_row, t_cfg),
-                               mesh_rules)
+                x = _constrain(cross_attention_layer(layer_params(params["cross_layers"], a), x, cross.k[a],
+                                                     cross.v[a], allowed, full_row, t_cfg), mesh_rules)
             continue
-        layers = _slice_layers(params["layers"], a, b)
         if cache is None:
             def body(h, layer):
                 h, _ = decoder_layer(layer, h, positions, mask, inv_freq, t_cfg)
                 return _constrain(h, mesh_rules), None
+            layers = jax.tree_util.tree_map(lambda w: w[a:b], params["layers"])
             x, _ = jax.lax.scan(jax.checkpoint(body) if t_cfg.remat else body, x, layers)
         else:
-            x, k, v = cached_decoder_layers(unstack_layers(layers, b - a), x, cache.k[a:b], cache.v[a:b], positions,
-                                            mask, inv_freq, t_cfg, cache.index, lambda h: _constrain(h, mesh_rules))
+            x, k, v = cached_decoder_layers(params["layers"], x, cache.k[a:b], cache.v[a:b], positions, mask,
+                                            inv_freq, t_cfg, cache.index, lambda h: _constrain(h, mesh_rules), first=a)
             new_k.extend(k)
             new_v.extend(v)
     new_cache = None
@@ -443,10 +443,10 @@ class MllamaDecoder:
     image_config: MllamaImageProcessorConfig | None = None
 
     def decode_params(self, params: Params) -> Params:
-        """Params with the self- and cross-attention layers unstacked (`layers.unstack_layers`), for `step` in a
-        decode loop (inside jit)."""
-        return dict(params, layers=unstack_layers(params["layers"], len(self.config.self_attention_layers)),
-                    cross_layers=unstack_layers(params["cross_layers"], len(self.config.cross_attention_layers)))
+        """Params with the self- and cross-attention layers as `layers.DecodeLayers`, for `step` in a decode loop
+        (inside jit; idempotent)."""
+        return dict(params, layers=decode_layers(params["layers"], len(self.config.self_attention_layers)),
+                    cross_layers=decode_layers(params["cross_layers"], len(self.config.cross_attention_layers)))
 
     def step(self, params: Params, input_ids: jax.Array, token_mask: jax.Array, cache: KVCache,
              extra: CrossAttentionState | None) -> tuple[jax.Array, KVCache]:

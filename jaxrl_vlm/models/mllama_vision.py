@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrl_vlm.models.config import dtype_from_name
-from jaxrl_vlm.models.layers import dense, gqa_attention
+from jaxrl_vlm.models.layers import attend, dense
 
 Params = dict[str, Any]
 
@@ -46,6 +46,8 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 DEFAULT_ASPECT_RATIOS = ((1, 1), (1, 2), (1, 3), (1, 4), (2, 1), (2, 2), (3, 1), (4, 1))
 # Outer LayerNorms (layernorm_pre/post) use torch's default eps in transformers, not `norm_eps`.
 OUTER_NORM_EPS = 1e-5
+# Queries per block of the encoder's attention (`encoder_attention`): 402 at 11B (16 blocks of S = 6432).
+QUERY_BLOCK = 512
 
 
 def activation(name: str) -> Callable[[jax.Array], jax.Array]:
@@ -240,14 +242,50 @@ def layer_norm(x: jax.Array, p: Params, eps: float) -> jax.Array:
     return y.astype(x.dtype)
 
 
-def encoder_layer(p: Params, x: jax.Array, mask: jax.Array, c: MllamaVisionConfig) -> jax.Array:
-    """One pre-LayerNorm encoder layer; gated (global) when `p` has 'attn_gate'. x: [N,S,D]; mask: bool[N,S,S]."""
+def query_blocks(length: int, target: int) -> int:
+    """The fewest equal blocks of at most `target` queries that split `length` queries (more, smaller blocks when
+    no divisor fits: the encoder's lengths are multiples of 8)."""
+    blocks = -(-length // target)
+    while length % blocks:
+        blocks += 1
+    return blocks
+
+
+def encoder_attention(q: jax.Array, k: jax.Array, v: jax.Array, valid: jax.Array,
+                      query_block: int = QUERY_BLOCK) -> jax.Array:
+    """Bidirectional multi-head attention of the encoder over blocks of at most `query_block` queries.
+
+    q, k, v: [N,S,H,Dh]; valid: bool[N,S] (see `valid_tokens`): a query/key pair is masked only when BOTH tokens are
+    invalid, as transformers does. Each block's softmax runs over all S keys, so the result is that of one block;
+    only one block's float32 scores [N,H,block,S] are alive at a time instead of [N,H,S,S] (2.6 GB per image and
+    layer at 11B, S = 4 tiles x 1608). Returns [N,S,H,Dh] in q.dtype.
+    """
+    n, s, h, dh = q.shape
+    blocks = query_blocks(s, query_block)
+    k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+    invalid = ~valid
+
+    def block(xs: tuple[jax.Array, jax.Array]) -> jax.Array:
+        q_block, invalid_block = xs
+        return attend(q_block, k, v, ~(invalid_block[:, :, None] & invalid[:, None, :]))
+
+    # Checkpointed so that training through the tower recomputes a block's scores in the backward pass instead of
+    # saving every block's (which would be [N,H,S,S] again).
+    out = jax.lax.map(jax.checkpoint(block), (q.reshape(n, blocks, s // blocks, h, dh).swapaxes(0, 1),
+                                              invalid.reshape(n, blocks, s // blocks).swapaxes(0, 1)))
+    return out.swapaxes(0, 1).reshape(n, s, h, dh)
+
+
+def encoder_layer(p: Params, x: jax.Array, valid: jax.Array, c: MllamaVisionConfig,
+                  query_block: int = QUERY_BLOCK) -> jax.Array:
+    """One pre-LayerNorm encoder layer; gated (global) when `p` has 'attn_gate'. x: [N,S,D]; valid: bool[N,S]
+    (`valid_tokens`); attention over blocks of `query_block` queries (`encoder_attention`)."""
     dt = x.dtype
     h = layer_norm(x, p["attn_norm"], c.norm_eps)
     q = dense("nsd,dhe->nshe", h, p["attn"]["q"])
     k = dense("nsd,dhe->nshe", h, p["attn"]["k"])
     v = dense("nsd,dhe->nshe", h, p["attn"]["v"])
-    h = dense("nshe,hed->nsd", gqa_attention(q, k, v, mask), p["attn"]["o"])
+    h = dense("nshe,hed->nsd", encoder_attention(q, k, v, valid, query_block), p["attn"]["o"])
     if "attn_gate" in p:
         h = jnp.tanh(p["attn_gate"].astype(jnp.float32)).astype(dt) * h
     x = x + h
@@ -260,10 +298,10 @@ def encoder_layer(p: Params, x: jax.Array, mask: jax.Array, c: MllamaVisionConfi
     return x + h
 
 
-def run_encoder(layers: Params, x: jax.Array, mask: jax.Array, c: MllamaVisionConfig,
-                keep: tuple[int, ...] = ()) -> tuple[jax.Array, jax.Array | None]:
-    """Scan the stacked `layers` over x [N,S,D]. Returns (final [N,S,D], outputs of the layers in `keep`
-    stacked on the last axis [N,S,D,len(keep)], or None when `keep` is empty)."""
+def run_encoder(layers: Params, x: jax.Array, valid: jax.Array, c: MllamaVisionConfig,
+                keep: tuple[int, ...] = (), query_block: int = QUERY_BLOCK) -> tuple[jax.Array, jax.Array | None]:
+    """Scan the stacked `layers` over x [N,S,D] (valid: bool[N,S]). Returns (final [N,S,D], outputs of the layers
+    in `keep` stacked on the last axis [N,S,D,len(keep)], or None when `keep` is empty)."""
     num_layers = jax.tree_util.tree_leaves(layers)[0].shape[0]
     slot_of = np.full((num_layers,), len(keep), np.int32)
     slot_of[list(keep)] = np.arange(len(keep), dtype=np.int32)
@@ -272,7 +310,7 @@ def run_encoder(layers: Params, x: jax.Array, mask: jax.Array, c: MllamaVisionCo
     def body(carry, xs):
         h, kept = carry
         layer, slot = xs
-        h = encoder_layer(layer, h, mask, c)
+        h = encoder_layer(layer, h, valid, c, query_block)
         if kept is not None:
             kept = jax.lax.dynamic_update_index_in_dim(kept, h, slot, axis=0)
         return (h, kept), None
@@ -281,19 +319,17 @@ def run_encoder(layers: Params, x: jax.Array, mask: jax.Array, c: MllamaVisionCo
     return x, None if kept is None else jnp.moveaxis(kept[: len(keep)], 0, -1)
 
 
-def attention_mask(aspect_ratio_mask: jax.Array, c: MllamaVisionConfig) -> jax.Array:
-    """bool[N, T*S, T*S] (S = padded_num_patches) from aspect_ratio_mask int[N, T], as transformers builds it.
+def valid_tokens(aspect_ratio_mask: jax.Array, c: MllamaVisionConfig) -> jax.Array:
+    """bool[N, T*S] (S = padded_num_patches): the encoder tokens that are real, from aspect_ratio_mask int[N, T].
 
-    A token is invalid when its tile is padding or it is one of the padding patches; a query/key pair is masked
-    only when BOTH are invalid (outer product of the invalid flags), so valid tokens do attend to padding.
-    transformers marks the last `S - num_patches` patches as padding via `[-pad:]`, which marks every patch when
-    pad == 0; we mirror that (it does not occur for 560 / 14).
+    A token is invalid when its tile is padding or it is one of the padding patches (attention masks a pair only
+    when both are invalid, see `encoder_attention`). transformers marks the last `S - num_patches` patches as
+    padding via `[-pad:]`, which marks every patch when pad == 0; we mirror that (it does not occur for 560 / 14).
     """
     pad = c.padded_num_patches - c.num_patches
     real_patch = np.arange(c.padded_num_patches) < (c.num_patches if pad > 0 else 0)
     valid = (aspect_ratio_mask[:, :, None] != 0) & jnp.asarray(real_patch)[None, None, :]
-    invalid = ~valid.reshape(aspect_ratio_mask.shape[0], -1)
-    return ~(invalid[:, :, None] & invalid[:, None, :])
+    return valid.reshape(aspect_ratio_mask.shape[0], -1)
 
 
 def check_inputs(pixel_values: Any, aspect_ratio_ids: Any, aspect_ratio_mask: Any, c: MllamaVisionConfig) -> None:
@@ -316,9 +352,10 @@ def _aspect_embed(table: jax.Array, gate: jax.Array, ids: jax.Array, shape: tupl
 
 
 def vision_features(params: Params, pixel_values: jax.Array, aspect_ratio_ids: jax.Array,
-                    aspect_ratio_mask: jax.Array, c: MllamaVisionConfig) -> jax.Array:
+                    aspect_ratio_mask: jax.Array, c: MllamaVisionConfig, query_block: int = QUERY_BLOCK) -> jax.Array:
     """pixel_values float[B,M,T,C,S,S]; aspect_ratio_ids int[B,M]; aspect_ratio_mask int[B,M,T]
-    -> features [B, M, T, num_patches, vision_output_dim] in the compute dtype."""
+    -> features [B, M, T, num_patches, vision_output_dim] in the compute dtype. query_block: see
+    `encoder_attention`."""
     check_inputs(pixel_values, aspect_ratio_ids, aspect_ratio_mask, c)
     dt = dtype_from_name(c.compute_dtype)
     batch, num_images, tiles = pixel_values.shape[:3]
@@ -340,11 +377,12 @@ def vision_features(params: Params, pixel_values: jax.Array, aspect_ratio_ids: j
 
     padded = c.padded_num_patches
     x = jnp.pad(x, ((0, 0), (0, 0), (0, padded - c.num_patches), (0, 0)))
-    mask = attention_mask(aspect_ratio_mask.reshape(n, tiles), c)
-    x, kept = run_encoder(params["local"], x.reshape(n, tiles * padded, d), mask, c, c.intermediate_layers_indices)
+    valid = valid_tokens(aspect_ratio_mask.reshape(n, tiles), c)
+    x, kept = run_encoder(params["local"], x.reshape(n, tiles * padded, d), valid, c, c.intermediate_layers_indices,
+                          query_block)
     x = layer_norm(x, params["post_norm"], OUTER_NORM_EPS).reshape(n, tiles, padded, d)
     x = x + _aspect_embed(params["post_tile_embed"], params["post_tile_gate"], ids, (tiles, 1, d), dt)
-    x, _ = run_encoder(params["global"], x.reshape(n, tiles * padded, d), mask, c)
+    x, _ = run_encoder(params["global"], x.reshape(n, tiles * padded, d), valid, c, query_block=query_block)
 
     features = x if kept is None else jnp.concatenate([x, kept.reshape(n, tiles * padded, -1)], axis=-1)
     features = features.reshape(n, tiles, padded, -1)[:, :, : c.num_patches]
