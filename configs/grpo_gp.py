@@ -11,11 +11,10 @@ model. No KL penalty (ppo.kl_coef=0, as TRL's default and DAPO / Dr. GRPO), toke
 Variants: --config.ppo.algorithm=rloo (leave-one-out baseline); Dr. GRPO: --config.ppo.scale_rewards=none
 --config.ppo.loss_norm=constant; the GRPO paper's: --config.ppo.loss_norm=sequence --config.ppo.kl_coef=0.04.
 
-One GRPO update after 4 SFT steps, as ppo_gp.py: measured with 3 updates after 6 steps on the project's 2-core CPU
-machine (2026-12-07, the other session's jobs sharing the cores for its first 10 minutes): 26 min 26 s, peak RSS
-8.9 GB: startup and data 1.7 min, SFT 6.3 min, evaluations before 4.7 min, 3 GRPO updates 12.3 min (about 92 s
-rollout + 150 s update each; sampling at 1.0 fills the 64-token reply budget, mean 54 tokens), evaluations after
-2.5 min. The one-update run has not been timed on a quiet machine.
+One GRPO update after 4 SFT steps, as ppo_gp.py. Measured on the project's 2-core CPU machine with nothing else
+running (2026-12-08, load average 1.2 at the start): 12 min 55 s, peak RSS 8.4 GiB: startup and data 0.5 min, SFT
+3.0 min, evaluations before 3.4 min, the GRPO update 4.2 min (rollout and update; sampling at 1.0 gives replies of
+51 tokens on average against the 64-token budget), evaluations after 1.3 min, export 0.2 min.
 A 135M model this briefly trained makes no 24 (success stays at 0%), as with ppo_gp.py; no group was flat.
 
 The paper-scale recipe (Llama-3.2-11B-Vision GP-L SFT checkpoint, as configs/ppo_gp.py's; the same 2048 episodes
