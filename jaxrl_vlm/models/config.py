@@ -80,6 +80,10 @@ class LlamaConfig:
         """Copy with other storage / compute dtypes (compute defaults to the storage dtype)."""
         return dataclasses.replace(self, param_dtype=param_dtype, compute_dtype=compute_dtype or param_dtype)
 
+    def with_remat(self, remat: bool) -> "LlamaConfig":
+        """Copy that recomputes (True) or keeps (False) each layer's activations for the backward pass."""
+        return dataclasses.replace(self, remat=remat)
+
     @classmethod
     def from_hf_dict(cls, cfg: Mapping[str, Any], **overrides: Any) -> "LlamaConfig":
         """Build from a transformers `LlamaConfig` dict (config.json, or Mllama's `text_config`).

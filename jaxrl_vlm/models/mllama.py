@@ -104,6 +104,12 @@ class MllamaConfig:
             self, text=self.text.with_dtypes(param_dtype, compute),
             vision=dataclasses.replace(self.vision, param_dtype=param_dtype, compute_dtype=compute))
 
+    def with_remat(self, remat: bool) -> "MllamaConfig":
+        """Copy whose text decoder and vision encoder recompute (True) or keep (False) each layer's activations for
+        the backward pass."""
+        return dataclasses.replace(self, text=self.text.with_remat(remat),
+                                   vision=dataclasses.replace(self.vision, remat=remat))
+
     @classmethod
     def from_hf_dict(cls, cfg: dict[str, Any], param_dtype: str = "float32",
                      compute_dtype: str | None = None) -> "MllamaConfig":
@@ -235,11 +241,14 @@ def init_cache(config: MllamaConfig, batch: int, capacity: int) -> KVCache:
 
 
 def cross_attention_states(params: Params, pixel_values: jax.Array, aspect_ratio_ids: jax.Array,
-                           aspect_ratio_mask: jax.Array, config: MllamaConfig) -> jax.Array:
-    """Projected vision features [B, M*T*P, D] (compute dtype) of pixel_values float[B,M,T,C,S,S]."""
+                           aspect_ratio_mask: jax.Array, config: MllamaConfig,
+                           mesh_rules: MeshRules | None = None) -> jax.Array:
+    """Projected vision features [B, M*T*P, D] (compute dtype) of pixel_values float[B,M,T,C,S,S]; with mesh_rules
+    the encoder's activations are split by image over the batch axes, as the text's are."""
+    constrain = lambda x: _constrain(x, mesh_rules)
     features = vision_lib.vision_features(params["vision"], pixel_values, aspect_ratio_ids, aspect_ratio_mask,
-                                          config.vision)
-    return vision_lib.project(params["projector"], features)
+                                          config.vision, constrain=constrain)
+    return constrain(vision_lib.project(params["projector"], features))
 
 
 def compute_cross_kv(params: Params, states: jax.Array, cross_attention_mask: jax.Array,
@@ -268,12 +277,13 @@ def compute_cross_kv(params: Params, states: jax.Array, cross_attention_mask: ja
 
 def encode_images(params: Params, pixel_values: jax.Array, aspect_ratio_ids: jax.Array,
                   aspect_ratio_mask: jax.Array, cross_attention_mask: jax.Array | None,
-                  config: MllamaConfig) -> CrossAttentionState:
-    """Vision tower + projector + cross-attention K/V, once per batch of images.
+                  config: MllamaConfig, mesh_rules: MeshRules | None = None) -> CrossAttentionState:
+    """Vision tower + projector + cross-attention K/V, once per batch of images (see `cross_attention_states` for
+    mesh_rules).
 
     Without `cross_attention_mask` every text token attends to every tile (transformers' behaviour with no mask).
     """
-    states = cross_attention_states(params, pixel_values, aspect_ratio_ids, aspect_ratio_mask, config)
+    states = cross_attention_states(params, pixel_values, aspect_ratio_ids, aspect_ratio_mask, config, mesh_rules)
     if cross_attention_mask is None:
         b, m = pixel_values.shape[:2]
         cross_attention_mask = jnp.ones((b, 1, m, config.vision.max_num_tiles), jnp.int32)
@@ -410,7 +420,8 @@ def forward(params: Params, input_ids: jax.Array, token_mask: jax.Array, config:
     if pixel_values is not None:
         if aspect_ratio_ids is None or aspect_ratio_mask is None:
             raise ValueError("pixel_values needs aspect_ratio_ids and aspect_ratio_mask")
-        cross = encode_images(params, pixel_values, aspect_ratio_ids, aspect_ratio_mask, cross_attention_mask, config)
+        cross = encode_images(params, pixel_values, aspect_ratio_ids, aspect_ratio_mask, cross_attention_mask, config,
+                              mesh_rules)
     elif cross_attention_mask is not None:
         raise ValueError("cross_attention_mask was given without pixel_values")
     return text_logits(params, input_ids, token_mask, config, cross, mesh_rules, positions)
@@ -462,7 +473,7 @@ class MllamaDecoder:
             raise ValueError("MllamaDecoder.image_config is needed to preprocess images on the device")
         vision = vision_inputs_on_device(images, input_ids, self.config, self.image_config)
         return encode_images(params, vision["pixel_values"], vision["aspect_ratio_ids"], vision["aspect_ratio_mask"],
-                             vision["cross_attention_mask"], self.config)
+                             vision["cross_attention_mask"], self.config, self.mesh_rules)
 
     def init_cache(self, batch: int, capacity: int) -> KVCache:
         """Empty self-attention cache (see `init_cache`), sharded by the logical rules when there is a mesh."""

@@ -60,7 +60,8 @@ def activation(name: str) -> Callable[[jax.Array], jax.Array]:
 @dataclass(frozen=True)
 class MllamaVisionConfig:
     """Vision tower settings named like transformers' `MllamaVisionConfig` (defaults: Llama-3.2-11B-Vision),
-    plus storage / compute dtypes. Frozen and hashable (a static jit argument)."""
+    plus storage / compute dtypes and `remat` (recompute each encoder layer's activations in the backward pass).
+    Frozen and hashable (a static jit argument)."""
 
     hidden_size: int = 1280
     intermediate_size: int = 5120
@@ -78,6 +79,7 @@ class MllamaVisionConfig:
     hidden_act: str = "gelu"
     param_dtype: str = "float32"
     compute_dtype: str = "float32"
+    remat: bool = False
 
     def __post_init__(self) -> None:
         if self.image_size % self.patch_size:
@@ -298,25 +300,26 @@ def encoder_layer(p: Params, x: jax.Array, valid: jax.Array, c: MllamaVisionConf
     return x + h
 
 
-def run_encoder(layers: Params, x: jax.Array, valid: jax.Array, c: MllamaVisionConfig,
-                keep: tuple[int, ...] = (), query_block: int = QUERY_BLOCK) -> tuple[jax.Array, jax.Array | None]:
-    """Scan the stacked `layers` over x [N,S,D] (valid: bool[N,S]). Returns (final [N,S,D], outputs of the layers
-    in `keep` stacked on the last axis [N,S,D,len(keep)], or None when `keep` is empty)."""
+def run_encoder(layers: Params, x: jax.Array, valid: jax.Array, c: MllamaVisionConfig, keep: tuple[int, ...] = (),
+                query_block: int = QUERY_BLOCK, constrain: Callable[[jax.Array], jax.Array] = lambda h: h
+                ) -> tuple[jax.Array, jax.Array | None]:
+    """Scan the stacked `layers` over x [N,S,D] (valid: bool[N,S]); `constrain` is applied to each layer's output
+    (a sharding constraint), and with `c.remat` each layer is recomputed in the backward pass. Returns (final
+    [N,S,D], outputs of the layers in `keep` stacked on the last axis [N,S,D,len(keep)], or None when `keep` is
+    empty).
+
+    The layers run as scans over the segments that end at the kept layers, so a kept output is a segment's result
+    rather than a buffer carried through one scan (which the backward pass would save at every layer)."""
+    def body(h: jax.Array, layer: Params) -> tuple[jax.Array, None]:
+        return constrain(encoder_layer(layer, h, valid, c, query_block)), None
+
+    body = jax.checkpoint(body) if c.remat else body
     num_layers = jax.tree_util.tree_leaves(layers)[0].shape[0]
-    slot_of = np.full((num_layers,), len(keep), np.int32)
-    slot_of[list(keep)] = np.arange(len(keep), dtype=np.int32)
-    kept = jnp.zeros((len(keep) + 1, *x.shape), x.dtype) if keep else None
-
-    def body(carry, xs):
-        h, kept = carry
-        layer, slot = xs
-        h = encoder_layer(layer, h, valid, c, query_block)
-        if kept is not None:
-            kept = jax.lax.dynamic_update_index_in_dim(kept, h, slot, axis=0)
-        return (h, kept), None
-
-    (x, kept), _ = jax.lax.scan(body, (x, kept), (layers, jnp.asarray(slot_of)))
-    return x, None if kept is None else jnp.moveaxis(kept[: len(keep)], 0, -1)
+    outputs, start = {}, 0
+    for stop in sorted({i + 1 for i in keep} | {num_layers}):
+        x, _ = jax.lax.scan(body, x, jax.tree_util.tree_map(lambda w: w[start:stop], layers))
+        outputs[stop - 1], start = x, stop
+    return x, (jnp.stack([outputs[i] for i in keep], axis=-1) if keep else None)
 
 
 def valid_tokens(aspect_ratio_mask: jax.Array, c: MllamaVisionConfig) -> jax.Array:
@@ -352,10 +355,11 @@ def _aspect_embed(table: jax.Array, gate: jax.Array, ids: jax.Array, shape: tupl
 
 
 def vision_features(params: Params, pixel_values: jax.Array, aspect_ratio_ids: jax.Array,
-                    aspect_ratio_mask: jax.Array, c: MllamaVisionConfig, query_block: int = QUERY_BLOCK) -> jax.Array:
+                    aspect_ratio_mask: jax.Array, c: MllamaVisionConfig, query_block: int = QUERY_BLOCK,
+                    constrain: Callable[[jax.Array], jax.Array] = lambda h: h) -> jax.Array:
     """pixel_values float[B,M,T,C,S,S]; aspect_ratio_ids int[B,M]; aspect_ratio_mask int[B,M,T]
     -> features [B, M, T, num_patches, vision_output_dim] in the compute dtype. query_block: see
-    `encoder_attention`."""
+    `encoder_attention`; constrain: a sharding constraint of the encoder's activations [N = B*M, tokens, D]."""
     check_inputs(pixel_values, aspect_ratio_ids, aspect_ratio_mask, c)
     dt = dtype_from_name(c.compute_dtype)
     batch, num_images, tiles = pixel_values.shape[:3]
@@ -378,11 +382,12 @@ def vision_features(params: Params, pixel_values: jax.Array, aspect_ratio_ids: j
     padded = c.padded_num_patches
     x = jnp.pad(x, ((0, 0), (0, 0), (0, padded - c.num_patches), (0, 0)))
     valid = valid_tokens(aspect_ratio_mask.reshape(n, tiles), c)
-    x, kept = run_encoder(params["local"], x.reshape(n, tiles * padded, d), valid, c, c.intermediate_layers_indices,
-                          query_block)
+    x, kept = run_encoder(params["local"], constrain(x.reshape(n, tiles * padded, d)), valid, c,
+                          c.intermediate_layers_indices, query_block, constrain)
     x = layer_norm(x, params["post_norm"], OUTER_NORM_EPS).reshape(n, tiles, padded, d)
     x = x + _aspect_embed(params["post_tile_embed"], params["post_tile_gate"], ids, (tiles, 1, d), dt)
-    x, _ = run_encoder(params["global"], x.reshape(n, tiles * padded, d), valid, c, query_block=query_block)
+    x, _ = run_encoder(params["global"], constrain(x.reshape(n, tiles * padded, d)), valid, c,
+                       query_block=query_block, constrain=constrain)
 
     features = x if kept is None else jnp.concatenate([x, kept.reshape(n, tiles * padded, -1)], axis=-1)
     features = features.reshape(n, tiles, padded, -1)[:, :, : c.num_patches]

@@ -43,9 +43,8 @@ class PolicyModel:
     def decoder(self) -> Any:
         """The sampler's `DecodeModel` (KV-cache prefill/decode step) with the same dtypes."""
         if self.is_vision:
-            return mllama.MllamaDecoder(dataclasses.replace(self.config, text=dataclasses.replace(
-                self.config.text, remat=False)), self.mesh_rules, self.image_config)
-        return llama.LlamaDecoder(dataclasses.replace(self.config, remat=False), self.mesh_rules)
+            return mllama.MllamaDecoder(self.config.with_remat(False), self.mesh_rules, self.image_config)
+        return llama.LlamaDecoder(self.config.with_remat(False), self.mesh_rules)
 
     def vision_inputs(self, images: jax.Array, input_ids: jax.Array) -> dict[str, jax.Array]:
         """Mllama inputs (pixel_values, aspect_ratio_ids, aspect_ratio_mask, cross_attention_mask) of one image per
@@ -61,7 +60,7 @@ class PolicyModel:
         if not self.is_vision or not vision:
             return None
         return mllama.encode_images(params, vision["pixel_values"], vision["aspect_ratio_ids"],
-                                    vision["aspect_ratio_mask"], cross_attention_mask, self.config)
+                                    vision["aspect_ratio_mask"], cross_attention_mask, self.config, self.mesh_rules)
 
     def hidden(self, params: Any, input_ids: jax.Array, token_mask: jax.Array, cross: Any = None) -> jax.Array:
         """Final hidden states [B,T,D] (compute dtype) of int32[B,T] ids with token_mask bool[B,T], no cache."""
@@ -81,10 +80,9 @@ class PolicyModel:
 
 def policy_model(model: Any, param_dtype: str, compute_dtype: str, remat: bool = False) -> PolicyModel:
     """The `PolicyModel` of a loaded `LlamaModel` / `MllamaModel`; remat recomputes decoder layers in backward."""
-    config = model.config.with_dtypes(param_dtype, compute_dtype)
+    config = model.config.with_dtypes(param_dtype, compute_dtype).with_remat(remat)
     if isinstance(model, LlamaModel):
-        return PolicyModel(dataclasses.replace(config, remat=remat), model.mesh_rules)
+        return PolicyModel(config, model.mesh_rules)
     if isinstance(model, MllamaModel):
-        return PolicyModel(dataclasses.replace(config, text=dataclasses.replace(config.text, remat=remat)),
-                           model.mesh_rules, model.image_config)
+        return PolicyModel(config, model.mesh_rules, model.image_config)
     raise NotImplementedError(f"PPO supports Llama and Mllama models, got {type(model).__name__}")

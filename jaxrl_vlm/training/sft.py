@@ -14,7 +14,6 @@ the step whose compute reaches the next scheduled GFLOPs, the params are evaluat
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import os
 import time
@@ -94,12 +93,10 @@ def make_apply_fn(model: Any, param_dtype: str, compute_dtype: str, remat: bool)
     """apply(params, input_ids, attention_mask, **vision) -> f32 logits for a loaded Llama or Mllama model whose params
     are stored in param_dtype, computing in compute_dtype (e.g. fp32 master weights with bf16 compute); remat
     recomputes each decoder layer in the backward pass (gradient checkpointing, as the reference trains)."""
-    config = model.config.with_dtypes(param_dtype, compute_dtype)
+    config = model.config.with_dtypes(param_dtype, compute_dtype).with_remat(remat)
     if isinstance(model, models_api.LlamaModel):
-        config = dataclasses.replace(config, remat=remat)
         return functools.partial(llama.forward, config=config, mesh_rules=model.mesh_rules)
     if isinstance(model, MllamaModel):
-        config = dataclasses.replace(config, text=dataclasses.replace(config.text, remat=remat))
         return functools.partial(mllama.forward, config=config, mesh_rules=model.mesh_rules)
     raise NotImplementedError(f"SFT supports Llama and Mllama models, got {type(model).__name__}")
 
