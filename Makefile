@@ -40,4 +40,4 @@ run: $(VENV)/.installed
 	$(PY) -m jaxrl_vlm.main --config=configs/ppo_gp.py
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -q -n 2 --dist loadfile tests
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=25 tests

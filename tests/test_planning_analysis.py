@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from jaxrl_vlm.planning.analysis import (_replica_groups, analyze, decode_loop, decode_step_note, decode_step_seconds,
+from jaxrl_vlm.planning.analysis import (_Module, _replica_groups, analyze, decode_loop, decode_step_note, decode_step_seconds,
                                         fit_advice, format_table)
 from jaxrl_vlm.planning.targets import parse_target, target_devices
 
@@ -103,6 +103,22 @@ def test_own_dot_count_where_xla_cannot_count_flops(cpu8):
     assert report.flops == L * 2 * (B // 8) * D * D  # the dots of every iteration, nothing else
     assert report.bytes_accessed > 1e6  # XLA's figure, and the iterations it leaves out
     assert any(note.startswith("flops: our own count") for note in report.notes)
+
+
+@pytest.mark.parametrize("strides, padding, lhs_dilation, rhs_dilation, window", [
+    ((1,), ((15, 15),), (1,), (1,), 16),  # XLA:TPU's per-head matmul: a window padded on both sides
+    ((15,), ((0, 0),), (16,), (1,), 16),  # ... and its transpose: a dilated input
+    ((2,), ((3, 1),), (3,), (2,), 16),
+    ((1,), ((0, 0),), (1,), (1,), 5),  # a plain convolution: every tap is real
+])
+def test_convolution_flops_count_only_taps_on_real_input(strides, padding, lhs_dilation, rhs_dilation, window):
+    """Our FLOPs of a convolution equal XLA's cost analysis (counting each output x window tap would give 1.9x,
+    16x and 3x the first three)."""
+    conv = lambda x, w: jax.lax.conv_general_dilated(x, w, strides, padding, lhs_dilation, rhs_dilation)
+    compiled = jax.jit(conv).lower(jax.ShapeDtypeStruct((4, 8, 16), jnp.float32),
+                                   jax.ShapeDtypeStruct((6, 8, window), jnp.float32)).compile()
+    module = _Module(compiled.as_text(), 1, 1e9, 1e9)
+    assert module.cost(module.entry, True).flops == compiled.cost_analysis()["flops"] > 0
 
 
 def test_tpu_scan_infers_the_trip_count_libtpu_leaves_out():

@@ -349,10 +349,8 @@ class _Module:
             contracted = math.prod(lhs[int(d.strip('" '))] for d in dims.group(1).split(",") if d.strip('" '))
             return 2.0 * math.prod(_arrays(instr.shape)[0][1]) * contracted
         if instr.opcode == "convolution":
-            kernel = _arrays(self.instrs[instr.operands[1]].shape)[0][1]
-            kernel_labels = re.search(r"dim_labels=\w+_(\w+)->", instr.attrs).group(1)
-            per_output = math.prod(kernel) / kernel[kernel_labels.index("o")]
-            return 2.0 * math.prod(_arrays(instr.shape)[0][1]) * per_output
+            return _convolution_flops(instr, _arrays(self.instrs[instr.operands[0]].shape)[0][1],
+                                      _arrays(self.instrs[instr.operands[1]].shape)[0][1])
         return 0.0
 
     def _traffic(self, instr: _Instr) -> float:
@@ -534,6 +532,33 @@ class _Module:
                                     "collective_time_s": per_iteration.collective_time})
                     todo += [c for c, role in callees if role in ("body", "branch", "call")]
         return out
+
+
+def _convolution_flops(instr: _Instr, lhs: list[int], kernel: list[int]) -> float:
+    """FLOPs of an HLO convolution: 2 x output batch x output features x kernel input features x, per spatial
+    dimension, the (output position, window tap) pairs that land on a real input element. XLA:TPU writes batched
+    per-head matmuls as convolutions over a padded or dilated window whose taps mostly hit padding, so counting
+    every tap (output size x window) would count such a matmul many times over; XLA's own cost analysis also
+    counts only the real taps."""
+    lhs_labels, kernel_labels, out_labels = re.match(r"(\w+)_(\w+)->(\w+)",
+                                                     re.search(r"dim_labels=(\S+)", instr.attrs).group(1)).groups()
+    out = _arrays(instr.shape)[0][1]
+    window = re.search(r"window=\{([^}]*)\}", instr.attrs)
+    fields = dict(f.split("=", 1) for f in window.group(1).split()) if window else {}
+    spatial = [label for label in lhs_labels if label.isdigit()]
+    per_dim = lambda key, default: ([int(v) for v in fields[key].split("x")] if key in fields
+                                    else [default] * len(spatial))
+    strides, lhs_dilation, rhs_dilation = per_dim("stride", 1), per_dim("lhs_dilate", 1), per_dim("rhs_dilate", 1)
+    pads_low = [int(p.split("_")[0]) for p in fields["pad"].split("x")] if "pad" in fields else [0] * len(spatial)
+    taps = 1.0
+    for d, label in enumerate(spatial):
+        size, window_size = lhs[lhs_labels.index(label)], kernel[kernel_labels.index(label)]
+        positions = np.arange(out[out_labels.index(label)]) * strides[d] - pads_low[d]
+        dilated_end = (size - 1) * lhs_dilation[d]
+        real = lambda at: np.count_nonzero((at >= 0) & (at <= dilated_end) & (at % lhs_dilation[d] == 0))
+        taps *= sum(real(positions + k * rhs_dilation[d]) for k in range(window_size))
+    return (2.0 * out[out_labels.index("b")] * out[out_labels.index("f")] * kernel[kernel_labels.index("i")]
+            * taps)
 
 
 def _op_name(instr: _Instr) -> str:
