@@ -3,9 +3,9 @@ real Llama-3.2-11B-Vision widths with few layers, on a tensor-parallel mesh (dat
 decode step all-gathers every layer and the gathered weights in flight would hide the copies checked here): a
 decode loop holds no second copy of the layer weights (`layers.DecodeLayers`) or of the cross-attention K/V
 (`mllama.CrossAttentionState`), and the vision encoder keeps one block of attention scores at a time, not [H,S,S]
-per image (`mllama_vision.encoder_attention`), whose blocks give the one-block result."""
+per image (`mllama_vision.encoder_attention`), whose blocks give the one-block result; and, on an fsdp mesh of the
+same chips, the vision tower's gradient keeps only each chip's own image's layer inputs."""
 import dataclasses
-import os
 
 import jax
 import jax.numpy as jnp
@@ -17,18 +17,21 @@ from jaxrl_vlm.models import llama, mllama, sampler
 from jaxrl_vlm.models import mllama_vision as vision_lib
 from jaxrl_vlm.models.layers import attend, kv_cache_logical_axes
 from jaxrl_vlm.models.sharding import MeshRules, tree_shardings
+from jaxrl_vlm.planning.targets import parse_target, target_devices
 
 MIB = 2**20
 
 
 @pytest.fixture(scope="module")
-def mesh():
-    """(data 1, fsdp 1, tensor 4) over the 4 chips of a v5e:2x2 slice that this host does not have."""
-    from jax.experimental import topologies
-    # libtpu refuses a second process on the machine without it; compiling uses no TPU.
-    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-    devices = topologies.get_topology_desc(topology_name="v5e:2x2", platform="tpu").devices
-    return Mesh(np.array(devices).reshape(1, 1, 4), ("data", "fsdp", "tensor"))
+def v5e_devices():
+    """The 4 compile-only chips of a v5e:2x2 slice that this host does not have."""
+    return target_devices(parse_target("v5e-4"))
+
+
+@pytest.fixture(scope="module")
+def mesh(v5e_devices):
+    """(data 1, fsdp 1, tensor 4) over the v5e chips."""
+    return Mesh(np.array(v5e_devices).reshape(1, 1, 4), ("data", "fsdp", "tensor"))
 
 
 def abstract(tree, axes, mesh, dtype=None):
@@ -120,16 +123,13 @@ def test_query_blocks_divide_the_tokens():
     assert vision_lib.query_blocks(8 * 13, 16) == 8  # no divisor of 104 gives 7 blocks
 
 
-def test_vision_training_splits_images_over_the_batch_and_recomputes_layers():
+def test_vision_training_splits_images_over_the_batch_and_recomputes_layers(v5e_devices):
     """The gradient through the vision tower and projector (`mllama.cross_attention_states`) of 4 one-tile images
     (S = 1608 tokens) on (data 1, fsdp 4): with the mesh's rules each chip keeps its own image's activations, and
     with remat only each encoder layer's input, plus the working set of one layer (its largest part one query
     block's float32 scores). Measured: 39 MiB of temporaries per chip; 103 MiB without the batch split, 107 MiB
     without remat, 224 MiB without either."""
-    from jax.experimental import topologies
-    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-    devices = topologies.get_topology_desc(topology_name="v5e:2x2", platform="tpu").devices
-    mesh = Mesh(np.array(devices).reshape(1, 4, 1), ("data", "fsdp", "tensor"))
+    mesh = Mesh(np.array(v5e_devices).reshape(1, 4, 1), ("data", "fsdp", "tensor"))
     config = mllama.MllamaConfig.from_hf_dict(mllama.mllama_11b_config(num_text_layers=4, num_vision_layers=4),
                                               "float32", "bfloat16").with_remat(True)
     config = dataclasses.replace(config, vision=dataclasses.replace(config.vision, num_global_layers=1,
